@@ -1,0 +1,147 @@
+//! Command line and environment: raw flags (clap) validated into a `Config` before anything starts.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use clap::{Args, Parser, Subcommand};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// Quiver: a SQL-first feature and recommendation server over Delta Lake, served with Arrow Flight SQL.
+#[derive(Debug, Parser)]
+#[command(name = "quiver", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the warehouse over Arrow Flight SQL (and plain Arrow Flight).
+    Serve(ServeArgs),
+    /// Run one SQL statement against the warehouse without a server and print the result.
+    Sql(SqlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub warehouse: WarehouseArgs,
+
+    /// Address to listen on (HOST:PORT); port 0 picks a free port, printed at start.
+    #[arg(long, env = "QUIVER_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The SQL statement to run.
+    pub statement: String,
+
+    #[command(flatten)]
+    pub warehouse: WarehouseArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WarehouseArgs {
+    /// Warehouse root: a local directory (created if absent), a file:// URI, or any object_store URI
+    /// (s3://, gs://, az://...). Schemas are directories under it, tables are Delta tables in those.
+    #[arg(long, env = "QUIVER_WAREHOUSE", default_value = "./warehouse")]
+    pub warehouse: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log filter in tracing's EnvFilter syntax (e.g. "info", "warn,quiver=debug").
+    #[arg(
+        long = "log",
+        env = "QUIVER_LOG",
+        default_value = "warn,quiver=info",
+        global = true
+    )]
+    pub filter: String,
+}
+
+/// The validated configuration of a server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub warehouse: Url,
+    pub listen: SocketAddr,
+}
+
+impl ServeArgs {
+    pub fn validate(&self) -> Result<ServeConfig> {
+        let listen = self.listen.parse().map_err(|e| Error::Config {
+            setting: "--listen",
+            message: format!("'{}' is not HOST:PORT: {e}", self.listen),
+        })?;
+        Ok(ServeConfig {
+            warehouse: self.warehouse.url()?,
+            listen,
+        })
+    }
+}
+
+impl WarehouseArgs {
+    /// The warehouse root as a URL with a trailing slash. A plain path becomes an absolute `file://` URL
+    /// and the directory is created if it does not exist.
+    pub fn url(&self) -> Result<Url> {
+        warehouse_url(&self.warehouse)
+    }
+}
+
+pub fn warehouse_url(raw: &str) -> Result<Url> {
+    let bad = |message: String| Error::Config {
+        setting: "--warehouse",
+        message,
+    };
+    let mut url = match Url::parse(raw) {
+        // A one-letter scheme is a Windows drive letter, not a URL.
+        Ok(url) if url.scheme().len() > 1 => url,
+        _ => {
+            let path = Path::new(raw);
+            std::fs::create_dir_all(path)
+                .map_err(|e| bad(format!("cannot create directory '{raw}': {e}")))?;
+            let abs = std::fs::canonicalize(path)
+                .map_err(|e| bad(format!("cannot resolve directory '{raw}': {e}")))?;
+            Url::from_directory_path(&abs)
+                .map_err(|()| bad(format!("'{}' is not an absolute path", abs.display())))?
+        }
+    };
+    if url.scheme() == "file" {
+        let path = url
+            .to_file_path()
+            .map_err(|()| bad(format!("'{raw}' is not a local path")))?;
+        std::fs::create_dir_all(&path)
+            .map_err(|e| bad(format!("cannot create directory '{}': {e}", path.display())))?;
+    }
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_directory_becomes_file_url_with_slash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let raw = dir.path().join("wh");
+        let url = warehouse_url(raw.to_str().expect("utf8")).expect("url");
+        assert_eq!(url.scheme(), "file");
+        assert!(url.path().ends_with("/wh/"));
+        assert!(raw.is_dir());
+    }
+
+    #[test]
+    fn object_store_urls_are_used_as_given() {
+        let url = warehouse_url("s3://bucket/prefix").expect("url");
+        assert_eq!(url.as_str(), "s3://bucket/prefix/");
+    }
+}

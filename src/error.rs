@@ -1,0 +1,211 @@
+//! One error type for the whole server, and the one place it becomes a gRPC status.
+//!
+//! Every stage returns [`Error`]; DataFusion extension points return `DataFusionError` and keep the
+//! root cause. [`Error::to_status`] walks to that root and picks the status a client can act on.
+
+use datafusion::error::DataFusionError;
+use deltalake::DeltaTableError;
+use deltalake::kernel::transaction::TransactionError;
+use tonic::{Code, Status};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid setting {setting}: {message}")]
+    Config {
+        setting: &'static str,
+        message: String,
+    },
+
+    /// The client sent something malformed: bad SQL text, a bad handle, a bad argument.
+    #[error("{0}")]
+    InvalidInput(String),
+
+    #[error("table not found: {0}")]
+    TableNotFound(String),
+
+    #[error("schema not found: {0}")]
+    SchemaNotFound(String),
+
+    #[error("{kind} already exists: {name}")]
+    AlreadyExists { kind: &'static str, name: String },
+
+    /// Data offered for a table does not fit its schema.
+    #[error("schema mismatch for table {table}: {message}")]
+    SchemaMismatch { table: String, message: String },
+
+    #[error("not supported: {0}")]
+    Unsupported(String),
+
+    /// Another writer committed first and the operation cannot be retried automatically.
+    #[error("write conflict on {table}: {message}")]
+    Conflict { table: String, message: String },
+
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+
+    #[error(transparent)]
+    Delta(#[from] DeltaTableError),
+
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+
+    #[error(transparent)]
+    ObjectStore(#[from] object_store::Error),
+
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+
+    /// A bug or an impossible state: reported as Internal and logged at error level.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The gRPC status for this error. User errors are logged at info, bugs at error.
+    pub fn to_status(&self) -> Status {
+        let code = self.code();
+        let message = self.to_string();
+        if code == Code::Internal || code == Code::Unavailable || code == Code::Unknown {
+            tracing::error!(%message, "request failed");
+        } else {
+            tracing::info!(?code, %message, "request rejected");
+        }
+        Status::new(code, message)
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Error::Config { .. } => Code::InvalidArgument,
+            Error::InvalidInput(_) => Code::InvalidArgument,
+            Error::TableNotFound(_) => Code::NotFound,
+            Error::SchemaNotFound(_) => Code::NotFound,
+            Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::SchemaMismatch { .. } => Code::InvalidArgument,
+            Error::Unsupported(_) => Code::Unimplemented,
+            Error::Conflict { .. } => Code::Aborted,
+            Error::DataFusion(e) => datafusion_code(e),
+            Error::Delta(e) => delta_code(e),
+            Error::Arrow(_) => Code::InvalidArgument,
+            Error::ObjectStore(e) => object_store_code(e),
+            Error::Io(_) => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        e.to_status()
+    }
+}
+
+/// Lets errors raised inside DataFusion extension points (catalog, providers) keep their kind:
+/// they travel as `DataFusionError::External` and are unwrapped again by [`datafusion_code`].
+impl From<Error> for DataFusionError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::DataFusion(e) => e,
+            other => DataFusionError::External(Box::new(other)),
+        }
+    }
+}
+
+fn datafusion_code(e: &DataFusionError) -> Code {
+    match e.find_root() {
+        DataFusionError::External(inner) => external_code(inner.as_ref()),
+        DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) => {
+            Code::InvalidArgument
+        }
+        DataFusionError::Configuration(_) => Code::InvalidArgument,
+        DataFusionError::NotImplemented(_) => Code::Unimplemented,
+        DataFusionError::ResourcesExhausted(_) => Code::ResourceExhausted,
+        // Execution errors come from user data (casts, division by zero, bad arguments).
+        DataFusionError::Execution(_) | DataFusionError::ArrowError(..) => Code::InvalidArgument,
+        DataFusionError::ObjectStore(e) => object_store_code(e),
+        DataFusionError::IoError(_) | DataFusionError::ParquetError(_) => Code::Unavailable,
+        DataFusionError::Collection(errors) => errors
+            .first()
+            .map(datafusion_code)
+            .unwrap_or(Code::Internal),
+        DataFusionError::Internal(_)
+        | DataFusionError::ExecutionJoin(_)
+        | DataFusionError::Substrait(_)
+        | DataFusionError::Ffi(_)
+        | DataFusionError::Context(..)
+        | DataFusionError::Diagnostic(..)
+        | DataFusionError::Shared(_) => Code::Internal,
+    }
+}
+
+fn external_code(inner: &(dyn std::error::Error + Send + Sync + 'static)) -> Code {
+    if let Some(e) = inner.downcast_ref::<Error>() {
+        e.code()
+    } else if let Some(e) = inner.downcast_ref::<DeltaTableError>() {
+        delta_code(e)
+    } else if let Some(e) = inner.downcast_ref::<DataFusionError>() {
+        datafusion_code(e)
+    } else {
+        Code::Internal
+    }
+}
+
+fn delta_code(e: &DeltaTableError) -> Code {
+    match e {
+        DeltaTableError::NotATable(_) | DeltaTableError::InvalidTableLocation(_) => Code::NotFound,
+        DeltaTableError::InvalidVersion(_)
+        | DeltaTableError::InvalidDateTimeString { .. }
+        | DeltaTableError::SchemaMismatch { .. }
+        | DeltaTableError::PartitionError { .. }
+        | DeltaTableError::InvalidPartitionFilter { .. }
+        | DeltaTableError::InvalidData { .. }
+        | DeltaTableError::Generic(_) => Code::InvalidArgument,
+        DeltaTableError::VersionAlreadyExists(_) | DeltaTableError::VersionMismatch(..) => {
+            Code::Aborted
+        }
+        DeltaTableError::Transaction { source } => match source {
+            TransactionError::VersionAlreadyExists(_)
+            | TransactionError::CommitConflict(_)
+            | TransactionError::MaxCommitAttempts(_) => Code::Aborted,
+            TransactionError::DeltaTableAppendOnly => Code::FailedPrecondition,
+            TransactionError::UnsupportedTableFeatures(_)
+            | TransactionError::TableFeaturesRequired(_) => Code::Unimplemented,
+            _ => Code::Internal,
+        },
+        DeltaTableError::MissingFeature { .. }
+        | DeltaTableError::UnsupportedColumnMapping { .. } => Code::Unimplemented,
+        DeltaTableError::GenericError { source } => external_code(source.as_ref()),
+        DeltaTableError::ObjectStore { source } => object_store_code(source),
+        _ => Code::Internal,
+    }
+}
+
+fn object_store_code(e: &object_store::Error) -> Code {
+    match e {
+        object_store::Error::NotFound { .. } => Code::NotFound,
+        object_store::Error::AlreadyExists { .. } => Code::AlreadyExists,
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => Code::PermissionDenied,
+        _ => Code::Unavailable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_errors_keep_their_kind() {
+        let inner = Error::TableNotFound("public.nope".into());
+        let df: DataFusionError = inner.into();
+        let wrapped = DataFusionError::Context("planning".into(), Box::new(df));
+        assert_eq!(Error::DataFusion(wrapped).code(), Code::NotFound);
+    }
+
+    #[test]
+    fn parser_errors_are_invalid_argument() {
+        let e = DataFusionError::Plan("bad".into());
+        assert_eq!(Error::DataFusion(e).code(), Code::InvalidArgument);
+    }
+}

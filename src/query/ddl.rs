@@ -1,0 +1,158 @@
+//! Runs the warehouse commands: schemas, Delta tables (managed and external).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::Schema;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use deltalake::DeltaTable;
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::query::statement::Command;
+use crate::session::QuiverSession;
+use crate::storage::table::count_batch;
+use crate::storage::{AsOf, WriteKind, WriteRequest, open_delta, write_stream};
+
+pub async fn run(session: &QuiverSession, command: Command) -> Result<SendableRecordBatchStream> {
+    let warehouse = session.warehouse();
+    match command {
+        Command::CreateSchema {
+            name,
+            if_not_exists,
+        } => {
+            warehouse.create_schema(&name, if_not_exists).await?;
+        }
+        Command::DropSchema {
+            name,
+            if_exists,
+            cascade,
+        } => warehouse.drop_schema(&name, if_exists, cascade).await?,
+        Command::CreateTable {
+            schema,
+            table,
+            input,
+            partition_by,
+            if_not_exists,
+            or_replace,
+        } => {
+            let rows = create_table(
+                session,
+                &schema,
+                &table,
+                input,
+                partition_by,
+                if_not_exists,
+                or_replace,
+            )
+            .await?;
+            session.catalog().refresh().await?;
+            return one_batch(count_batch(rows)?);
+        }
+        Command::CreateExternal {
+            schema,
+            table,
+            location,
+            if_not_exists,
+        } => {
+            if warehouse.locate(&schema, &table).await?.is_some() {
+                if !if_not_exists {
+                    return Err(Error::AlreadyExists {
+                        kind: "table",
+                        name: format!("{schema}.{table}"),
+                    });
+                }
+            } else {
+                let url = location_url(&location)?;
+                open_delta(&url, &AsOf::Latest).await.map_err(|e| {
+                    Error::InvalidInput(format!("no readable Delta table at '{location}': {e}"))
+                })?;
+                warehouse.register_external(&schema, &table, &url).await?;
+            }
+        }
+        Command::DropTable {
+            schema,
+            table,
+            if_exists,
+        } => match warehouse.drop_table(&schema, &table).await {
+            Ok(_) => {}
+            Err(Error::TableNotFound(_)) if if_exists => {}
+            Err(e) => return Err(e),
+        },
+    }
+    session.catalog().refresh().await?;
+    empty()
+}
+
+async fn create_table(
+    session: &QuiverSession,
+    schema: &str,
+    table: &str,
+    input: datafusion::logical_expr::LogicalPlan,
+    partition_by: Vec<String>,
+    if_not_exists: bool,
+    or_replace: bool,
+) -> Result<u64> {
+    let columns = input.schema().as_arrow().clone();
+    for column in &partition_by {
+        if columns.field_with_name(column).is_err() {
+            return Err(Error::InvalidInput(format!(
+                "PARTITIONED BY column '{column}' is not a column of {schema}.{table}"
+            )));
+        }
+    }
+    let (delta, kind) = match session.warehouse().locate(schema, table).await? {
+        Some(_) if if_not_exists => return Ok(0),
+        Some(location) if or_replace => (
+            open_delta(location.url(), &AsOf::Latest).await?,
+            WriteKind::Replace,
+        ),
+        Some(_) => {
+            return Err(Error::AlreadyExists {
+                kind: "table",
+                name: format!("{schema}.{table}"),
+            });
+        }
+        None => {
+            let url = session.warehouse().new_table_url(schema, table).await?;
+            (DeltaTable::try_from_url(url).await?, WriteKind::Create)
+        }
+    };
+    let df = session.ctx().execute_logical_plan(input).await?;
+    let data = df.execute_stream().await?;
+    let request = WriteRequest {
+        table: delta,
+        kind,
+        partition_by,
+        data,
+    };
+    write_stream(&session.state(), request).await
+}
+
+/// A LOCATION as given: a URL, or a local path (relative to the server's working directory).
+fn location_url(location: &str) -> Result<Url> {
+    match Url::parse(location) {
+        Ok(url) if url.scheme().len() > 1 => Ok(url),
+        _ => {
+            let path = std::fs::canonicalize(Path::new(location))
+                .map_err(|e| Error::InvalidInput(format!("no Delta table at '{location}': {e}")))?;
+            Url::from_directory_path(&path)
+                .map_err(|()| Error::InvalidInput(format!("'{location}' is not a usable path")))
+        }
+    }
+}
+
+fn one_batch(batch: datafusion::arrow::array::RecordBatch) -> Result<SendableRecordBatchStream> {
+    let schema = batch.schema();
+    let stream = futures::stream::iter([Ok(batch)]);
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+}
+
+fn empty() -> Result<SendableRecordBatchStream> {
+    let schema = Arc::new(Schema::empty());
+    Ok(Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        futures::stream::empty(),
+    )))
+}

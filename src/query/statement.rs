@@ -1,0 +1,309 @@
+//! One SQL statement from text to a plan (no side effects) and from a plan to a stream of batches.
+//!
+//! Planning never writes: DDL and the warehouse commands become [`Command`]s that run only in
+//! [`execute`]. Queries and DML (`INSERT`, `DELETE`, `UPDATE`) stay DataFusion logical plans.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{ParamValues, ScalarValue, TableReference};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement as PlanStatement};
+use datafusion::sql::parser::{DFParser, Statement as DFStatement};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+
+use crate::error::{Error, Result};
+use crate::query::ddl;
+use crate::query::rewrite::{number_placeholders, rewrite_extensions};
+use crate::session::QuiverSession;
+use crate::storage::{CATALOG, DEFAULT_SCHEMA};
+
+/// A planned statement: what it returns is known, nothing has run yet.
+#[derive(Debug, Clone)]
+pub enum Planned {
+    Query(LogicalPlan),
+    Command(Command),
+}
+
+/// Statements that change the warehouse itself rather than rows of a table.
+#[derive(Debug, Clone)]
+pub enum Command {
+    CreateSchema {
+        name: String,
+        if_not_exists: bool,
+    },
+    DropSchema {
+        name: String,
+        if_exists: bool,
+        cascade: bool,
+    },
+    /// `CREATE TABLE` (with columns) and `CREATE TABLE AS SELECT` both write `input` (empty for the former).
+    CreateTable {
+        schema: String,
+        table: String,
+        input: LogicalPlan,
+        partition_by: Vec<String>,
+        if_not_exists: bool,
+        or_replace: bool,
+    },
+    CreateExternal {
+        schema: String,
+        table: String,
+        location: String,
+        if_not_exists: bool,
+    },
+    DropTable {
+        schema: String,
+        table: String,
+        if_exists: bool,
+    },
+}
+
+impl Planned {
+    /// The schema of the batches [`execute`] will return.
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            Planned::Query(plan) => Arc::new(plan.schema().as_arrow().clone()),
+            Planned::Command(Command::CreateTable { .. }) => crate::storage::table::count_schema(),
+            Planned::Command(_) => Arc::new(Schema::empty()),
+        }
+    }
+
+    /// The statement's placeholders as a schema with fields `$1, $2, ...` (type Null where unknown).
+    pub fn parameter_schema(&self) -> Result<Schema> {
+        let plan = match self {
+            Planned::Query(plan) | Planned::Command(Command::CreateTable { input: plan, .. }) => {
+                plan
+            }
+            Planned::Command(_) => return Ok(Schema::empty()),
+        };
+        let mut params: Vec<(String, Option<DataType>)> =
+            plan.get_parameter_types()?.into_iter().collect();
+        params.sort_by_key(|(name, _)| {
+            name.trim_start_matches('$')
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
+        Ok(Schema::new(
+            params
+                .into_iter()
+                .map(|(name, ty)| Field::new(name, ty.unwrap_or(DataType::Null), true))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// Binds one row of parameter values, in placeholder order.
+    pub fn bind(self, params: &RecordBatch, row: usize) -> Result<Planned> {
+        let values = (0..params.num_columns())
+            .map(|c| ScalarValue::try_from_array(params.column(c), row))
+            .collect::<Result<Vec<_>, _>>()?;
+        let values = ParamValues::from(values);
+        Ok(match self {
+            Planned::Query(plan) => Planned::Query(plan.with_param_values(values)?),
+            Planned::Command(Command::CreateTable {
+                schema,
+                table,
+                input,
+                partition_by,
+                if_not_exists,
+                or_replace,
+            }) => Planned::Command(Command::CreateTable {
+                schema,
+                table,
+                input: input.with_param_values(values)?,
+                partition_by,
+                if_not_exists,
+                or_replace,
+            }),
+            command => command,
+        })
+    }
+}
+
+/// Parses and plans one statement. Nothing is executed or written.
+pub async fn plan_sql(session: &QuiverSession, sql: &str) -> Result<Planned> {
+    let rewritten = rewrite_extensions(sql)?;
+    let mut statements = DFParser::parse_sql_with_dialect(&rewritten.sql, &GenericDialect {})
+        .map_err(|e| Error::InvalidInput(format!("SQL error: {e}")))?;
+    let mut statement = match (statements.pop_front(), statements.len()) {
+        (Some(statement), 0) => statement,
+        (None, _) => return Err(Error::InvalidInput("empty SQL statement".into())),
+        (Some(_), more) => {
+            return Err(Error::InvalidInput(format!(
+                "expected one SQL statement, got {}",
+                more + 1
+            )));
+        }
+    };
+    if let DFStatement::Statement(inner) = &mut statement {
+        number_placeholders(inner)?;
+    }
+    let state = session.state();
+    let references = state.resolve_table_references(&statement)?;
+    if references
+        .iter()
+        .any(|r| r.schema() == Some("information_schema"))
+    {
+        session.catalog().refresh().await?;
+    }
+    let plan = match state.statement_to_plan(statement).await {
+        Ok(plan) => plan,
+        Err(e) => return Err(explain_missing_table(session, &references, e).await),
+    };
+    classify(plan, rewritten.partition_by)
+}
+
+/// DataFusion reports a missing table as a planning error; report it as NotFound with the name.
+async fn explain_missing_table(
+    session: &QuiverSession,
+    references: &[TableReference],
+    error: datafusion::error::DataFusionError,
+) -> Error {
+    if !error.to_string().contains("not found") {
+        return error.into();
+    }
+    for reference in references {
+        let Ok((schema, table)) = schema_and_table(reference) else {
+            continue;
+        };
+        let base = table
+            .split(crate::storage::catalog::AS_OF_SEPARATOR)
+            .next()
+            .unwrap_or(&table);
+        if schema != "information_schema"
+            && matches!(session.warehouse().locate(&schema, base).await, Ok(None))
+        {
+            return Error::TableNotFound(format!("{schema}.{base}"));
+        }
+    }
+    error.into()
+}
+
+fn classify(plan: LogicalPlan, partition_by: Vec<String>) -> Result<Planned> {
+    let command = match plan {
+        LogicalPlan::Ddl(DdlStatement::CreateCatalogSchema(c)) => {
+            let name = c
+                .schema_name
+                .strip_prefix(&format!("{CATALOG}."))
+                .unwrap_or(&c.schema_name);
+            Command::CreateSchema {
+                name: name.to_string(),
+                if_not_exists: c.if_not_exists,
+            }
+        }
+        LogicalPlan::Ddl(DdlStatement::DropCatalogSchema(d)) => Command::DropSchema {
+            name: d.name.schema_name().to_string(),
+            if_exists: d.if_exists,
+            cascade: d.cascade,
+        },
+        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => {
+            if c.temporary {
+                return Err(Error::Unsupported(
+                    "CREATE TEMPORARY TABLE: warehouse tables are Delta tables".into(),
+                ));
+            }
+            let (schema, table) = schema_and_table(&c.name)?;
+            Command::CreateTable {
+                schema,
+                table,
+                input: Arc::unwrap_or_clone(c.input),
+                partition_by,
+                if_not_exists: c.if_not_exists,
+                or_replace: c.or_replace,
+            }
+        }
+        LogicalPlan::Ddl(DdlStatement::CreateExternalTable(c)) => {
+            if !c.file_type.eq_ignore_ascii_case("delta") {
+                return Err(Error::Unsupported(format!(
+                    "CREATE EXTERNAL TABLE ... STORED AS {}: only STORED AS DELTA is supported",
+                    c.file_type
+                )));
+            }
+            let (schema, table) = schema_and_table(&c.name)?;
+            let [location] = <[String; 1]>::try_from(c.locations).map_err(|l| {
+                Error::InvalidInput(format!(
+                    "CREATE EXTERNAL TABLE takes one LOCATION, got {}",
+                    l.len()
+                ))
+            })?;
+            Command::CreateExternal {
+                schema,
+                table,
+                location,
+                if_not_exists: c.if_not_exists,
+            }
+        }
+        LogicalPlan::Ddl(DdlStatement::DropTable(d)) => {
+            let (schema, table) = schema_and_table(&d.name)?;
+            Command::DropTable {
+                schema,
+                table,
+                if_exists: d.if_exists,
+            }
+        }
+        LogicalPlan::Ddl(other) => {
+            return Err(Error::Unsupported(format!(
+                "{}: only schemas and Delta tables can be created or dropped",
+                other.name()
+            )));
+        }
+        LogicalPlan::Statement(
+            PlanStatement::TransactionStart(_) | PlanStatement::TransactionEnd(_),
+        ) => {
+            return Err(Error::Unsupported(
+                "transactions: every statement is its own Delta commit".into(),
+            ));
+        }
+        LogicalPlan::Statement(s) => {
+            return Err(Error::Unsupported(format!("{} statements", s.name())));
+        }
+        LogicalPlan::Copy(_) => {
+            return Err(Error::Unsupported(
+                "COPY: write to a table with INSERT or CREATE TABLE AS instead".into(),
+            ));
+        }
+        query => {
+            if !partition_by.is_empty() {
+                return Err(Error::InvalidInput(
+                    "PARTITIONED BY belongs to CREATE TABLE".into(),
+                ));
+            }
+            return Ok(Planned::Query(query));
+        }
+    };
+    Ok(Planned::Command(command))
+}
+
+/// Executes a planned statement; the rows stream as they are produced.
+pub async fn execute(
+    session: &QuiverSession,
+    planned: Planned,
+) -> Result<SendableRecordBatchStream> {
+    match planned {
+        Planned::Query(plan) => {
+            let df = session.ctx().execute_logical_plan(plan).await?;
+            Ok(df.execute_stream().await?)
+        }
+        Planned::Command(command) => ddl::run(session, command).await,
+    }
+}
+
+/// Plans and executes one statement (the `quiver sql` command and tests).
+pub async fn run_sql(session: &QuiverSession, sql: &str) -> Result<SendableRecordBatchStream> {
+    let planned = plan_sql(session, sql).await?;
+    execute(session, planned).await
+}
+
+/// `(schema, table)` of a name in the `quiver` catalog, with `public` as the default schema.
+pub fn schema_and_table(reference: &TableReference) -> Result<(String, String)> {
+    if let Some(catalog) = reference.catalog()
+        && catalog != CATALOG
+    {
+        return Err(Error::InvalidInput(format!(
+            "unknown catalog '{catalog}' in {reference}: the only catalog is '{CATALOG}'"
+        )));
+    }
+    let schema = reference.schema().unwrap_or(DEFAULT_SCHEMA).to_string();
+    Ok((schema, reference.table().to_string()))
+}

@@ -1,0 +1,153 @@
+//! The warehouse as DataFusion's catalog `quiver`: schemas are warehouse directories, tables Delta tables.
+//!
+//! Table lookups go to storage every time (a new version committed by another writer is seen by the next
+//! query). Only the name listings that DataFusion asks for synchronously (`information_schema`,
+//! `SHOW TABLES`) are cached, and [`WarehouseCatalog::refresh`] renews them before such a statement.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::common::exec_err;
+use datafusion::error::Result as DFResult;
+
+use crate::error::Result;
+use crate::storage::table::{AsOf, DeltaTableProvider, open_delta};
+use crate::storage::warehouse::{Warehouse, valid_name};
+
+pub const CATALOG: &str = "quiver";
+
+/// Separates a table name from a time-travel suffix in the names the SQL front end rewrites
+/// `t VERSION AS OF 3` into (`"t@v3"`, `"t@t2026-01-01T00:00:00Z"`).
+pub const AS_OF_SEPARATOR: char = '@';
+
+/// Cached name listing: schema -> table names.
+type Listing = BTreeMap<String, Vec<String>>;
+
+#[derive(Debug)]
+pub struct WarehouseCatalog {
+    warehouse: Arc<Warehouse>,
+    listing: Arc<RwLock<Listing>>,
+}
+
+impl WarehouseCatalog {
+    pub fn new(warehouse: Arc<Warehouse>) -> Self {
+        Self {
+            warehouse,
+            listing: Arc::default(),
+        }
+    }
+
+    /// Re-reads the schema and table names from storage.
+    pub async fn refresh(&self) -> Result<()> {
+        let mut listing = Listing::new();
+        for schema in self.warehouse.schemas().await? {
+            let tables = self.warehouse.tables(&schema).await?;
+            listing.insert(schema, tables.into_iter().map(|(name, _)| name).collect());
+        }
+        if let Ok(mut cached) = self.listing.write() {
+            *cached = listing;
+        }
+        Ok(())
+    }
+}
+
+impl CatalogProvider for WarehouseCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        self.listing
+            .read()
+            .map(|l| l.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        // Any well-formed name resolves: a schema made by another writer since the last listing must
+        // still be queryable. Missing tables are then reported by `table()`.
+        valid_name(name).then(|| {
+            Arc::new(WarehouseSchema {
+                warehouse: self.warehouse.clone(),
+                name: name.to_string(),
+                listing: self.listing.clone(),
+            }) as Arc<dyn SchemaProvider>
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct WarehouseSchema {
+    warehouse: Arc<Warehouse>,
+    name: String,
+    listing: Arc<RwLock<Listing>>,
+}
+
+#[async_trait]
+impl SchemaProvider for WarehouseSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.listing
+            .read()
+            .ok()
+            .and_then(|l| l.get(&self.name).cloned())
+            .unwrap_or_default()
+    }
+
+    async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        let (table, as_of) = split_as_of(name)?;
+        let Some(location) = self.warehouse.locate(&self.name, table).await? else {
+            return Ok(None);
+        };
+        let delta = open_delta(location.url(), &as_of).await?;
+        let qualified = format!("{}.{table}", self.name);
+        let provider = DeltaTableProvider::try_new(qualified, delta, &as_of).await?;
+        Ok(Some(Arc::new(provider)))
+    }
+
+    fn register_table(
+        &self,
+        name: String,
+        _table: Arc<dyn TableProvider>,
+    ) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        exec_err!("cannot register table {name} in the warehouse: use CREATE TABLE")
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.table_names().iter().any(|t| t == name)
+    }
+}
+
+/// Splits `t@v3` / `t@t<timestamp>` into the table name and the snapshot to read.
+pub fn split_as_of(name: &str) -> DFResult<(&str, AsOf)> {
+    let Some((table, suffix)) = name.rsplit_once(AS_OF_SEPARATOR) else {
+        return Ok((name, AsOf::Latest));
+    };
+    if let Some(version) = suffix.strip_prefix('v') {
+        match version.parse::<u64>() {
+            Ok(v) => return Ok((table, AsOf::Version(v))),
+            _ => return exec_err!("bad table version '{version}' for {table}"),
+        }
+    }
+    if let Some(ts) = suffix.strip_prefix('t') {
+        return Ok((table, AsOf::Timestamp(ts.to_string())));
+    }
+    exec_err!("bad time travel suffix '{suffix}' for {table}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn as_of_suffixes_parse() {
+        assert_eq!(split_as_of("t").expect("plain"), ("t", AsOf::Latest));
+        assert_eq!(
+            split_as_of("t@v3").expect("version"),
+            ("t", AsOf::Version(3))
+        );
+        assert_eq!(
+            split_as_of("t@t2026-01-01T00:00:00Z").expect("ts"),
+            ("t", AsOf::Timestamp("2026-01-01T00:00:00Z".into()))
+        );
+        assert!(split_as_of("t@v-1").is_err());
+        assert!(split_as_of("t@x").is_err());
+    }
+}

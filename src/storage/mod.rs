@@ -1,0 +1,14 @@
+//! Storage: Delta Lake tables in a warehouse on object storage, exposed to DataFusion as catalog `quiver`.
+//!
+//! `warehouse` lays out schemas and tables, `catalog` resolves SQL names to tables (with time travel),
+//! `table` reads and changes one table, `write` streams batches into one Delta commit.
+
+pub mod catalog;
+pub mod table;
+pub mod warehouse;
+pub mod write;
+
+pub use catalog::{CATALOG, WarehouseCatalog};
+pub use table::{AsOf, DeltaTableProvider, open_delta};
+pub use warehouse::{DEFAULT_SCHEMA, TableLocation, Warehouse};
+pub use write::{WriteKind, WriteRequest, write_stream};

@@ -1,0 +1,257 @@
+//! A Delta table as a DataFusion table: reads through delta-rs's scan, writes through Delta commits.
+//!
+//! `INSERT` uses delta-rs's own data sink (one commit per statement); `DELETE` and `UPDATE` run delta-rs's
+//! operations lazily, when the plan executes, so `EXPLAIN` never writes. A table opened at an older
+//! version (time travel) is read-only.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{RecordBatch, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{Statistics, plan_err};
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::prelude::SessionContext;
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use futures::future::BoxFuture;
+use url::Url;
+
+use crate::error::Result;
+
+/// Which snapshot of a table to read: the latest, or one chosen with `VERSION AS OF` / `TIMESTAMP AS OF`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AsOf {
+    Latest,
+    Version(u64),
+    /// An RFC 3339 timestamp: the latest version committed at or before it.
+    Timestamp(String),
+}
+
+/// Loads a Delta table at the requested snapshot.
+pub async fn open_delta(url: &Url, as_of: &AsOf) -> Result<DeltaTable> {
+    let builder = DeltaTableBuilder::from_url(url.clone())?;
+    let builder = match as_of {
+        AsOf::Latest => builder,
+        AsOf::Version(v) => builder.with_version(*v),
+        AsOf::Timestamp(ts) => builder.with_datestring(ts)?,
+    };
+    Ok(builder.load().await?)
+}
+
+/// The provider the catalog hands to DataFusion for every Delta table.
+#[derive(Debug)]
+pub struct DeltaTableProvider {
+    name: String,
+    table: DeltaTable,
+    scan: Arc<dyn TableProvider>,
+    read_only: bool,
+}
+
+impl DeltaTableProvider {
+    pub async fn try_new(name: String, table: DeltaTable, as_of: &AsOf) -> Result<Self> {
+        let scan = table.table_provider().await?;
+        Ok(Self {
+            name,
+            table,
+            scan,
+            read_only: *as_of != AsOf::Latest,
+        })
+    }
+
+    pub fn delta_table(&self) -> &DeltaTable {
+        &self.table
+    }
+
+    fn check_writable(&self, what: &str) -> DFResult<()> {
+        if self.read_only {
+            return plan_err!(
+                "{what} into {} is not allowed: time travel snapshots are read-only",
+                self.name
+            );
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TableProvider for DeltaTableProvider {
+    fn schema(&self) -> SchemaRef {
+        self.scan.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.scan.scan(state, projection, filters, limit).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DFResult<Vec<TableProviderFilterPushDown>> {
+        self.scan.supports_filters_pushdown(filters)
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        self.scan.statistics()
+    }
+
+    async fn insert_into(
+        &self,
+        state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.check_writable("INSERT")?;
+        self.scan.insert_into(state, input, insert_op).await
+    }
+
+    async fn delete_from(
+        &self,
+        _state: &dyn Session,
+        filters: Vec<Expr>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.check_writable("DELETE")?;
+        let table = self.table.clone();
+        let predicate = filters.into_iter().reduce(Expr::and);
+        deferred_count(Box::pin(async move { delete(table, predicate).await }))
+    }
+
+    async fn update(
+        &self,
+        _state: &dyn Session,
+        assignments: Vec<(String, Expr)>,
+        filters: Vec<Expr>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.check_writable("UPDATE")?;
+        let table = self.table.clone();
+        let predicate = filters.into_iter().reduce(Expr::and);
+        deferred_count(Box::pin(async move {
+            let mut builder = table.update();
+            if let Some(predicate) = predicate {
+                builder = builder.with_predicate(predicate);
+            }
+            for (column, value) in assignments {
+                builder = builder.with_update(column, value);
+            }
+            let (_, metrics) = builder.await?;
+            Ok(metrics.num_updated_rows as u64)
+        }))
+    }
+}
+
+async fn delete(table: DeltaTable, predicate: Option<Expr>) -> Result<u64> {
+    // delta-rs cannot count rows it drops by removing whole files; count them first on the same snapshot.
+    let counted = count_matching(&table, predicate.as_ref()).await?;
+    let mut builder = table.delete();
+    if let Some(predicate) = predicate {
+        builder = builder.with_predicate(predicate);
+    }
+    let (_, metrics) = builder.await?;
+    Ok(metrics.num_deleted_rows.map_or(counted, |n| n as u64))
+}
+
+async fn count_matching(table: &DeltaTable, predicate: Option<&Expr>) -> Result<u64> {
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state())?;
+    let mut df = ctx.read_table(table.table_provider().await?)?;
+    if let Some(predicate) = predicate {
+        df = df.filter(predicate.clone())?;
+    }
+    Ok(df.count().await? as u64)
+}
+
+/// The one-column `count` result DataFusion expects from DML plans.
+pub fn count_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(
+        "count",
+        DataType::UInt64,
+        false,
+    )]))
+}
+
+pub fn count_batch(count: u64) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(
+        count_schema(),
+        vec![Arc::new(UInt64Array::from(vec![count]))],
+    )?)
+}
+
+/// A plan that runs `work` when executed and yields its row count.
+fn deferred_count(work: BoxFuture<'static, Result<u64>>) -> DFResult<Arc<dyn ExecutionPlan>> {
+    let schema = count_schema();
+    let stream = futures::stream::once(async move {
+        let count = work.await?;
+        count_batch(count).map_err(DataFusionError::from)
+    });
+    let stream = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), stream));
+    once_exec(stream)
+}
+
+/// An execution plan over a stream that already exists (client uploads, deferred writes).
+pub fn once_exec(stream: SendableRecordBatchStream) -> DFResult<Arc<dyn ExecutionPlan>> {
+    let schema = stream.schema();
+    let partition: Arc<dyn PartitionStream> = Arc::new(OnceStream::new(stream));
+    Ok(Arc::new(StreamingTableExec::try_new(
+        schema,
+        vec![partition],
+        None,
+        [],
+        false,
+        None,
+    )?))
+}
+
+/// A partition that can be executed exactly once.
+pub struct OnceStream {
+    schema: SchemaRef,
+    stream: Mutex<Option<SendableRecordBatchStream>>,
+}
+
+impl OnceStream {
+    pub fn new(stream: SendableRecordBatchStream) -> Self {
+        Self {
+            schema: stream.schema(),
+            stream: Mutex::new(Some(stream)),
+        }
+    }
+}
+
+impl std::fmt::Debug for OnceStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnceStream").finish_non_exhaustive()
+    }
+}
+
+impl PartitionStream for OnceStream {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let taken = self.stream.lock().ok().and_then(|mut s| s.take());
+        taken.unwrap_or_else(|| {
+            let err = DataFusionError::Internal("a one-shot stream was executed twice".into());
+            Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                futures::stream::once(async move { Err(err) }),
+            ))
+        })
+    }
+}
