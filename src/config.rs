@@ -60,7 +60,7 @@ pub struct LogArgs {
     #[arg(
         long = "log",
         env = "QUIVER_LOG",
-        default_value = "warn,quiver=info",
+        default_value = "warn,quiver=info,buoyant_kernel=off",
         global = true
     )]
     pub filter: String,

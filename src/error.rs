@@ -55,6 +55,9 @@ pub enum Error {
     ObjectStore(#[from] object_store::Error),
 
     #[error(transparent)]
+    Flight(#[from] arrow_flight::error::FlightError),
+
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 
     /// A bug or an impossible state: reported as Internal and logged at error level.
@@ -89,6 +92,7 @@ impl Error {
             Error::Delta(e) => delta_code(e),
             Error::Arrow(_) => Code::InvalidArgument,
             Error::ObjectStore(e) => object_store_code(e),
+            Error::Flight(e) => flight_code(e),
             Error::Io(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
         }
@@ -178,6 +182,18 @@ fn delta_code(e: &DeltaTableError) -> Code {
         DeltaTableError::GenericError { source } => external_code(source.as_ref()),
         DeltaTableError::ObjectStore { source } => object_store_code(source),
         _ => Code::Internal,
+    }
+}
+
+fn flight_code(e: &arrow_flight::error::FlightError) -> Code {
+    use arrow_flight::error::FlightError;
+    match e {
+        FlightError::Tonic(status) => status.code(),
+        FlightError::Arrow(_) | FlightError::DecodeError(_) | FlightError::ProtocolError(_) => {
+            Code::InvalidArgument
+        }
+        FlightError::NotYetImplemented(_) => Code::Unimplemented,
+        FlightError::ExternalError(inner) => external_code(inner.as_ref()),
     }
 }
 

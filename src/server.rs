@@ -1,6 +1,95 @@
-//! server
+//! The gRPC server: serves a pre-bound listener until a shutdown signal, then drains in-flight calls.
+
+use std::future::Future;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
 use crate::config::ServeConfig;
-use crate::error::Result;
-pub async fn serve_from_config(_c: ServeConfig) -> Result<()> {
-    Ok(())
+use crate::error::{Error, Result};
+use crate::executor::Executor;
+use crate::flight::{QuiverFlight, QuiverFlightSql};
+use crate::session::QuiverSession;
+
+/// Largest gRPC message accepted or sent (one Arrow batch in an upload or a result).
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// How long in-flight calls may run on after a shutdown signal before they are cancelled.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `quiver serve`: opens the warehouse, binds, prints the address, serves until SIGINT/SIGTERM.
+pub async fn serve_from_config(config: ServeConfig) -> Result<()> {
+    let session = QuiverSession::open(config.warehouse.clone()).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Config {
+            setting: "--listen",
+            message: format!("cannot listen on {}: {e}", config.listen),
+        })?;
+    let address = listener.local_addr()?;
+    tracing::info!(warehouse = %config.warehouse, %address, "serving");
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "quiver listening on grpc://{address}")?;
+    stdout.flush()?;
+    serve(listener, session, shutdown_signal()).await
+}
+
+/// Serves Flight SQL on `listener` until `shutdown` resolves; in-flight calls get [`DRAIN_TIMEOUT`].
+pub async fn serve(
+    listener: TcpListener,
+    session: QuiverSession,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let executor = Arc::new(Executor::new(0)?);
+    let service = QuiverFlight::new(QuiverFlightSql::new(session, executor)?);
+    let server = FlightServiceServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut drain_rx = stop_rx.clone();
+    let signalled = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, draining in-flight calls");
+        let _ = stop_tx.send(true);
+    };
+    let serving = tonic::transport::Server::builder()
+        .add_service(server)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signalled);
+    let drain_deadline = async move {
+        let _ = drain_rx.wait_for(|stopped| *stopped).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        result = serving => result.map_err(|e| Error::Internal(format!("gRPC server failed: {e}"))),
+        () = drain_deadline => {
+            tracing::warn!("in-flight calls still running after {DRAIN_TIMEOUT:?}; cancelling them");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }

@@ -47,13 +47,18 @@ impl QuiverSession {
             .hash_join_inlist_pushdown_max_distinct_values = 0;
 
         // delta-rs plans its writes with extension nodes that only its planner turns into execution plans.
+        let settings = Arc::new(
+            SessionStateBuilder::new()
+                .with_config(config.clone())
+                .build(),
+        );
         let state = SessionStateBuilder::new()
             .with_default_features()
             .with_config(config)
             .with_query_planner(DeltaPlanner::new())
             .build();
         let ctx = SessionContext::new_with_state(state);
-        let catalog = Arc::new(WarehouseCatalog::new(warehouse.clone()));
+        let catalog = Arc::new(WarehouseCatalog::new(warehouse.clone(), settings));
         ctx.register_catalog(CATALOG, catalog.clone());
         catalog.refresh().await?;
         Ok(Self {

@@ -37,7 +37,7 @@ pub fn rewrite_extensions(sql: &str) -> Result<Rewritten> {
     }
     let mut tokens = Tokenizer::new(&GenericDialect {}, sql)
         .tokenize()
-        .map_err(|e| Error::InvalidInput(format!("SQL error: {e}")))?;
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
     rewrite_time_travel(&mut tokens)?;
     let partition_by = if is_create_table(&tokens) {
         take_delta_clauses(&mut tokens)?
@@ -222,7 +222,7 @@ fn take_delta_clauses(tokens: &mut Vec<Token>) -> Result<Vec<String>> {
         spans.push((start, end));
         partition_by = names;
     }
-    spans.sort_by(|a, b| b.0.cmp(&a.0));
+    spans.sort_by_key(|span| std::cmp::Reverse(span.0));
     for (start, end) in spans {
         tokens.drain(start..=end);
     }

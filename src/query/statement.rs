@@ -125,7 +125,7 @@ impl Planned {
 pub async fn plan_sql(session: &QuiverSession, sql: &str) -> Result<Planned> {
     let rewritten = rewrite_extensions(sql)?;
     let mut statements = DFParser::parse_sql_with_dialect(&rewritten.sql, &GenericDialect {})
-        .map_err(|e| Error::InvalidInput(format!("SQL error: {e}")))?;
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
     let mut statement = match (statements.pop_front(), statements.len()) {
         (Some(statement), 0) => statement,
         (None, _) => return Err(Error::InvalidInput("empty SQL statement".into())),

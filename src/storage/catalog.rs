@@ -11,10 +11,11 @@ use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::common::exec_err;
 use datafusion::error::Result as DFResult;
+use datafusion::execution::context::SessionState;
 
 use crate::error::Result;
 use crate::storage::table::{AsOf, DeltaTableProvider, open_delta};
-use crate::storage::warehouse::{Warehouse, valid_name};
+use crate::storage::warehouse::{TableLocation, Warehouse, valid_name};
 
 pub const CATALOG: &str = "quiver";
 
@@ -29,14 +30,28 @@ type Listing = BTreeMap<String, Vec<String>>;
 pub struct WarehouseCatalog {
     warehouse: Arc<Warehouse>,
     listing: Arc<RwLock<Listing>>,
+    settings: Arc<SessionState>,
 }
 
 impl WarehouseCatalog {
-    pub fn new(warehouse: Arc<Warehouse>) -> Self {
+    /// `settings` is a session with Quiver's configuration (no catalogs): delta-rs reads its scan
+    /// options from it.
+    pub fn new(warehouse: Arc<Warehouse>, settings: Arc<SessionState>) -> Self {
         Self {
             warehouse,
             listing: Arc::default(),
+            settings,
         }
+    }
+
+    /// Opens a table by location for reading, with Quiver's scan settings.
+    pub async fn provider(
+        &self,
+        name: String,
+        location: &TableLocation,
+        as_of: &AsOf,
+    ) -> Result<DeltaTableProvider> {
+        open_provider(name, location, as_of, &self.settings).await
     }
 
     /// Re-reads the schema and table names from storage.
@@ -69,6 +84,7 @@ impl CatalogProvider for WarehouseCatalog {
                 warehouse: self.warehouse.clone(),
                 name: name.to_string(),
                 listing: self.listing.clone(),
+                settings: self.settings.clone(),
             }) as Arc<dyn SchemaProvider>
         })
     }
@@ -79,6 +95,7 @@ pub struct WarehouseSchema {
     warehouse: Arc<Warehouse>,
     name: String,
     listing: Arc<RwLock<Listing>>,
+    settings: Arc<SessionState>,
 }
 
 #[async_trait]
@@ -96,9 +113,8 @@ impl SchemaProvider for WarehouseSchema {
         let Some(location) = self.warehouse.locate(&self.name, table).await? else {
             return Ok(None);
         };
-        let delta = open_delta(location.url(), &as_of).await?;
         let qualified = format!("{}.{table}", self.name);
-        let provider = DeltaTableProvider::try_new(qualified, delta, &as_of).await?;
+        let provider = open_provider(qualified, &location, &as_of, &self.settings).await?;
         Ok(Some(Arc::new(provider)))
     }
 
@@ -113,6 +129,16 @@ impl SchemaProvider for WarehouseSchema {
     fn table_exist(&self, name: &str) -> bool {
         self.table_names().iter().any(|t| t == name)
     }
+}
+
+async fn open_provider(
+    name: String,
+    location: &TableLocation,
+    as_of: &AsOf,
+    settings: &Arc<SessionState>,
+) -> Result<DeltaTableProvider> {
+    let delta = open_delta(location.url(), as_of).await?;
+    DeltaTableProvider::try_new(name, delta, as_of, settings).await
 }
 
 /// Splits `t@v3` / `t@t<timestamp>` into the table name and the snapshot to read.

@@ -13,6 +13,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{Statistics, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::context::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
@@ -56,8 +57,17 @@ pub struct DeltaTableProvider {
 }
 
 impl DeltaTableProvider {
-    pub async fn try_new(name: String, table: DeltaTable, as_of: &AsOf) -> Result<Self> {
-        let scan = table.table_provider().await?;
+    /// `settings` supplies the scan options (view types, Parquet pushdown) of Quiver's session.
+    pub async fn try_new(
+        name: String,
+        table: DeltaTable,
+        as_of: &AsOf,
+        settings: &Arc<SessionState>,
+    ) -> Result<Self> {
+        let scan = table
+            .table_provider()
+            .with_session(settings.clone())
+            .await?;
         Ok(Self {
             name,
             table,

@@ -244,6 +244,19 @@ impl Warehouse {
             .delete_stream(locations)
             .try_collect::<Vec<_>>()
             .await?;
+        // A local directory outlives the files deleted from it and would still list as a schema.
+        if let Ok(root) = self.root.to_file_path() {
+            let relative = prefix
+                .as_ref()
+                .strip_prefix(self.prefix.as_ref())
+                .unwrap_or(prefix.as_ref());
+            let dir = root.join(relative.trim_start_matches('/'));
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
 

@@ -1,0 +1,111 @@
+//! DoPut uploads: Flight SQL bulk ingest, plain-Flight uploads to a path, and parameter batches.
+
+use arrow_flight::flight_descriptor::DescriptorType;
+use arrow_flight::sql::server::PeekableFlightDataStream;
+use arrow_flight::sql::{CommandStatementIngest, TableExistsOption, TableNotExistOption};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
+use futures::TryStreamExt;
+use std::pin::Pin;
+
+use crate::error::{Error, Result};
+use crate::flight::metadata::path_to_table;
+use crate::flight::stream::decode_upload;
+use crate::ingest::{IngestMode, ingest};
+use crate::session::QuiverSession;
+use crate::storage::{CATALOG, DEFAULT_SCHEMA};
+
+/// CommandStatementIngest (ADBC's `adbc_ingest`): one Delta commit per call.
+pub async fn ingest_command(
+    session: &QuiverSession,
+    command: CommandStatementIngest,
+    upload: PeekableFlightDataStream,
+) -> Result<i64> {
+    if command.transaction_id.is_some() {
+        return Err(Error::Unsupported("ingest inside a transaction".into()));
+    }
+    if command.temporary {
+        return Err(Error::Unsupported(
+            "temporary tables: warehouse tables are Delta tables".into(),
+        ));
+    }
+    if let Some(catalog) = command
+        .catalog
+        .as_deref()
+        .filter(|c| !c.is_empty() && *c != CATALOG)
+    {
+        return Err(Error::InvalidInput(format!(
+            "unknown catalog '{catalog}': the only catalog is '{CATALOG}'"
+        )));
+    }
+    let mode = ingest_mode(&command)?;
+    let schema = command
+        .schema
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(DEFAULT_SCHEMA);
+    let data = decode_upload(upload).await?;
+    let rows = ingest(session, schema, &command.table, mode, data).await?;
+    Ok(i64::try_from(rows).unwrap_or(i64::MAX))
+}
+
+fn ingest_mode(command: &CommandStatementIngest) -> Result<IngestMode> {
+    let Some(options) = &command.table_definition_options else {
+        return Ok(IngestMode::CreateAppend);
+    };
+    let if_not_exist = TableNotExistOption::try_from(options.if_not_exist)
+        .unwrap_or(TableNotExistOption::Unspecified);
+    let if_exists =
+        TableExistsOption::try_from(options.if_exists).unwrap_or(TableExistsOption::Unspecified);
+    use TableExistsOption as E;
+    use TableNotExistOption as N;
+    match (if_not_exist, if_exists) {
+        (N::Create, E::Fail | E::Unspecified) => Ok(IngestMode::Create),
+        (N::Fail | N::Unspecified, E::Append) => Ok(IngestMode::Append),
+        (N::Create, E::Append) => Ok(IngestMode::CreateAppend),
+        (_, E::Replace) => Ok(IngestMode::Replace),
+        (n, e) => Err(Error::InvalidInput(format!(
+            "ingest options if_not_exist={} if_exists={} leave nothing to do",
+            n.as_str_name(),
+            e.as_str_name()
+        ))),
+    }
+}
+
+/// Plain Flight DoPut with a PATH descriptor `[table]` or `[schema, table]`: appends, creating the
+/// table if it does not exist.
+pub async fn ingest_path(
+    session: &QuiverSession,
+    mut upload: PeekableFlightDataStream,
+    command_type: &str,
+) -> Result<i64> {
+    let first = Pin::new(&mut upload)
+        .peek()
+        .await
+        .cloned()
+        .ok_or_else(|| Error::InvalidInput("empty DoPut: no descriptor and no data".into()))?
+        .map_err(|s| Error::InvalidInput(format!("upload failed: {}", s.message())))?;
+    let descriptor = first
+        .flight_descriptor
+        .ok_or_else(|| Error::InvalidInput("DoPut without a flight descriptor".into()))?;
+    if descriptor.r#type() != DescriptorType::Path {
+        return Err(Error::Unsupported(format!(
+            "DoPut with command '{command_type}': upload to a PATH descriptor [table] or [schema, table], or use Flight SQL ingest"
+        )));
+    }
+    let (schema, table) = path_to_table(&descriptor.path)?;
+    let data = decode_upload(upload).await?;
+    let rows = ingest(session, &schema, &table, IngestMode::CreateAppend, data).await?;
+    Ok(i64::try_from(rows).unwrap_or(i64::MAX))
+}
+
+/// Reads the parameter rows a client binds to a prepared statement (all batches, concatenated).
+pub async fn collect_parameters(upload: PeekableFlightDataStream) -> Result<Option<RecordBatch>> {
+    let data = decode_upload(upload).await?;
+    let schema = data.schema();
+    let batches: Vec<RecordBatch> = data.try_collect().await?;
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        return Ok(None);
+    }
+    Ok(Some(concat_batches(&schema, &batches)?))
+}

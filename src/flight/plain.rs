@@ -1,0 +1,261 @@
+//! The service on the wire: Flight SQL, plus plain Arrow Flight for clients without Flight SQL
+//! (pyarrow.flight).
+//!
+//! Plain Flight: a ticket or CMD descriptor holding UTF-8 SQL runs that SQL; a PATH descriptor
+//! `[table]` / `[schema, table]` names a table (GetFlightInfo, GetSchema, DoPut appends); ListFlights
+//! lists the tables. Everything that is a Flight SQL command goes to [`QuiverFlightSql`].
+
+use arrow_flight::flight_descriptor::DescriptorType;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::{Any, Command, ProstMessageExt, TicketStatementQuery};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
+};
+use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use prost::Message;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::{Error, Result};
+use crate::flight::handle::StatementHandle;
+use crate::flight::metadata::{path_to_table, table_arrow_schema};
+use crate::flight::planner;
+use crate::flight::service::{QuiverFlightSql, flight_info};
+use crate::flight::stream::FlightDataStream;
+use crate::session::QuiverSession;
+use crate::storage::DEFAULT_SCHEMA;
+
+const FLIGHT_SQL_TYPE_PREFIX: &str = "type.googleapis.com/arrow.flight.protocol.sql.";
+
+#[derive(Clone)]
+pub struct QuiverFlight {
+    sql: QuiverFlightSql,
+}
+
+impl QuiverFlight {
+    pub fn new(sql: QuiverFlightSql) -> Self {
+        Self { sql }
+    }
+
+    fn session(&self) -> &QuiverSession {
+        self.sql.session()
+    }
+}
+
+/// Whether bytes are a Flight SQL command (a protobuf `Any` of a Flight SQL message).
+fn is_flight_sql(bytes: &[u8]) -> bool {
+    Any::decode(bytes).is_ok_and(|any| any.type_url.starts_with(FLIGHT_SQL_TYPE_PREFIX))
+}
+
+fn sql_text(bytes: &[u8]) -> Result<String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        Error::InvalidInput("ticket is neither a Flight SQL command nor UTF-8 SQL text".into())
+    })?;
+    if text.trim().is_empty() {
+        return Err(Error::InvalidInput(
+            "empty ticket: send SQL text or a Flight SQL command".into(),
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// SQL that reads a whole table named by a descriptor path.
+fn table_sql(path: &[String]) -> Result<String> {
+    let (schema, table) = path_to_table(path)?;
+    Ok(format!(
+        "SELECT * FROM \"{}\".\"{}\"",
+        schema.replace('"', "\"\""),
+        table.replace('"', "\"\"")
+    ))
+}
+
+impl QuiverFlight {
+    async fn plain_info(&self, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+        let sql = match descriptor.r#type() {
+            DescriptorType::Path => table_sql(&descriptor.path)?,
+            _ => sql_text(&descriptor.cmd)?,
+        };
+        let handle = StatementHandle::new(sql.clone());
+        let (schema, handle) = self
+            .sql
+            .run(move |session| async move { planner::plan_for_client(&session, handle).await })
+            .await?;
+        // A query's ticket is its SQL text; a statement that already ran carries its result.
+        let ticket = if handle.result.is_empty() {
+            sql.into_bytes()
+        } else {
+            TicketStatementQuery {
+                statement_handle: handle.encode(),
+            }
+            .as_any()
+            .encode_to_vec()
+        };
+        flight_info(descriptor, &schema, ticket)
+    }
+
+    async fn list_tables(&self) -> Result<Vec<FlightInfo>> {
+        let warehouse = self.session().warehouse().clone();
+        let mut infos = Vec::new();
+        for schema in warehouse.schemas().await? {
+            for (table, location) in warehouse.tables(&schema).await? {
+                let arrow_schema =
+                    table_arrow_schema(self.session(), &schema, &table, &location).await?;
+                let path = if schema == DEFAULT_SCHEMA {
+                    vec![table.clone()]
+                } else {
+                    vec![schema.clone(), table.clone()]
+                };
+                let sql = table_sql(&[schema.clone(), table])?;
+                let info = flight_info(
+                    FlightDescriptor::new_path(path),
+                    &arrow_schema,
+                    sql.into_bytes(),
+                )
+                .map_err(|s| Error::Internal(s.message().to_string()))?;
+                infos.push(info);
+            }
+        }
+        Ok(infos)
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for QuiverFlight {
+    type HandshakeStream = BoxStream<'static, Result<HandshakeResponse, Status>>;
+    type ListFlightsStream = BoxStream<'static, Result<FlightInfo, Status>>;
+    type DoGetStream = FlightDataStream;
+    type DoPutStream = BoxStream<'static, Result<PutResult, Status>>;
+    type DoActionStream = BoxStream<'static, Result<arrow_flight::Result, Status>>;
+    type ListActionsStream = BoxStream<'static, Result<ActionType, Status>>;
+    type DoExchangeStream = BoxStream<'static, Result<FlightData, Status>>;
+
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        let response = FlightService::handshake(&self.sql, request).await?;
+        Ok(response.map(|s| s.boxed()))
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let this = self.clone();
+        let infos = self
+            .sql
+            .run(move |_| async move { this.list_tables().await })
+            .await?;
+        Ok(Response::new(
+            futures::stream::iter(infos.into_iter().map(Ok)).boxed(),
+        ))
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let descriptor = request.get_ref();
+        if descriptor.r#type() == DescriptorType::Cmd && is_flight_sql(&descriptor.cmd) {
+            return FlightService::get_flight_info(&self.sql, request).await;
+        }
+        Ok(Response::new(self.plain_info(request.into_inner()).await?))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        FlightService::poll_flight_info(&self.sql, request).await
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        let descriptor = request.into_inner();
+        let sql = match descriptor.r#type() {
+            DescriptorType::Path => table_sql(&descriptor.path)?,
+            _ if is_flight_sql(&descriptor.cmd) => statement_of_command(&descriptor.cmd)?,
+            _ => sql_text(&descriptor.cmd)?,
+        };
+        let handle = StatementHandle::new(sql);
+        let schema = self
+            .sql
+            .run(move |session| async move {
+                Ok(planner::plan_handle(&session, &handle).await?.schema())
+            })
+            .await?;
+        Ok(Response::new(schema_result(&schema)?))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        if is_flight_sql(&request.get_ref().ticket) {
+            return FlightService::do_get(&self.sql, request).await;
+        }
+        let sql = sql_text(&request.get_ref().ticket)?;
+        Ok(self.sql.stream_statement(StatementHandle::new(sql)))
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        let response = FlightService::do_put(&self.sql, request).await?;
+        Ok(response.map(|s| s.boxed()))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let response = FlightService::do_action(&self.sql, request).await?;
+        Ok(response.map(|s| s.boxed()))
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let response = FlightService::list_actions(&self.sql, request).await?;
+        Ok(response.map(|s| s.boxed()))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented(
+            "DoExchange is not supported: use DoGet for queries and DoPut for uploads",
+        ))
+    }
+}
+
+/// The SQL inside a Flight SQL statement command, for GetSchema.
+fn statement_of_command(bytes: &[u8]) -> Result<String> {
+    let any =
+        Any::decode(bytes).map_err(|e| Error::InvalidInput(format!("malformed command: {e}")))?;
+    match Command::try_from(any)
+        .map_err(|e| Error::InvalidInput(format!("malformed command: {e}")))?
+    {
+        Command::CommandStatementQuery(q) => Ok(q.query),
+        Command::CommandPreparedStatementQuery(p) => {
+            Ok(StatementHandle::decode_handle(&p.prepared_statement_handle)?.sql)
+        }
+        other => Err(Error::Unsupported(format!(
+            "GetSchema for {}",
+            other.type_url()
+        ))),
+    }
+}
+
+fn schema_result(schema: &Schema) -> Result<SchemaResult> {
+    let options = IpcWriteOptions::default();
+    Ok(SchemaAsIpc::new(schema, &options).try_into()?)
+}

@@ -1,0 +1,166 @@
+//! The Flight SQL planner: commands to plans and results, without any gRPC types.
+//!
+//! The service layer decodes a request, calls one function here, and encodes what comes back.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, RecordBatch, UInt64Array};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::TryStreamExt;
+
+use crate::error::{Error, Result};
+use crate::flight::handle::StatementHandle;
+use crate::query::{Planned, execute, plan_sql};
+use crate::session::QuiverSession;
+
+/// A statement prepared for a client: its handle and the schemas it reports.
+pub struct Prepared {
+    pub handle: StatementHandle,
+    pub dataset_schema: SchemaRef,
+    pub parameter_schema: Schema,
+}
+
+pub async fn prepare(session: &QuiverSession, sql: &str) -> Result<Prepared> {
+    let planned = plan_sql(session, sql).await?;
+    Ok(Prepared {
+        handle: StatementHandle::new(sql),
+        dataset_schema: planned.schema(),
+        parameter_schema: planned.parameter_schema()?,
+    })
+}
+
+/// Plans the statement in a handle with its bound parameters (one row, for queries).
+pub async fn plan_handle(session: &QuiverSession, handle: &StatementHandle) -> Result<Planned> {
+    let planned = plan_sql(session, &handle.sql).await?;
+    match handle.parameter_batch()? {
+        None => Ok(planned),
+        Some(params) if params.num_rows() == 1 => planned.bind(&params, 0),
+        Some(params) => Err(Error::InvalidInput(format!(
+            "a query binds one row of parameters, got {} rows (use executemany for updates)",
+            params.num_rows()
+        ))),
+    }
+}
+
+/// Plans a handle for GetFlightInfo. A statement with side effects (DDL, INSERT, DELETE, ...) runs
+/// here, so it has taken effect when the client's `execute` returns; its result goes into the returned
+/// handle. Queries are only planned.
+pub async fn plan_for_client(
+    session: &QuiverSession,
+    handle: StatementHandle,
+) -> Result<(SchemaRef, StatementHandle)> {
+    let planned = plan_handle(session, &handle).await?;
+    let schema = planned.schema();
+    if !has_side_effects(&planned) {
+        return Ok((schema, handle));
+    }
+    let batches: Vec<RecordBatch> = execute(session, planned).await?.try_collect().await?;
+    let handle = handle.with_result(&schema, &batches)?;
+    Ok((schema, handle))
+}
+
+fn has_side_effects(planned: &Planned) -> bool {
+    matches!(
+        planned,
+        Planned::Command(_) | Planned::Query(LogicalPlan::Dml(_))
+    )
+}
+
+/// Streams the result of a handle (DoGet): the stored result of a statement that already ran, or the
+/// query, executed now.
+pub async fn execute_handle(
+    session: &QuiverSession,
+    handle: &StatementHandle,
+) -> Result<SendableRecordBatchStream> {
+    if let Some((schema, batches)) = handle.stored_result()? {
+        let stream = futures::stream::iter(batches.into_iter().map(Ok));
+        return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
+    }
+    let planned = plan_handle(session, handle).await?;
+    execute(session, planned).await
+}
+
+/// Runs an update once per parameter row (or once without parameters) and returns the rows affected.
+/// An `INSERT` with many parameter rows becomes a single insert, so it is one Delta commit.
+pub async fn execute_update(
+    session: &QuiverSession,
+    sql: &str,
+    params: Option<RecordBatch>,
+) -> Result<i64> {
+    let planned = plan_sql(session, sql).await?;
+    let Some(params) = params.filter(|p| p.num_rows() > 0) else {
+        return affected_rows(execute(session, planned).await?).await;
+    };
+    if let Planned::Query(LogicalPlan::Dml(dml)) = &planned
+        && matches!(dml.op, WriteOp::Insert(_))
+    {
+        return insert_many(session, dml, &params).await;
+    }
+    let mut total = 0;
+    for row in 0..params.num_rows() {
+        let bound = planned.clone().bind(&params, row)?;
+        total += affected_rows(execute(session, bound).await?).await?;
+    }
+    Ok(total)
+}
+
+/// Binds every parameter row into the INSERT's source, then inserts all rows in one statement.
+async fn insert_many(
+    session: &QuiverSession,
+    dml: &DmlStatement,
+    params: &RecordBatch,
+) -> Result<i64> {
+    let mut rows = Vec::with_capacity(params.num_rows());
+    for row in 0..params.num_rows() {
+        let values = (0..params.num_columns())
+            .map(|c| ScalarValue::try_from_array(params.column(c), row))
+            .collect::<Result<Vec<_>, _>>()?;
+        let source = dml
+            .input
+            .as_ref()
+            .clone()
+            .with_param_values(ParamValues::from(values))?;
+        let batches = session
+            .ctx()
+            .execute_logical_plan(source)
+            .await?
+            .collect()
+            .await?;
+        rows.extend(batches);
+    }
+    let source = session.ctx().read_batches(rows)?.into_unoptimized_plan();
+    let insert = DmlStatement::new(
+        dml.table_name.clone(),
+        dml.target.clone(),
+        dml.op.clone(),
+        Arc::new(source),
+    );
+    affected_rows(execute(session, Planned::Query(LogicalPlan::Dml(insert))).await?).await
+}
+
+/// The rows a statement affected: the `count` DML returns, or the rows of anything else.
+pub async fn affected_rows(stream: SendableRecordBatchStream) -> Result<i64> {
+    let is_count = {
+        let schema = stream.schema();
+        schema.fields().len() == 1 && schema.field(0).name() == "count"
+    };
+    let batches: Vec<RecordBatch> = stream.try_collect().await?;
+    let total: u64 = if is_count {
+        batches
+            .iter()
+            .filter_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .map(|a| a.iter().flatten().sum::<u64>())
+            })
+            .sum()
+    } else {
+        batches.iter().map(|b| b.num_rows() as u64).sum()
+    };
+    Ok(i64::try_from(total).unwrap_or(i64::MAX))
+}

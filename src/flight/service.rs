@@ -1,0 +1,462 @@
+//! The Flight SQL service: decodes each RPC, runs the planner on the executor, encodes the answer.
+//!
+//! Statement RPCs: GetFlightInfo only plans; DoGet re-plans from the stateless ticket and streams.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandPreparedStatementUpdate,
+    CommandStatementIngest, CommandStatementQuery, CommandStatementUpdate,
+    DoPutPreparedStatementResult, DoPutUpdateResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, PutResult, SchemaAsIpc,
+    Ticket,
+};
+use bytes::Bytes;
+use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
+use futures::Stream;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::error::{Error, Result};
+use crate::executor::Executor;
+use crate::flight::handle::StatementHandle;
+use crate::flight::ingest::{collect_parameters, ingest_command, ingest_path};
+use crate::flight::stream::{FlightDataStream, batch_to_flight, execute_to_flight};
+use crate::flight::{metadata, planner};
+use crate::session::QuiverSession;
+
+type ActionStream =
+    Pin<Box<dyn Stream<Item = Result<arrow_flight::Result, Status>> + Send + 'static>>;
+type PutStream = Pin<Box<dyn Stream<Item = Result<PutResult, Status>> + Send + 'static>>;
+
+/// Flight's `CloseSessionResult` (arrow-flight 59 does not generate the session messages).
+#[derive(Clone, PartialEq, Message)]
+struct CloseSessionResult {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+const CLOSE_SESSION_CLOSED: i32 = 1;
+
+#[derive(Clone)]
+pub struct QuiverFlightSql {
+    session: QuiverSession,
+    executor: Arc<Executor>,
+    sql_info: Arc<SqlInfoData>,
+    xdbc: Arc<XdbcTypeInfoData>,
+}
+
+impl QuiverFlightSql {
+    pub fn new(session: QuiverSession, executor: Arc<Executor>) -> Result<Self> {
+        Ok(Self {
+            session,
+            executor,
+            sql_info: Arc::new(metadata::sql_info()?),
+            xdbc: Arc::new(metadata::xdbc_type_info()?),
+        })
+    }
+
+    pub fn session(&self) -> &QuiverSession {
+        &self.session
+    }
+
+    pub fn executor(&self) -> &Arc<Executor> {
+        &self.executor
+    }
+
+    /// Runs `work` against the session on the executor.
+    pub async fn run<F, Fut, T>(&self, work: F) -> Result<T, Status>
+    where
+        F: FnOnce(QuiverSession) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let fut = work(self.session.clone());
+        self.executor.run(fut).await.map_err(Status::from)
+    }
+
+    /// Streams the result of the statement in `handle` (DoGet).
+    pub fn stream_statement(&self, handle: StatementHandle) -> Response<FlightDataStream> {
+        let session = self.session.clone();
+        Response::new(execute_to_flight(&self.executor, async move {
+            planner::execute_handle(&session, &handle).await
+        }))
+    }
+
+    /// Plans the statement in `handle` and describes where to fetch its result (GetFlightInfo).
+    pub async fn statement_info(
+        &self,
+        handle: StatementHandle,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let (schema, handle) = self
+            .run(move |session| async move { planner::plan_for_client(&session, handle).await })
+            .await?;
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.encode(),
+        };
+        flight_info(descriptor, &schema, ticket.as_any().encode_to_vec())
+    }
+}
+
+/// A FlightInfo with one endpoint whose ticket is `ticket`, on this same server.
+pub fn flight_info(
+    descriptor: FlightDescriptor,
+    schema: &Schema,
+    ticket: Vec<u8>,
+) -> Result<FlightInfo, Status> {
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Error::Arrow(e).to_status())?
+        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+        .with_descriptor(descriptor)
+        .with_total_records(-1)
+        .with_total_bytes(-1);
+    Ok(info)
+}
+
+/// A metadata command's FlightInfo: the command itself is the ticket.
+fn command_info(
+    request: Request<FlightDescriptor>,
+    schema: &Schema,
+    command: impl ProstMessageExt,
+) -> Result<Response<FlightInfo>, Status> {
+    let info = flight_info(
+        request.into_inner(),
+        schema,
+        command.as_any().encode_to_vec(),
+    )?;
+    Ok(Response::new(info))
+}
+
+fn schema_bytes(schema: &Schema) -> Result<Bytes, Status> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e| Error::Arrow(e).to_status())?;
+    Ok(bytes)
+}
+
+fn batch_response(
+    batch: Result<datafusion::arrow::array::RecordBatch>,
+) -> Result<Response<FlightDataStream>, Status> {
+    Ok(Response::new(batch_to_flight(batch?)))
+}
+
+fn handle_from(bytes: &[u8]) -> Result<StatementHandle, Status> {
+    StatementHandle::decode_handle(bytes).map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for QuiverFlightSql {
+    type FlightService = Self;
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = self
+            .statement_info(StatementHandle::new(query.query), request.into_inner())
+            .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let handle = handle_from(&query.prepared_statement_handle)?;
+        Ok(Response::new(
+            self.statement_info(handle, request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        command_info(request, &metadata::catalogs_schema(), query)
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        command_info(request, &metadata::db_schemas_schema(query.clone()), query)
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        command_info(request, &metadata::tables_schema(query.clone()), query)
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        command_info(request, &metadata::table_types_schema(), query)
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        command_info(request, &self.sql_info.schema(), query)
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        command_info(request, &metadata::primary_keys_schema(), query)
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        command_info(request, &self.xdbc.schema(), query)
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        Ok(self.stream_statement(handle_from(&ticket.statement_handle)?))
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        Ok(self.stream_statement(handle_from(&query.prepared_statement_handle)?))
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        _query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        batch_response(metadata::catalogs())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        let batch = self
+            .run(move |session| async move { metadata::db_schemas(&session, query).await })
+            .await?;
+        batch_response(Ok(batch))
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        let batch = self
+            .run(move |session| async move { metadata::tables(&session, query).await })
+            .await?;
+        batch_response(Ok(batch))
+    }
+
+    async fn do_get_table_types(
+        &self,
+        _query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        batch_response(metadata::table_types())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        batch_response(
+            query
+                .into_builder(&self.sql_info)
+                .build()
+                .map_err(Error::from),
+        )
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        _query: CommandGetPrimaryKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        batch_response(metadata::primary_keys())
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        batch_response(query.into_builder(&self.xdbc).build().map_err(Error::from))
+    }
+
+    async fn do_get_fallback(
+        &self,
+        _request: Request<Ticket>,
+        message: Any,
+    ) -> Result<Response<FlightDataStream>, Status> {
+        Err(Status::unimplemented(format!(
+            "DoGet: unsupported ticket type {}",
+            message.type_url
+        )))
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        command: CommandStatementUpdate,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        if command.transaction_id.is_some() {
+            return Err(Error::Unsupported("transactions".into()).into());
+        }
+        self.run(move |session| async move {
+            planner::execute_update(&session, &command.query, None).await
+        })
+        .await
+    }
+
+    async fn do_put_statement_ingest(
+        &self,
+        command: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let upload = request.into_inner();
+        self.run(move |session| async move { ingest_command(&session, command, upload).await })
+            .await
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let handle = handle_from(&query.prepared_statement_handle)?;
+        let upload = request.into_inner();
+        let bound = self
+            .run(move |_| async move {
+                match collect_parameters(upload).await? {
+                    Some(params) => handle.with_parameters(&params),
+                    None => Ok(handle),
+                }
+            })
+            .await?;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(bound.encode()),
+        })
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        query: CommandPreparedStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let handle = handle_from(&query.prepared_statement_handle)?;
+        let upload = request.into_inner();
+        self.run(move |session| async move {
+            let params = match collect_parameters(upload).await? {
+                Some(params) => Some(params),
+                None => handle.parameter_batch()?,
+            };
+            planner::execute_update(&session, &handle.sql, params).await
+        })
+        .await
+    }
+
+    async fn do_put_fallback(
+        &self,
+        request: Request<PeekableFlightDataStream>,
+        message: Any,
+    ) -> Result<Response<PutStream>, Status> {
+        let upload = request.into_inner();
+        let rows =
+            self.run(move |session| async move {
+                ingest_path(&session, upload, &message.type_url).await
+            })
+            .await?;
+        let result = DoPutUpdateResult { record_count: rows };
+        let put = PutResult {
+            app_metadata: result.encode_to_vec().into(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(put)]))))
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        if query.transaction_id.is_some() {
+            return Err(Error::Unsupported("transactions".into()).into());
+        }
+        let prepared = self
+            .run(move |session| async move { planner::prepare(&session, &query.query).await })
+            .await?;
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: prepared.handle.encode(),
+            dataset_schema: schema_bytes(&prepared.dataset_schema)?,
+            parameter_schema: schema_bytes(&prepared.parameter_schema)?,
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        // Handles are stateless: there is nothing to release.
+        Ok(())
+    }
+
+    async fn do_action_fallback(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<ActionStream>, Status> {
+        let action = request.into_inner();
+        if action.r#type == "CloseSession" {
+            // Sessions hold no server state; closing one always succeeds.
+            let result = CloseSessionResult {
+                status: CLOSE_SESSION_CLOSED,
+            };
+            let body = arrow_flight::Result {
+                body: result.encode_to_vec().into(),
+            };
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(body)]))));
+        }
+        Err(Status::unimplemented(format!(
+            "unknown action '{}'",
+            action.r#type
+        )))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

@@ -1,0 +1,126 @@
+//! Arrow record batches to and from Flight data.
+//!
+//! Results are produced on the executor and handed to gRPC through a small bounded channel: the
+//! server holds a few batches per call at most, a slow client slows the query down, and a client
+//! that goes away stops it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_flight::FlightData;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::{Stream, StreamExt, TryStreamExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::error::{Error, Result};
+use crate::executor::Executor;
+
+pub type FlightDataStream =
+    Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
+
+/// Batches in flight between the executor and the gRPC connection, per call.
+const CHANNEL_DEPTH: usize = 4;
+
+/// Runs `produce` on the executor and streams the batches it returns as Flight data.
+pub fn execute_to_flight<F>(executor: &Executor, produce: F) -> FlightDataStream
+where
+    F: Future<Output = Result<SendableRecordBatchStream>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_DEPTH);
+    executor.spawn(async move {
+        let batches = match produce.await {
+            Ok(batches) => batches,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_status())).await;
+                return;
+            }
+        };
+        let schema = batches.schema();
+        let batches = batches.map_err(|e| FlightError::ExternalError(Box::new(Error::from(e))));
+        let mut encoded = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches);
+        while let Some(item) = encoded.next().await {
+            let failed = item.is_err();
+            if tx.send(item.map_err(flight_error_to_status)).await.is_err() || failed {
+                // The client went away (dropping the stream cancels the query) or the query failed.
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// Streams one small in-memory batch (catalog metadata).
+pub fn batch_to_flight(batch: RecordBatch) -> FlightDataStream {
+    let schema = batch.schema();
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(futures::stream::iter([Ok(batch)]))
+        .map_err(flight_error_to_status);
+    Box::pin(stream)
+}
+
+/// Turns an upload (DoPut) into a record batch stream. The schema comes with the first message.
+pub async fn decode_upload<S>(upload: S) -> Result<SendableRecordBatchStream>
+where
+    S: Stream<Item = Result<FlightData, Status>> + Send + 'static,
+{
+    let mut decoder = FlightDataDecoder::new(upload.map_err(|s| FlightError::Tonic(Box::new(s))));
+    let schema = loop {
+        match decoder.next().await {
+            Some(Ok(decoded)) => {
+                if let DecodedPayload::Schema(schema) = decoded.payload {
+                    break schema;
+                }
+            }
+            Some(Err(e)) => return Err(upload_error(e)),
+            None => {
+                return Err(Error::InvalidInput(
+                    "the upload carries no Arrow schema".into(),
+                ));
+            }
+        }
+    };
+    let batches = decoder.filter_map(|item| async move {
+        match item {
+            Ok(decoded) => match decoded.payload {
+                DecodedPayload::RecordBatch(batch) => Some(Ok(batch)),
+                DecodedPayload::Schema(_) | DecodedPayload::None => None,
+            },
+            Err(e) => Some(Err(DataFusionError::External(Box::new(upload_error(e))))),
+        }
+    });
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+}
+
+fn upload_error(e: FlightError) -> Error {
+    match e {
+        FlightError::Tonic(status) => {
+            Error::InvalidInput(format!("upload failed: {}", status.message()))
+        }
+        other => Error::InvalidInput(format!("malformed Arrow data in upload: {other}")),
+    }
+}
+
+pub fn flight_error_to_status(e: FlightError) -> Status {
+    match e {
+        FlightError::ExternalError(inner) => match inner.downcast::<Error>() {
+            Ok(e) => e.to_status(),
+            Err(other) => Error::Internal(other.to_string()).to_status(),
+        },
+        FlightError::Tonic(status) => *status,
+        FlightError::Arrow(e) => Error::Arrow(e).to_status(),
+        other => Error::Internal(other.to_string()).to_status(),
+    }
+}
+
+/// Shares an executor between the services.
+pub type SharedExecutor = Arc<Executor>;
