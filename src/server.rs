@@ -30,11 +30,12 @@ pub async fn serve_from_config(config: ServeConfig) -> Result<()> {
             message: format!("cannot listen on {}: {e}", config.listen),
         })?;
     let address = listener.local_addr()?;
+    let shutdown = shutdown_signal()?;
     tracing::info!(warehouse = %config.warehouse, %address, "serving");
     let mut stdout = std::io::stdout();
     writeln!(stdout, "quiver listening on grpc://{address}")?;
     stdout.flush()?;
-    serve(listener, session, shutdown_signal()).await
+    serve(listener, session, shutdown).await
 }
 
 /// Serves Flight SQL on `listener` until `shutdown` resolves; in-flight calls get [`DRAIN_TIMEOUT`].
@@ -72,24 +73,25 @@ pub async fn serve(
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is called, not when
+/// the future is first polled, so a signal sent right after the address is printed is not lost.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

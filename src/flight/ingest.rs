@@ -10,7 +10,7 @@ use std::pin::Pin;
 
 use crate::error::{Error, Result};
 use crate::flight::metadata::path_to_table;
-use crate::flight::stream::decode_upload;
+use crate::flight::stream::{decode_optional_upload, decode_upload};
 use crate::ingest::{IngestMode, ingest};
 use crate::session::QuiverSession;
 use crate::storage::{CATALOG, DEFAULT_SCHEMA};
@@ -101,7 +101,9 @@ pub async fn ingest_path(
 
 /// Reads the parameter rows a client binds to a prepared statement (all batches, concatenated).
 pub async fn collect_parameters(upload: PeekableFlightDataStream) -> Result<Option<RecordBatch>> {
-    let data = decode_upload(upload).await?;
+    let Some(data) = decode_optional_upload(upload).await? else {
+        return Ok(None);
+    };
     let schema = data.schema();
     let batches: Vec<RecordBatch> = data.try_collect().await?;
     if batches.iter().all(|b| b.num_rows() == 0) {

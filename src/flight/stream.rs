@@ -73,7 +73,22 @@ pub async fn decode_upload<S>(upload: S) -> Result<SendableRecordBatchStream>
 where
     S: Stream<Item = Result<FlightData, Status>> + Send + 'static,
 {
-    let mut decoder = FlightDataDecoder::new(upload.map_err(|s| FlightError::Tonic(Box::new(s))));
+    decode_optional_upload(upload)
+        .await?
+        .ok_or_else(|| Error::InvalidInput("the upload carries no Arrow schema".into()))
+}
+
+/// Like [`decode_upload`], but an upload of just a descriptor (no schema, no data) is `None`.
+pub async fn decode_optional_upload<S>(upload: S) -> Result<Option<SendableRecordBatchStream>>
+where
+    S: Stream<Item = Result<FlightData, Status>> + Send + 'static,
+{
+    // A message with only a descriptor (no IPC header) carries no data: clients send one to start
+    // an upload of nothing (e.g. an update whose parameters were bound earlier).
+    let messages = upload
+        .try_filter(|data| futures::future::ready(!data.data_header.is_empty()))
+        .map_err(|s| FlightError::Tonic(Box::new(s)));
+    let mut decoder = FlightDataDecoder::new(messages);
     let schema = loop {
         match decoder.next().await {
             Some(Ok(decoded)) => {
@@ -82,11 +97,7 @@ where
                 }
             }
             Some(Err(e)) => return Err(upload_error(e)),
-            None => {
-                return Err(Error::InvalidInput(
-                    "the upload carries no Arrow schema".into(),
-                ));
-            }
+            None => return Ok(None),
         }
     };
     let batches = decoder.filter_map(|item| async move {
@@ -98,7 +109,9 @@ where
             Err(e) => Some(Err(DataFusionError::External(Box::new(upload_error(e))))),
         }
     });
-    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    Ok(Some(Box::pin(RecordBatchStreamAdapter::new(
+        schema, batches,
+    ))))
 }
 
 fn upload_error(e: FlightError) -> Error {

@@ -1,1 +1,7 @@
+//! Integration tests: one binary. Each test starts a real server on a pre-bound 127.0.0.1:0 listener
+//! over a fresh warehouse and talks to it with arrow-flight's clients.
 
+mod cli;
+mod common;
+mod flight_sql;
+mod plain_flight;

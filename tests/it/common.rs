@@ -1,0 +1,119 @@
+//! A server per test, on a listener bound before serving starts (no sleeps, no port races).
+
+use std::net::SocketAddr;
+
+use arrow_flight::FlightInfo;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use futures::TryStreamExt;
+use quiver::session::QuiverSession;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub warehouse: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let warehouse = tempfile::tempdir().expect("tempdir");
+        let url = url::Url::from_directory_path(warehouse.path()).expect("url");
+        let session = QuiverSession::open(url).await.expect("session");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(quiver::server::serve(listener, session, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            warehouse,
+            shutdown: Some(tx),
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn sql_client(&self) -> FlightSqlServiceClient<Channel> {
+        FlightSqlServiceClient::new(self.channel().await)
+    }
+
+    pub async fn flight_client(&self) -> FlightServiceClient<Channel> {
+        FlightServiceClient::new(self.channel().await)
+    }
+
+    /// Number of commits in a table's Delta log.
+    pub fn commits(&self, schema: &str, table: &str) -> usize {
+        let log = self
+            .warehouse
+            .path()
+            .join(schema)
+            .join(table)
+            .join("_delta_log");
+        std::fs::read_dir(log)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Fetches every endpoint of a FlightInfo.
+pub async fn fetch(
+    client: &mut FlightSqlServiceClient<Channel>,
+    info: FlightInfo,
+) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.expect("ticket");
+        let stream = client.do_get(ticket).await.expect("do_get");
+        batches.extend(stream.try_collect::<Vec<_>>().await.expect("stream"));
+    }
+    batches
+}
+
+/// Runs a query and returns its result pretty-printed, one line per element.
+pub async fn query(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<String> {
+    let info = client.execute(sql.to_string(), None).await.expect(sql);
+    let batches = fetch(client, info).await;
+    pretty(&batches)
+}
+
+pub fn pretty(batches: &[RecordBatch]) -> Vec<String> {
+    pretty_format_batches(batches)
+        .expect("format")
+        .to_string()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The gRPC code of a failed call.
+pub fn code(e: &FlightError) -> tonic::Code {
+    match e {
+        FlightError::Tonic(status) => status.code(),
+        other => panic!("not a gRPC error: {other:?}"),
+    }
+}

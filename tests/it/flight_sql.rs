@@ -1,0 +1,397 @@
+//! Flight SQL through arrow-flight's FlightSqlServiceClient: queries, prepared statements with
+//! parameters, updates, ingest, metadata and errors.
+
+use std::sync::Arc;
+
+use arrow_flight::sql::{
+    CommandGetDbSchemas, CommandGetTables, CommandStatementIngest, SqlInfo, TableDefinitionOptions,
+    TableExistsOption, TableNotExistOption,
+};
+use datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Schema};
+use tonic::Code;
+
+use crate::common::{TestServer, code, fetch, pretty, query};
+
+fn rows(ids: &[i64], names: &[&str]) -> RecordBatch {
+    RecordBatch::try_from_iter([
+        (
+            "id",
+            Arc::new(Int64Array::from(ids.to_vec())) as Arc<dyn Array>,
+        ),
+        (
+            "name",
+            Arc::new(StringArray::from(names.to_vec())) as Arc<dyn Array>,
+        ),
+    ])
+    .expect("batch")
+}
+
+fn ingest_command(
+    table: &str,
+    if_not_exist: TableNotExistOption,
+    if_exists: TableExistsOption,
+) -> CommandStatementIngest {
+    CommandStatementIngest {
+        table_definition_options: Some(TableDefinitionOptions {
+            if_not_exist: if_not_exist.into(),
+            if_exists: if_exists.into(),
+        }),
+        table: table.to_string(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn statements_create_insert_query_delete() {
+    let server = TestServer::start().await;
+    let mut client = server.sql_client().await;
+    client
+        .execute_update("CREATE TABLE t (id BIGINT, name VARCHAR)".into(), None)
+        .await
+        .expect("create");
+    let inserted = client
+        .execute_update(
+            "INSERT INTO t VALUES (2, 'b'), (1, 'a'), (3, 'c')".into(),
+            None,
+        )
+        .await
+        .expect("insert");
+    assert_eq!(inserted, 3);
+    let result = query(&mut client, "SELECT id, name FROM t ORDER BY id").await;
+    assert_eq!(
+        result,
+        [
+            "+----+------+",
+            "| id | name |",
+            "+----+------+",
+            "| 1  | a    |",
+            "| 2  | b    |",
+            "| 3  | c    |",
+            "+----+------+"
+        ]
+    );
+    let deleted = client
+        .execute_update("DELETE FROM t WHERE id >= 2".into(), None)
+        .await
+        .expect("delete");
+    assert_eq!(deleted, 2);
+    assert_eq!(
+        query(&mut client, "SELECT count(*) AS n FROM t").await[3],
+        "| 1 |"
+    );
+    // create + insert + delete: three Delta commits.
+    assert_eq!(server.commits("public", "t"), 3);
+}
+
+#[tokio::test]
+async fn prepared_query_binds_parameters() {
+    let server = TestServer::start().await;
+    let mut client = server.sql_client().await;
+    client
+        .execute_update(
+            "CREATE TABLE p AS SELECT * FROM (VALUES (1, 'a'), (2, 'b')) AS v(id, name)".into(),
+            None,
+        )
+        .await
+        .expect("ctas");
+    let mut prepared = client
+        .prepare("SELECT name FROM p WHERE id = ?".into(), None)
+        .await
+        .expect("prepare");
+    let params = prepared.parameter_schema().expect("params").clone();
+    assert_eq!(params.fields().len(), 1);
+    assert_eq!(params.field(0).data_type(), &DataType::Int64);
+    assert_eq!(
+        prepared.dataset_schema().expect("schema").field(0).name(),
+        "name"
+    );
+    let binding =
+        RecordBatch::try_from_iter([("0", Arc::new(Int64Array::from(vec![2])) as Arc<dyn Array>)])
+            .expect("binding");
+    prepared.set_parameters(binding).expect("bind");
+    let info = prepared.execute().await.expect("execute");
+    let batches = fetch(&mut client, info).await;
+    assert_eq!(
+        pretty(&batches),
+        ["+------+", "| name |", "+------+", "| b    |", "+------+"]
+    );
+}
+
+#[tokio::test]
+async fn prepared_insert_of_many_rows_is_one_commit() {
+    let server = TestServer::start().await;
+    let mut client = server.sql_client().await;
+    client
+        .execute_update("CREATE TABLE m (id BIGINT, name VARCHAR)".into(), None)
+        .await
+        .expect("create");
+    let mut prepared = client
+        .prepare("INSERT INTO m VALUES ($1, $2)".into(), None)
+        .await
+        .expect("prepare");
+    prepared
+        .set_parameters(rows(&[1, 2, 3, 4], &["a", "b", "c", "d"]))
+        .expect("bind");
+    assert_eq!(prepared.execute_update().await.expect("update"), 4);
+    assert_eq!(server.commits("public", "m"), 2, "create + one insert");
+    assert_eq!(
+        query(&mut client, "SELECT sum(id) AS s FROM m").await[3],
+        "| 10 |"
+    );
+}
+
+#[tokio::test]
+async fn ingest_in_every_mode() {
+    let server = TestServer::start().await;
+    let mut client = server.sql_client().await;
+    let upload = |b: RecordBatch| futures::stream::iter([Ok(b)]);
+    let create = ingest_command("ing", TableNotExistOption::Create, TableExistsOption::Fail);
+    let n = client
+        .execute_ingest(create.clone(), upload(rows(&[1, 2], &["a", "b"])))
+        .await
+        .expect("create");
+    assert_eq!(n, 2);
+    let again = client
+        .execute_ingest(create, upload(rows(&[3], &["c"])))
+        .await
+        .expect_err("exists");
+    assert_eq!(code(&again), Code::AlreadyExists);
+
+    let append = ingest_command("ing", TableNotExistOption::Fail, TableExistsOption::Append);
+    client
+        .execute_ingest(append, upload(rows(&[3], &["c"])))
+        .await
+        .expect("append");
+    assert_eq!(
+        query(&mut client, "SELECT count(*) AS n FROM ing").await[3],
+        "| 3 |"
+    );
+    assert_eq!(
+        server.commits("public", "ing"),
+        2,
+        "one commit per ingest call"
+    );
+
+    let replace = ingest_command(
+        "ing",
+        TableNotExistOption::Create,
+        TableExistsOption::Replace,
+    );
+    let other =
+        RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(vec![9])) as Arc<dyn Array>)])
+            .expect("b");
+    client
+        .execute_ingest(replace, upload(other))
+        .await
+        .expect("replace");
+    assert_eq!(
+        query(&mut client, "SELECT * FROM ing").await,
+        ["+---+", "| x |", "+---+", "| 9 |", "+---+"]
+    );
+
+    let create_append = ingest_command(
+        "ing2",
+        TableNotExistOption::Create,
+        TableExistsOption::Append,
+    );
+    client
+        .execute_ingest(create_append.clone(), upload(rows(&[1], &["a"])))
+        .await
+        .expect("ca1");
+    client
+        .execute_ingest(create_append, upload(rows(&[2], &["b"])))
+        .await
+        .expect("ca2");
+    assert_eq!(
+        query(&mut client, "SELECT count(*) AS n FROM ing2").await[3],
+        "| 2 |"
+    );
+
+    // Wrong type for an existing column: rejected, naming the column, and no commit is made.
+    let wrong = RecordBatch::try_from_iter([
+        (
+            "id",
+            Arc::new(StringArray::from(vec!["x"])) as Arc<dyn Array>,
+        ),
+        (
+            "name",
+            Arc::new(StringArray::from(vec!["y"])) as Arc<dyn Array>,
+        ),
+    ])
+    .expect("wrong");
+    let append = ingest_command("ing2", TableNotExistOption::Fail, TableExistsOption::Append);
+    let err = client
+        .execute_ingest(append, upload(wrong))
+        .await
+        .expect_err("mismatch");
+    assert_eq!(code(&err), Code::InvalidArgument);
+    assert!(err.to_string().contains("column 'id'"), "{err}");
+    assert_eq!(server.commits("public", "ing2"), 2);
+}
+
+#[tokio::test]
+async fn catalog_metadata() {
+    let server = TestServer::start().await;
+    let mut client = server.sql_client().await;
+    client
+        .execute_update("CREATE SCHEMA features".into(), None)
+        .await
+        .expect("schema");
+    client
+        .execute_update(
+            "CREATE TABLE features.user_stats (user_id BIGINT, clicks INT)".into(),
+            None,
+        )
+        .await
+        .expect("table");
+
+    let catalogs_info = client.get_catalogs().await.expect("catalogs");
+    let catalogs = fetch(&mut client, catalogs_info).await;
+    assert_eq!(pretty(&catalogs)[3], "| quiver       |");
+
+    let schemas_info = client
+        .get_db_schemas(CommandGetDbSchemas {
+            catalog: None,
+            db_schema_filter_pattern: Some("feat%".into()),
+        })
+        .await
+        .expect("schemas");
+    let schemas = pretty(&fetch(&mut client, schemas_info).await);
+    assert_eq!(schemas.len(), 5, "{schemas:?}");
+    assert!(schemas[3].contains("features"));
+
+    let tables_info = client
+        .get_tables(CommandGetTables {
+            include_schema: true,
+            ..Default::default()
+        })
+        .await
+        .expect("tables");
+    let tables = fetch(&mut client, tables_info).await;
+    assert_eq!(tables[0].num_rows(), 1);
+    let table_schema = tables[0]
+        .column_by_name("table_schema")
+        .expect("schema column");
+    let bytes = table_schema
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::BinaryArray>()
+        .expect("binary")
+        .value(0);
+    let decoded =
+        Schema::try_from(arrow_flight::IpcMessage(bytes.to_vec().into())).expect("schema");
+    assert_eq!(decoded.field(1).name(), "clicks");
+
+    let types_info = client.get_table_types().await.expect("types");
+    let types = fetch(&mut client, types_info).await;
+    assert!(pretty(&types).iter().any(|l| l.contains("TABLE")));
+
+    let info = client
+        .get_sql_info(vec![SqlInfo::FlightSqlServerName])
+        .await
+        .expect("sql info");
+    let info = fetch(&mut client, info).await;
+    assert_eq!(info[0].num_rows(), 1);
+
+    let pk = client
+        .get_primary_keys(arrow_flight::sql::CommandGetPrimaryKeys {
+            table: "user_stats".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("pk");
+    assert_eq!(
+        fetch(&mut client, pk)
+            .await
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum::<usize>(),
+        0
+    );
+
+    let xdbc = client
+        .get_xdbc_type_info(arrow_flight::sql::CommandGetXdbcTypeInfo { data_type: None })
+        .await
+        .expect("xdbc");
+    assert!(fetch(&mut client, xdbc).await[0].num_rows() >= 10);
+}
+
+#[tokio::test]
+async fn errors_have_the_right_status_and_the_server_keeps_serving() {
+    let server = TestServer::start().await;
+    let mut client = server.sql_client().await;
+    let bad = client
+        .execute("SELEC 1".into(), None)
+        .await
+        .expect_err("bad sql");
+    assert_eq!(code(&bad), Code::InvalidArgument);
+    assert!(bad.to_string().contains("SELEC"), "{bad}");
+    let missing = client
+        .execute("SELECT * FROM nope".into(), None)
+        .await
+        .expect_err("missing");
+    assert_eq!(code(&missing), Code::NotFound);
+    assert!(missing.to_string().contains("public.nope"), "{missing}");
+    let unsupported = client
+        .execute("BEGIN".into(), None)
+        .await
+        .expect_err("begin");
+    assert_eq!(code(&unsupported), Code::Unimplemented);
+    let garbage = client
+        .do_get(arrow_flight::Ticket::new(vec![0xff, 0xfe, 0x00]))
+        .await
+        .expect_err("garbage ticket");
+    assert_eq!(code(&garbage), Code::InvalidArgument);
+    assert_eq!(query(&mut client, "SELECT 1 AS one").await[3], "| 1   |");
+}
+
+#[tokio::test]
+async fn dml_runs_once_even_if_the_ticket_is_fetched_twice() {
+    let server = TestServer::start().await;
+    let mut client = server.sql_client().await;
+    client
+        .execute_update("CREATE TABLE once (id BIGINT)".into(), None)
+        .await
+        .expect("create");
+    let info = client
+        .execute("INSERT INTO once VALUES (1)".into(), None)
+        .await
+        .expect("insert");
+    let first = fetch(&mut client, info.clone()).await;
+    let second = fetch(&mut client, info).await;
+    assert_eq!(pretty(&first), pretty(&second));
+    assert_eq!(
+        query(&mut client, "SELECT count(*) AS n FROM once").await[3],
+        "| 1 |"
+    );
+}
+
+#[tokio::test]
+async fn time_travel_by_version() {
+    let server = TestServer::start().await;
+    let mut client = server.sql_client().await;
+    client
+        .execute_update("CREATE TABLE tt (id BIGINT)".into(), None)
+        .await
+        .expect("v0");
+    client
+        .execute_update("INSERT INTO tt VALUES (1)".into(), None)
+        .await
+        .expect("v1");
+    client
+        .execute_update("INSERT INTO tt VALUES (2)".into(), None)
+        .await
+        .expect("v2");
+    assert_eq!(
+        query(&mut client, "SELECT count(*) AS n FROM tt VERSION AS OF 1").await[3],
+        "| 1 |"
+    );
+    assert_eq!(
+        query(&mut client, "SELECT count(*) AS n FROM tt").await[3],
+        "| 2 |"
+    );
+    let write = client
+        .execute_update("INSERT INTO tt VERSION AS OF 1 VALUES (3)".into(), None)
+        .await;
+    assert!(write.is_err(), "old snapshots are read-only");
+}

@@ -1,0 +1,75 @@
+"""Shared fixtures: a real `quiver serve` process on a fresh warehouse, and the shared Delta test data.
+
+The server binary comes from QUIVER_BIN (tests/run.sh sets it); the port is read from the line the
+server prints after binding 127.0.0.1:0, so nothing sleeps or races for ports.
+"""
+
+import os
+import pathlib
+import signal
+import subprocess
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _binary() -> str:
+    return os.environ.get("QUIVER_BIN", str(REPO / "target" / "debug" / "quiver"))
+
+
+class Server:
+    def __init__(self, warehouse: pathlib.Path):
+        self.warehouse = warehouse
+        self.proc = subprocess.Popen(
+            [_binary(), "serve", "--warehouse", str(warehouse), "--listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("quiver listening on grpc://"):
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {line!r} {self.proc.stderr.read()}")
+        self.uri = line.removeprefix("quiver listening on ")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One server for the whole session; tests use distinct table names."""
+    srv = Server(tmp_path_factory.mktemp("warehouse"))
+    yield srv
+    assert srv.stop() == 0, "server did not exit cleanly on SIGTERM"
+
+
+@pytest.fixture()
+def fresh_server(tmp_path):
+    """A server of its own, for tests that need an empty warehouse."""
+    srv = Server(tmp_path / "warehouse")
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture()
+def adbc(server):
+    import adbc_driver_flightsql.dbapi as dbapi
+
+    with dbapi.connect(server.uri, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def testdata() -> pathlib.Path:
+    """../shared/testdata (or QUIVER_TESTDATA); tests that need it skip, saying so, when it is absent."""
+    root = pathlib.Path(os.environ.get("QUIVER_TESTDATA", REPO.parent / "shared" / "testdata"))
+    if not (root / "delta").is_dir():
+        pytest.skip(f"shared Delta test data not found at {root} (set QUIVER_TESTDATA)")
+    return root
