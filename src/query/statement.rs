@@ -164,8 +164,9 @@ async fn explain_missing_table(
         return error.into();
     }
     for reference in references {
-        let Ok((schema, table)) = schema_and_table(reference) else {
-            continue;
+        let (schema, table) = match schema_and_table(reference) {
+            Ok(names) => names,
+            Err(e) => return e,
         };
         let base = table
             .split(crate::storage::catalog::AS_OF_SEPARATOR)

@@ -22,10 +22,11 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::prelude::SessionContext;
 use deltalake::{DeltaTable, DeltaTableBuilder};
+use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use url::Url;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Which snapshot of a table to read: the latest, or one chosen with `VERSION AS OF` / `TIMESTAMP AS OF`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +45,50 @@ pub async fn open_delta(url: &Url, as_of: &AsOf) -> Result<DeltaTable> {
         AsOf::Version(v) => builder.with_version(*v),
         AsOf::Timestamp(ts) => builder.with_datestring(ts)?,
     };
-    Ok(builder.load().await?)
+    let table = match builder.load().await {
+        Ok(table) => table,
+        Err(e) => return Err(explain_bad_version(url, as_of, e).await),
+    };
+    if let AsOf::Timestamp(ts) = as_of {
+        check_not_before_creation(&table, ts).await?;
+    }
+    Ok(table)
+}
+
+/// A version past the end of the log fails deep inside the Delta kernel; say which versions exist.
+async fn explain_bad_version(url: &Url, as_of: &AsOf, error: deltalake::DeltaTableError) -> Error {
+    let AsOf::Version(requested) = as_of else {
+        return error.into();
+    };
+    match DeltaTableBuilder::from_url(url.clone()).map(|b| b.build()) {
+        Ok(Ok(table)) => match table.get_latest_version().await {
+            Ok(latest) if *requested > latest => Error::InvalidInput(format!(
+                "VERSION AS OF {requested}: the table's latest version is {latest}"
+            )),
+            _ => error.into(),
+        },
+        _ => error.into(),
+    }
+}
+
+/// delta-rs answers a timestamp older than the table with its first version; Spark and Databricks
+/// reject it, and so does Quiver: there was no data then.
+async fn check_not_before_creation(table: &DeltaTable, ts: &str) -> Result<()> {
+    let requested = chrono::DateTime::parse_from_rfc3339(ts)
+        .map_err(|e| Error::InvalidInput(format!("bad timestamp '{ts}': {e}")))?
+        .timestamp_millis();
+    let mut history = table.history(Some(1));
+    if let Some(commit) = history.try_next().await?
+        && let Some(committed) = commit.timestamp
+        && committed > requested
+    {
+        return Err(Error::InvalidInput(format!(
+            "TIMESTAMP AS OF {ts} is before the earliest version available (committed at {})",
+            chrono::DateTime::from_timestamp_millis(committed)
+                .map_or_else(|| committed.to_string(), |t| t.to_rfc3339())
+        )));
+    }
+    Ok(())
 }
 
 /// The provider the catalog hands to DataFusion for every Delta table.

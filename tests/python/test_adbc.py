@@ -772,3 +772,38 @@ def test_insert_select_between_tables(adbc, server):
     assert dml_count(adbc, f"INSERT INTO {dst} SELECT id, name FROM {src} WHERE id <> 2") == 2
     assert commits(server, dst) == 2
     assert rows(adbc, f"SELECT id FROM {dst} ORDER BY id") == [{"id": 1}, {"id": 3}]
+
+
+def test_typed_parameters(adbc):
+    t = "adbc_param_types"
+    dml_count(adbc, f"CREATE TABLE {t} (d DATE, ts TIMESTAMP, dec DECIMAL(10, 2), f DOUBLE)")
+    values = (
+        datetime.date(2024, 1, 2),
+        datetime.datetime(2024, 1, 2, 3, 4, 5),
+        decimal.Decimal("1.50"),
+        -2.5,
+    )
+    assert dml_count(adbc, f"INSERT INTO {t} VALUES (?, ?, ?, ?)", parameters=values) == 1
+    assert rows(adbc, f"SELECT * FROM {t}") == [
+        {"d": values[0], "ts": values[1], "dec": values[2], "f": values[3]}
+    ]
+    assert rows(adbc, f"SELECT count(*) AS n FROM {t} WHERE d = ?", parameters=(values[0],)) == [
+        {"n": 1}
+    ]
+
+
+def test_identifiers_case_and_invalid_names(adbc, server):
+    dml_count(adbc, 'CREATE TABLE "adbc_MixedCase" (i INT)')
+    dml_count(adbc, 'INSERT INTO "adbc_MixedCase" VALUES (1)')
+    assert rows(adbc, 'SELECT i FROM "adbc_MixedCase"') == [{"i": 1}]
+    assert (server.warehouse / "public" / "adbc_MixedCase").is_dir()
+    # Unquoted names fold to lower case.
+    dml_count(adbc, "CREATE TABLE ADBC_UPPER (i INT)")
+    assert rows(adbc, "SELECT count(*) AS n FROM adbc_upper") == [{"n": 0}]
+    assert (server.warehouse / "public" / "adbc_upper").is_dir()
+    # Names that would escape the warehouse are rejected, and nothing is written.
+    for sql in ['CREATE TABLE "adbc/evil" (i INT)', 'CREATE SCHEMA "../adbc_escape"', 'CREATE TABLE ".adbc" (i INT)']:
+        err = error_of(adbc, sql)
+        assert err.status_code == Status.INVALID_ARGUMENT, sql
+    assert not (server.warehouse.parent / "adbc_escape").exists()
+    assert not (server.warehouse / "public" / "adbc").exists()

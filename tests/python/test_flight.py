@@ -242,6 +242,47 @@ def test_do_put_visible_to_adbc(client, adbc):
         assert cur.fetchall() == [(6,)]
 
 
+def test_concurrent_writers_all_land(client, server):
+    import threading
+
+    import adbc_driver_flightsql.dbapi as dbapi
+
+    t = "fl_concurrent"
+    sql(client, f"CREATE TABLE {t} (id BIGINT, w INT)")
+    schema = pa.schema([("id", pa.int64()), ("w", pa.int32())])
+    errors = []
+
+    def flight_writer(w):
+        try:
+            c = flight.FlightClient(server.uri)
+            for i in range(4):
+                put(c, [t], pa.table({"id": pa.array([i], pa.int64()), "w": pa.array([w], pa.int32())}, schema=schema))
+            c.close()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    def adbc_writer(w):
+        try:
+            with dbapi.connect(server.uri, autocommit=True) as conn, conn.cursor() as cur:
+                for i in range(4):
+                    cur.execute(f"INSERT INTO {t} VALUES (?, ?)", parameters=(i, w))
+                    cur.fetchall()
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=flight_writer, args=(w,)) for w in range(3)]
+    threads += [threading.Thread(target=adbc_writer, args=(w,)) for w in range(10, 13)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert errors == []
+    assert rows(client, f"SELECT count(*) AS n, count(DISTINCT w) AS writers FROM {t}") == [
+        {"n": 24, "writers": 6}
+    ]
+    assert commits(server, t) == 1 + 24
+
+
 # --- ListFlights / GetSchema -------------------------------------------------------------------
 
 
