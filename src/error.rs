@@ -28,6 +28,9 @@ pub enum Error {
     #[error("schema not found: {0}")]
     SchemaNotFound(String),
 
+    #[error("catalog not found: {0}")]
+    CatalogNotFound(String),
+
     #[error("{kind} already exists: {name}")]
     AlreadyExists { kind: &'static str, name: String },
 
@@ -84,6 +87,7 @@ impl Error {
             Error::InvalidInput(_) => Code::InvalidArgument,
             Error::TableNotFound(_) => Code::NotFound,
             Error::SchemaNotFound(_) => Code::NotFound,
+            Error::CatalogNotFound(_) => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::SchemaMismatch { .. } => Code::InvalidArgument,
             Error::Unsupported(_) => Code::Unimplemented,

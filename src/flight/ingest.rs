@@ -34,8 +34,8 @@ pub async fn ingest_command(
         .as_deref()
         .filter(|c| !c.is_empty() && *c != CATALOG)
     {
-        return Err(Error::InvalidInput(format!(
-            "unknown catalog '{catalog}': the only catalog is '{CATALOG}'"
+        return Err(Error::CatalogNotFound(format!(
+            "'{catalog}': the only catalog is '{CATALOG}'"
         )));
     }
     let mode = ingest_mode(&command)?;

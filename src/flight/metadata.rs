@@ -15,6 +15,7 @@ use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::{Error, Result};
+use crate::flight::stream::wire_schema;
 use crate::session::QuiverSession;
 use crate::storage::{AsOf, CATALOG, TableLocation};
 
@@ -128,7 +129,14 @@ pub async fn tables(session: &QuiverSession, cmd: CommandGetTables) -> Result<Re
         for schema in warehouse.schemas().await? {
             for (table, location) in warehouse.tables(&schema).await? {
                 let table_schema = if include_schema {
-                    table_arrow_schema(session, &schema, &table, &location).await?
+                    match table_arrow_schema(session, &schema, &table, &location).await {
+                        Ok(table_schema) => Arc::new(wire_schema(&table_schema)),
+                        Err(e) => {
+                            // Listed with an empty schema rather than failing the whole listing.
+                            tracing::warn!(%schema, %table, error = %e, "GetTables: cannot read table schema");
+                            Arc::new(Schema::empty())
+                        }
+                    }
                 } else {
                     Arc::new(Schema::empty())
                 };

@@ -24,7 +24,7 @@ use crate::flight::handle::StatementHandle;
 use crate::flight::metadata::{path_to_table, table_arrow_schema};
 use crate::flight::planner;
 use crate::flight::service::{QuiverFlightSql, flight_info};
-use crate::flight::stream::FlightDataStream;
+use crate::flight::stream::{FlightDataStream, wire_schema};
 use crate::session::QuiverSession;
 use crate::storage::DEFAULT_SCHEMA;
 
@@ -101,8 +101,22 @@ impl QuiverFlight {
         let mut infos = Vec::new();
         for schema in warehouse.schemas().await? {
             for (table, location) in warehouse.tables(&schema).await? {
-                let arrow_schema =
-                    table_arrow_schema(self.session(), &schema, &table, &location).await?;
+                // One unreadable table (e.g. an external table using a Delta feature delta-rs lacks)
+                // must not hide all the others.
+                let arrow_schema = match table_arrow_schema(
+                    self.session(),
+                    &schema,
+                    &table,
+                    &location,
+                )
+                .await
+                {
+                    Ok(arrow_schema) => arrow_schema,
+                    Err(e) => {
+                        tracing::warn!(%schema, %table, error = %e, "ListFlights: skipping unreadable table");
+                        continue;
+                    }
+                };
                 let path = if schema == DEFAULT_SCHEMA {
                     vec![table.clone()]
                 } else {
@@ -257,5 +271,5 @@ fn statement_of_command(bytes: &[u8]) -> Result<String> {
 
 fn schema_result(schema: &Schema) -> Result<SchemaResult> {
     let options = IpcWriteOptions::default();
-    Ok(SchemaAsIpc::new(schema, &options).try_into()?)
+    Ok(SchemaAsIpc::new(&wire_schema(schema), &options).try_into()?)
 }

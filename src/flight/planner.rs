@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, RecordBatch, UInt64Array};
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
@@ -132,7 +133,10 @@ async fn insert_many(
             .await?;
         rows.extend(batches);
     }
-    let source = session.ctx().read_batches(rows)?.into_unoptimized_plan();
+    let source = session
+        .ctx()
+        .read_batches(unify(rows)?)?
+        .into_unoptimized_plan();
     let insert = DmlStatement::new(
         dml.table_name.clone(),
         dml.target.clone(),
@@ -140,6 +144,38 @@ async fn insert_many(
         Arc::new(source),
     );
     affected_rows(execute(session, Planned::Query(LogicalPlan::Dml(insert))).await?).await
+}
+
+/// Row-by-row binding gives batches whose types differ in nullability (or are Null where a parameter
+/// was NULL); brings them to one nullable schema, taking each column's type from its first non-Null.
+fn unify(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    let Some(first) = batches.first() else {
+        return Ok(batches);
+    };
+    let fields: Vec<Field> = (0..first.num_columns())
+        .map(|c| {
+            let data_type = batches
+                .iter()
+                .map(|b| b.column(c).data_type())
+                .find(|t| **t != DataType::Null)
+                .unwrap_or(&DataType::Null)
+                .clone();
+            Field::new(first.schema().field(c).name(), data_type, true)
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    batches
+        .iter()
+        .map(|b| {
+            let columns = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(column, field)| cast(column, field.data_type()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(RecordBatch::try_new(schema.clone(), columns)?)
+        })
+        .collect()
 }
 
 /// The rows a statement affected: the `count` DML returns, or the rows of anything else.

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::flight::handle::StatementHandle;
 use crate::flight::ingest::{collect_parameters, ingest_command, ingest_path};
-use crate::flight::stream::{FlightDataStream, batch_to_flight, execute_to_flight};
+use crate::flight::stream::{FlightDataStream, batch_to_flight, execute_to_flight, wire_schema};
 use crate::flight::{metadata, planner};
 use crate::session::QuiverSession;
 
@@ -115,7 +115,7 @@ pub fn flight_info(
     ticket: Vec<u8>,
 ) -> Result<FlightInfo, Status> {
     let info = FlightInfo::new()
-        .try_with_schema(schema)
+        .try_with_schema(&wire_schema(schema))
         .map_err(|e| Error::Arrow(e).to_status())?
         .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
         .with_descriptor(descriptor)
@@ -423,7 +423,7 @@ impl FlightSqlService for QuiverFlightSql {
             .await?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: prepared.handle.encode(),
-            dataset_schema: schema_bytes(&prepared.dataset_schema)?,
+            dataset_schema: schema_bytes(&wire_schema(&prepared.dataset_schema))?,
             parameter_schema: schema_bytes(&prepared.parameter_schema)?,
         })
     }

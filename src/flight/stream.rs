@@ -12,6 +12,7 @@ use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -120,6 +121,32 @@ fn upload_error(e: FlightError) -> Error {
             Error::InvalidInput(format!("upload failed: {}", status.message()))
         }
         other => Error::InvalidInput(format!("malformed Arrow data in upload: {other}")),
+    }
+}
+
+/// The schema clients receive: the encoder hydrates dictionary columns (delta-rs dictionary-encodes
+/// string partition columns), so every schema Quiver announces must say the same, or clients such as
+/// ADBC reject the stream as inconsistent with its FlightInfo.
+pub fn wire_schema(schema: &Schema) -> Schema {
+    let fields: Vec<Field> = schema.fields().iter().map(|f| wire_field(f)).collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
+fn wire_field(field: &Field) -> Field {
+    field.clone().with_data_type(wire_type(field.data_type()))
+}
+
+fn wire_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Dictionary(_, value) => wire_type(value),
+        DataType::List(f) => DataType::List(Arc::new(wire_field(f))),
+        DataType::LargeList(f) => DataType::LargeList(Arc::new(wire_field(f))),
+        DataType::FixedSizeList(f, n) => DataType::FixedSizeList(Arc::new(wire_field(f)), *n),
+        DataType::Struct(fields) => {
+            DataType::Struct(fields.iter().map(|f| wire_field(f)).collect::<Fields>())
+        }
+        DataType::Map(f, sorted) => DataType::Map(Arc::new(wire_field(f)), *sorted),
+        other => other.clone(),
     }
 }
 

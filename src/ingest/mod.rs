@@ -4,6 +4,7 @@
 //! (see `storage::table`); uploads come here because they bring their own schema and a mode.
 
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, TimeUnit};
+use datafusion::catalog::TableProvider;
 use datafusion::execution::SendableRecordBatchStream;
 use deltalake::DeltaTable;
 
@@ -48,8 +49,12 @@ pub async fn ingest(
             (DeltaTable::try_from_url(url).await?, WriteKind::Create)
         }
         (IngestMode::Append | IngestMode::CreateAppend, Some(location)) => {
-            let delta = open_delta(location.url(), &AsOf::Latest).await?;
-            let current = delta.table_provider().await?.schema();
+            let provider = session
+                .catalog()
+                .provider(qualified.clone(), &location, &AsOf::Latest)
+                .await?;
+            let current = TableProvider::schema(&provider);
+            let delta = provider.delta_table().clone();
             check_compatible(&qualified, &current, &data.schema())?;
             (delta, WriteKind::Append)
         }

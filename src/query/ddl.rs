@@ -14,6 +14,9 @@ use crate::query::statement::Command;
 use crate::session::QuiverSession;
 use crate::storage::table::count_batch;
 use crate::storage::{AsOf, WriteKind, WriteRequest, open_delta, write_stream};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::logical_expr::LogicalPlan;
+use futures::StreamExt;
 
 pub async fn run(session: &QuiverSession, command: Command) -> Result<SendableRecordBatchStream> {
     let warehouse = session.warehouse();
@@ -65,9 +68,16 @@ pub async fn run(session: &QuiverSession, command: Command) -> Result<SendableRe
                 }
             } else {
                 let url = location_url(&location)?;
-                open_delta(&url, &AsOf::Latest).await.map_err(|e| {
-                    Error::InvalidInput(format!("no readable Delta table at '{location}': {e}"))
-                })?;
+                // Build the full reader now: a table using a Delta feature delta-rs cannot read is
+                // refused here rather than failing every later listing.
+                let probe = crate::storage::TableLocation::External(url.clone());
+                session
+                    .catalog()
+                    .provider(format!("{schema}.{table}"), &probe, &AsOf::Latest)
+                    .await
+                    .map_err(|e| {
+                        Error::InvalidInput(format!("no readable Delta table at '{location}': {e}"))
+                    })?;
                 warehouse.register_external(&schema, &table, &url).await?;
             }
         }
@@ -119,8 +129,12 @@ async fn create_table(
             (DeltaTable::try_from_url(url).await?, WriteKind::Create)
         }
     };
+    // As in Spark, CREATE TABLE AS SELECT makes nullable columns: the query's literals being non-null
+    // says nothing about the rows inserted later. Declared columns keep their NOT NULL.
+    let ctas = !matches!(input, LogicalPlan::EmptyRelation(_));
     let df = session.ctx().execute_logical_plan(input).await?;
     let data = df.execute_stream().await?;
+    let data = if ctas { nullable(data) } else { data };
     let request = WriteRequest {
         table: delta,
         kind,
@@ -128,6 +142,21 @@ async fn create_table(
         data,
     };
     write_stream(&session.state(), request).await
+}
+
+fn nullable(data: SendableRecordBatchStream) -> SendableRecordBatchStream {
+    let schema = data.schema();
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let relaxed = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    let target = relaxed.clone();
+    let batches = data.map(move |batch| {
+        batch.and_then(|b| Ok(RecordBatch::try_new(target.clone(), b.columns().to_vec())?))
+    });
+    Box::pin(RecordBatchStreamAdapter::new(relaxed, batches))
 }
 
 /// A LOCATION as given: a URL, or a local path (relative to the server's working directory).

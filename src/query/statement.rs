@@ -301,8 +301,8 @@ pub fn schema_and_table(reference: &TableReference) -> Result<(String, String)> 
     if let Some(catalog) = reference.catalog()
         && catalog != CATALOG
     {
-        return Err(Error::InvalidInput(format!(
-            "unknown catalog '{catalog}' in {reference}: the only catalog is '{CATALOG}'"
+        return Err(Error::CatalogNotFound(format!(
+            "'{catalog}' in {reference}: the only catalog is '{CATALOG}'"
         )));
     }
     let schema = reference.schema().unwrap_or(DEFAULT_SCHEMA).to_string();

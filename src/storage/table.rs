@@ -22,7 +22,6 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::prelude::SessionContext;
 use deltalake::{DeltaTable, DeltaTableBuilder};
-use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use url::Url;
 
@@ -77,9 +76,12 @@ async fn check_not_before_creation(table: &DeltaTable, ts: &str) -> Result<()> {
     let requested = chrono::DateTime::parse_from_rfc3339(ts)
         .map_err(|e| Error::InvalidInput(format!("bad timestamp '{ts}': {e}")))?
         .timestamp_millis();
-    let mut history = table.history(Some(1));
-    if let Some(commit) = history.try_next().await?
-        && let Some(committed) = commit.timestamp
+    // delta-rs picks the latest version committed at or before the timestamp, falling back to the
+    // first version; the pick is only newer than the timestamp in that fallback.
+    let committed = table
+        .version()
+        .and_then(|v| table.snapshot().ok().and_then(|s| s.version_timestamp(v)));
+    if let Some(committed) = committed
         && committed > requested
     {
         return Err(Error::InvalidInput(format!(

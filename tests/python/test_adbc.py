@@ -175,11 +175,6 @@ def test_executemany_all_null_column(adbc):
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: executemany whose parameter rows mix NULL and non-NULL in one column fails with "
-    "INVALID_ARGUMENT 'Error during planning: Mismatch between schema and batches'",
-)
 def test_executemany_with_some_nulls(adbc, server):
     t = "adbc_executemany_nulls"
     dml_count(adbc, f"CREATE TABLE {t} (id BIGINT, name VARCHAR)")
@@ -525,11 +520,6 @@ def test_create_partitioned_table_using_delta_int_partition(adbc, server):
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a string partition column is planned as Dictionary(UInt16, Utf8) but streamed "
-    "as Utf8, so the ADBC driver rejects the result ('endpoint 0 returned inconsistent schema')",
-)
 def test_select_string_partition_column(adbc):
     t = "adbc_partitioned_select"
     dml_count(adbc, f"CREATE TABLE {t} (id INT, region VARCHAR) PARTITIONED BY (region)")
@@ -680,12 +670,6 @@ def test_time_travel_bad_timestamp_is_invalid_argument(adbc):
     assert "timestamp" in str(err)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: VERSION AS OF a version that does not exist fails with INTERNAL "
-    "('LogSegment end version ... not the same as the specified end version') "
-    "instead of a client error",
-)
 def test_time_travel_to_missing_version_is_a_client_error(adbc):
     t = "adbc_time_travel_missing"
     dml_count(adbc, f"CREATE TABLE {t} (id INT)")

@@ -332,11 +332,6 @@ def test_deltalake_string_partitioned_table_via_plain_flight(server):
     assert got.sort_by("id").to_pylist() == by_id(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: string partition columns are announced as dictionary<utf8, uint16> but streamed "
-    "as utf8, so the ADBC driver rejects the result ('endpoint 0 returned inconsistent schema')",
-)
 def test_deltalake_string_partitioned_table_via_adbc(adbc, server):
     t = "dl_foreign_part_str_adbc"
     data = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "region": ["eu", None, "us"]})

@@ -151,35 +151,9 @@ class Known:
     quiver_bug: bool = False  # a Quiver defect (not delta-rs, not the test data)
 
 
-# Quiver's GetFlightInfo advertises the plan schema, in which delta-rs gives string/binary partition
-# columns as dictionary<values=utf8|binary, indices=uint16>, while DoGet streams through arrow-flight's
-# FlightDataEncoder, whose default DictionaryHandling::Hydrate sends plain utf8/binary. ADBC's Flight SQL
-# driver checks the stream against FlightInfo.schema and refuses the result. Any SELECT that returns a
-# string/binary partition column fails, warehouse tables created with PARTITIONED BY included.
-_DICT_SCHEMA_BUG = Known(
-    reason=(
-        "quiver bug: FlightInfo schema has dictionary<utf8|binary, uint16> for string/binary partition "
-        "columns but DoGet streams them hydrated to plain utf8/binary (FlightDataEncoderBuilder default "
-        "DictionaryHandling::Hydrate); ADBC rejects the result with 'endpoint 0 returned inconsistent "
-        "schema'. The data itself is right (checked through plain Flight by "
-        "test_delta_reader_plain_flight)"
-    ),
-    match=r"endpoint 0 returned inconsistent schema",
-    quiver_bug=True,
-)
-
 # Strict xfails, by case id. Each one was reproduced and traced to its cause: a Quiver-only failure is
 # checked against deltalake (Python, same delta-rs core), which reads these tables correctly.
 KNOWN_FAILURES: dict[str, Known] = {
-    **{
-        f"dat/{case}@{v}": _DICT_SCHEMA_BUG
-        for case, versions in {
-            "basic_partitioned": ("latest", "v0", "v1"),  # partition column letter: string
-            "multi_partitioned": ("latest", "v0", "v1", "v2"),  # letter: string, data: binary
-        }.items()
-        for v in versions
-    },
-    "kg/data-reader-escaped-chars@latest": _DICT_SCHEMA_BUG,  # partition column _2: string
     "kg/basic-with-vacuum-protocol-check-feature@latest": Known(
         reason=(
             "delta-rs 1.1 does not support the reader table feature vacuumProtocolCheck "
@@ -192,14 +166,10 @@ KNOWN_FAILURES: dict[str, Known] = {
             "bad golden data: the as_timestamp partition value is '2021-09-08 11:11:11' in the Delta "
             "log, which delta-rs (and deltalake 1.6.6) read as UTC per the protocol, but the expected "
             "parquet has 2021-09-08T18:11:11Z (the writer's session time zone, America/Los_Angeles, "
-            "applied). Also hit by the quiver dictionary-schema bug (as_string, as_string_lit_null). "
-            "test_delta_reader_plain_flight checks all 15 columns, as_timestamp corrected to UTC"
+            "applied). "
+            "test_delta_reader_corrected_expectation checks all 15 columns, as_timestamp corrected to UTC"
         ),
-        match=(
-            r"endpoint 0 returned inconsistent schema"
-            r"|columns with differences: \['as_timestamp'\]\n"
-        ),
-        quiver_bug=True,
+        match=r"columns with differences: \['as_timestamp'\]\n",
     ),
 }
 
@@ -468,19 +438,19 @@ def _fix_partition_values_golden(expected: pa.Table) -> pa.Table:
 EXPECTATION_FIXES = {"kg/data-reader-partition-values@latest": _fix_partition_values_golden}
 
 
-def _plain_flight_params() -> list:
-    cases = [c for c in _discover() if c.id in KNOWN_FAILURES and KNOWN_FAILURES[c.id].quiver_bug]
+def _corrected_params() -> list:
+    cases = [c for c in _discover() if c.id in EXPECTATION_FIXES]
     if not cases:
         return [pytest.param(None, id="none")]
     return [pytest.param(c, id=c.id) for c in cases]
 
 
-@pytest.mark.parametrize("case", _plain_flight_params())
-def test_delta_reader_plain_flight(case: Case | None, testdata, server, adbc):
-    """Cases xfailed above for a Quiver bug in the Flight SQL path still have their data checked, via
-    plain Flight (pyarrow.flight DoGet with a SQL ticket, which reads the schema from the stream)."""
+@pytest.mark.parametrize("case", _corrected_params())
+def test_delta_reader_corrected_expectation(case: Case | None, testdata, server, adbc):
+    """Cases whose golden expectation is known to be wrong are checked against the corrected
+    expectation, through plain Flight (pyarrow.flight DoGet with a SQL ticket)."""
     if case is None:
-        pytest.skip("no case is blocked by a Quiver bug")
+        pytest.skip("no case needs a corrected expectation")
     import pyarrow.flight as flight
 
     root = testdata / "delta"

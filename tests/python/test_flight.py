@@ -338,11 +338,6 @@ def test_get_schema(client):
     assert by_cmd.field("twice").type == pa.int64()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a string partition column is announced as dictionary<utf8, uint16> "
-    "(GetFlightInfo/GetSchema) but streamed as utf8 by DoGet",
-)
 def test_partitioned_table_schema_matches_stream(client):
     t = "fl_partitioned"
     sql(client, f"CREATE TABLE {t} (id INT, region VARCHAR) PARTITIONED BY (region)")
