@@ -11,21 +11,12 @@ import decimal
 import adbc_driver_manager
 import pyarrow as pa
 import pytest
+from helpers import commits, ingest, query, rows
 
 Status = adbc_driver_manager.AdbcStatusCode
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def query(conn, sql, parameters=None) -> pa.Table:
-    with conn.cursor() as cur:
-        cur.execute(sql, parameters=parameters)
-        return cur.fetch_arrow_table()
-
-
-def rows(conn, sql, parameters=None) -> list[dict]:
-    return query(conn, sql, parameters).to_pylist()
 
 
 def dml_count(conn, sql, parameters=None) -> int:
@@ -34,18 +25,6 @@ def dml_count(conn, sql, parameters=None) -> int:
     assert result.column_names == ["count"], result.schema
     assert result.num_rows == 1
     return result.column("count")[0].as_py()
-
-
-def ingest(conn, table, data, mode, **kwargs) -> int:
-    # A cursor of its own per call: the driver keeps statement options (db_schema_name, ...)
-    # on a cursor between calls.
-    with conn.cursor() as cur:
-        return cur.adbc_ingest(table, data, mode=mode, **kwargs)
-
-
-def commits(server, table, schema="public") -> int:
-    log = server.warehouse / schema / table / "_delta_log"
-    return len(list(log.glob("*.json")))
 
 
 def error_of(conn, sql, parameters=None) -> adbc_driver_manager.Error:

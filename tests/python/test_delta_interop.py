@@ -19,26 +19,12 @@ import deltalake
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+from helpers import ingest, query, rows
 
 UTC = datetime.timezone.utc
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def query(conn, sql, parameters=None) -> pa.Table:
-    with conn.cursor() as cur:
-        cur.execute(sql, parameters=parameters)
-        return cur.fetch_arrow_table()
-
-
-def rows(conn, sql, parameters=None) -> list[dict]:
-    return query(conn, sql, parameters).to_pylist()
-
-
-def ingest(conn, table, data, mode, **kwargs) -> int:
-    with conn.cursor() as cur:
-        return cur.adbc_ingest(table, data, mode=mode, **kwargs)
 
 
 def path_of(server, table, schema="public"):

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.flight as flight
 import pytest
+from helpers import commits
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -28,10 +29,6 @@ def sql(client, text) -> pa.Table:
 
 def rows(client, text) -> list[dict]:
     return sql(client, text).to_pylist()
-
-
-def commits(server, table, schema="public") -> int:
-    return len(list((server.warehouse / schema / table / "_delta_log").glob("*.json")))
 
 
 def put(client, path, data) -> bytes | None:
