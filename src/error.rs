@@ -81,7 +81,8 @@ impl Error {
         Status::new(code, message)
     }
 
-    fn code(&self) -> Code {
+    /// The gRPC code this error maps to.
+    pub fn code(&self) -> Code {
         match self {
             Error::Config { .. } => Code::InvalidArgument,
             Error::InvalidInput(_) => Code::InvalidArgument,
@@ -132,7 +133,9 @@ fn datafusion_code(e: &DataFusionError) -> Code {
         // Execution errors come from user data (casts, division by zero, bad arguments).
         DataFusionError::Execution(_) | DataFusionError::ArrowError(..) => Code::InvalidArgument,
         DataFusionError::ObjectStore(e) => object_store_code(e),
-        DataFusionError::IoError(_) | DataFusionError::ParquetError(_) => Code::Unavailable,
+        DataFusionError::IoError(_) => Code::Unavailable,
+        // A corrupt or unreadable data file: retrying will not help.
+        DataFusionError::ParquetError(_) => Code::Internal,
         DataFusionError::Collection(errors) => errors
             .first()
             .map(datafusion_code)

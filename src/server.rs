@@ -17,6 +17,8 @@ use crate::session::QuiverSession;
 
 /// Largest gRPC message accepted or sent (one Arrow batch in an upload or a result).
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// How long in-flight calls may run on after a shutdown signal before they are cancelled.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,6 +60,11 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     };
     let serving = tonic::transport::Server::builder()
+        // Uploads of Arrow batches are large: HTTP/2's default 64 KiB windows would stall each
+        // stream on a round trip per window.
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .tcp_nodelay(true)
         .add_service(server)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signalled);
     let drain_deadline = async move {

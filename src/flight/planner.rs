@@ -65,10 +65,12 @@ pub async fn plan_for_client(
 }
 
 fn has_side_effects(planned: &Planned) -> bool {
-    matches!(
-        planned,
-        Planned::Command(_) | Planned::Query(LogicalPlan::Dml(_))
-    )
+    match planned {
+        Planned::Command(_) | Planned::Query(LogicalPlan::Dml(_)) => true,
+        // EXPLAIN ANALYZE runs its statement.
+        Planned::Query(LogicalPlan::Analyze(a)) => matches!(a.input.as_ref(), LogicalPlan::Dml(_)),
+        Planned::Query(_) => false,
+    }
 }
 
 /// Streams the result of a handle (DoGet): the stored result of a statement that already ran, or the
@@ -102,8 +104,9 @@ pub async fn execute_update(
         return insert_many(session, dml, &params).await;
     }
     let mut total = 0;
+    // Other statements run once per row, each planned afresh so it sees the previous row's commit.
     for row in 0..params.num_rows() {
-        let bound = planned.clone().bind(&params, row)?;
+        let bound = plan_sql(session, sql).await?.bind(&params, row)?;
         total += affected_rows(execute(session, bound).await?).await?;
     }
     Ok(total)
@@ -184,19 +187,20 @@ pub async fn affected_rows(stream: SendableRecordBatchStream) -> Result<i64> {
         let schema = stream.schema();
         schema.fields().len() == 1 && schema.field(0).name() == "count"
     };
-    let batches: Vec<RecordBatch> = stream.try_collect().await?;
-    let total: u64 = if is_count {
-        batches
-            .iter()
-            .filter_map(|b| {
-                b.column(0)
+    // Folded batch by batch: an update that returns rows never holds them all.
+    let total: u64 = stream
+        .try_fold(0u64, |total, batch| async move {
+            let rows = if is_count {
+                batch
+                    .column(0)
                     .as_any()
                     .downcast_ref::<UInt64Array>()
-                    .map(|a| a.iter().flatten().sum::<u64>())
-            })
-            .sum()
-    } else {
-        batches.iter().map(|b| b.num_rows() as u64).sum()
-    };
+                    .map_or(0, |a| a.iter().flatten().sum::<u64>())
+            } else {
+                batch.num_rows() as u64
+            };
+            Ok(total + rows)
+        })
+        .await?;
     Ok(i64::try_from(total).unwrap_or(i64::MAX))
 }

@@ -35,7 +35,8 @@ where
     F: Future<Output = Result<SendableRecordBatchStream>> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_DEPTH);
-    executor.spawn(async move {
+    let watcher_tx = tx.clone();
+    let producer = executor.spawn(async move {
         let batches = match produce.await {
             Ok(batches) => batches,
             Err(e) => {
@@ -48,12 +49,27 @@ where
         let mut encoded = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(batches);
-        while let Some(item) = encoded.next().await {
+        loop {
+            let item = tokio::select! {
+                item = encoded.next() => item,
+                // The client went away: dropping the stream cancels the query, even one that has
+                // not produced a batch yet.
+                () = tx.closed() => return,
+            };
+            let Some(item) = item else { return };
             let failed = item.is_err();
             if tx.send(item.map_err(flight_error_to_status)).await.is_err() || failed {
-                // The client went away (dropping the stream cancels the query) or the query failed.
                 return;
             }
+        }
+    });
+    // A producer that panics or is cancelled must end the call with an error, never with a clean
+    // end of stream that would make a truncated result look complete.
+    executor.spawn(async move {
+        if let Err(e) = producer.await {
+            let status =
+                Error::Internal(format!("query execution ended abnormally: {e}")).to_status();
+            let _ = watcher_tx.send(Err(status)).await;
         }
     });
     Box::pin(ReceiverStream::new(rx))

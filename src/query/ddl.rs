@@ -50,7 +50,7 @@ pub async fn run(session: &QuiverSession, command: Command) -> Result<SendableRe
                 or_replace,
             )
             .await?;
-            session.catalog().refresh().await?;
+            refresh_listing(session).await;
             return one_batch(count_batch(rows)?);
         }
         Command::CreateExternal {
@@ -91,7 +91,7 @@ pub async fn run(session: &QuiverSession, command: Command) -> Result<SendableRe
             Err(e) => return Err(e),
         },
     }
-    session.catalog().refresh().await?;
+    refresh_listing(session).await;
     empty()
 }
 
@@ -142,6 +142,14 @@ async fn create_table(
         data,
     };
     write_stream(&session.state(), request).await
+}
+
+/// Renews the cached name listing after a change. The change is committed by then, so a listing
+/// failure is logged rather than reported as the statement's error (a retry would then collide).
+async fn refresh_listing(session: &QuiverSession) {
+    if let Err(e) = session.catalog().refresh().await {
+        tracing::warn!(error = %e, "could not refresh the table listing after a change");
+    }
 }
 
 fn nullable(data: SendableRecordBatchStream) -> SendableRecordBatchStream {

@@ -35,7 +35,9 @@ pub fn rewrite_extensions(sql: &str) -> Result<Rewritten> {
             partition_by: Vec::new(),
         });
     }
+    // Tokens keep their raw text (quotes still doubled), so joining them back gives the same SQL.
     let mut tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .with_unescape(false)
         .tokenize()
         .map_err(|e| Error::InvalidInput(e.to_string()))?;
     rewrite_time_travel(&mut tokens)?;
@@ -99,6 +101,16 @@ fn rewrite_time_travel(tokens: &mut Vec<Token>) -> Result<()> {
         let Some((name, kind, value)) = found else {
             return Ok(());
         };
+        // `FROM t AS x VERSION AS OF 3` would put the version on the alias: the clause goes right
+        // after the table name, as in Spark (`FROM t VERSION AS OF 3 AS x`).
+        let previous = sig.iter().rev().find(|&&i| i < name).map(|&i| &tokens[i]);
+        let after_alias = matches!(previous, Some(Token::Word(w)) if w.keyword == Keyword::AS || w.keyword == Keyword::NoKeyword || w.quote_style.is_some());
+        if after_alias {
+            return Err(Error::InvalidInput(format!(
+                "put {} AS OF right after the table name, before any alias: FROM t {} AS OF ... AS alias",
+                tokens[kind], tokens[kind]
+            )));
+        }
         let suffix = if is_keyword(&tokens[kind], Keyword::VERSION) {
             match &tokens[value] {
                 Token::Number(n, _) if n.parse::<u64>().is_ok() => format!("v{n}"),
@@ -186,6 +198,8 @@ fn take_delta_clauses(tokens: &mut Vec<Token>) -> Result<Vec<String>> {
                 Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("delta") => {
                     using = Some((i, sig[pos + 1]))
                 }
+                // JOIN ... USING (col): not a storage clause.
+                Some(Token::LParen) => {}
                 Some(other) => {
                     return Err(Error::Unsupported(format!(
                         "CREATE TABLE ... USING {other}: warehouse tables are Delta tables (USING DELTA or nothing)"

@@ -14,8 +14,8 @@ use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 use crate::error::{Error, Result};
-use crate::query::ddl;
 use crate::query::rewrite::{number_placeholders, rewrite_extensions};
+use crate::query::{ddl, dml};
 use crate::session::QuiverSession;
 use crate::storage::{CATALOG, DEFAULT_SCHEMA};
 
@@ -194,7 +194,7 @@ fn classify(plan: LogicalPlan, partition_by: Vec<String>) -> Result<Planned> {
             }
         }
         LogicalPlan::Ddl(DdlStatement::DropCatalogSchema(d)) => Command::DropSchema {
-            name: d.name.schema_name().to_string(),
+            name: schema_in_catalog(&d.name)?,
             if_exists: d.if_exists,
             cascade: d.cascade,
         },
@@ -264,6 +264,10 @@ fn classify(plan: LogicalPlan, partition_by: Vec<String>) -> Result<Planned> {
                 "COPY: write to a table with INSERT or CREATE TABLE AS instead".into(),
             ));
         }
+        LogicalPlan::Dml(dml) if dml::is_delete_or_update(&dml) => {
+            dml::check_shape(&dml)?;
+            return Ok(Planned::Query(LogicalPlan::Dml(dml)));
+        }
         query => {
             if !partition_by.is_empty() {
                 return Err(Error::InvalidInput(
@@ -282,6 +286,9 @@ pub async fn execute(
     planned: Planned,
 ) -> Result<SendableRecordBatchStream> {
     match planned {
+        Planned::Query(LogicalPlan::Dml(dml)) if dml::is_delete_or_update(&dml) => {
+            dml::run(&dml).await
+        }
         Planned::Query(plan) => {
             let df = session.ctx().execute_logical_plan(plan).await?;
             Ok(df.execute_stream().await?)
@@ -294,6 +301,17 @@ pub async fn execute(
 pub async fn run_sql(session: &QuiverSession, sql: &str) -> Result<SendableRecordBatchStream> {
     let planned = plan_sql(session, sql).await?;
     execute(session, planned).await
+}
+
+fn schema_in_catalog(reference: &datafusion::common::SchemaReference) -> Result<String> {
+    if let datafusion::common::SchemaReference::Full { catalog, schema } = reference
+        && &**catalog != CATALOG
+    {
+        return Err(Error::CatalogNotFound(format!(
+            "'{catalog}' in {catalog}.{schema}: the only catalog is '{CATALOG}'"
+        )));
+    }
+    Ok(reference.schema_name().to_string())
 }
 
 /// `(schema, table)` of a name in the `quiver` catalog, with `public` as the default schema.

@@ -19,10 +19,9 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::SessionContext;
 use deltalake::{DeltaTable, DeltaTableBuilder};
-use futures::future::BoxFuture;
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -181,35 +180,52 @@ impl TableProvider for DeltaTableProvider {
     async fn delete_from(
         &self,
         _state: &dyn Session,
-        filters: Vec<Expr>,
+        _filters: Vec<Expr>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        self.check_writable("DELETE")?;
-        let table = self.table.clone();
-        let predicate = filters.into_iter().reduce(Expr::and);
-        deferred_count(Box::pin(async move { delete(table, predicate).await }))
+        // DataFusion passes only the filters left after optimization (`WHERE false` and subqueries
+        // arrive as none at all); Quiver runs DELETE itself from the unoptimized plan (query::dml).
+        datafusion::common::not_impl_err!(
+            "DELETE on {} inside another statement (e.g. EXPLAIN ANALYZE)",
+            self.name
+        )
     }
 
     async fn update(
         &self,
         _state: &dyn Session,
-        assignments: Vec<(String, Expr)>,
-        filters: Vec<Expr>,
+        _assignments: Vec<(String, Expr)>,
+        _filters: Vec<Expr>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        self.check_writable("UPDATE")?;
-        let table = self.table.clone();
-        let predicate = filters.into_iter().reduce(Expr::and);
-        deferred_count(Box::pin(async move {
-            let mut builder = table.update();
-            if let Some(predicate) = predicate {
-                builder = builder.with_predicate(predicate);
-            }
-            for (column, value) in assignments {
-                builder = builder.with_update(column, value);
-            }
-            let (_, metrics) = builder.await?;
-            Ok(metrics.num_updated_rows as u64)
-        }))
+        datafusion::common::not_impl_err!(
+            "UPDATE on {} inside another statement (e.g. EXPLAIN ANALYZE)",
+            self.name
+        )
     }
+}
+
+/// Sets `assignments` on the rows matching `predicate` (all rows if none), as one commit.
+pub async fn update_rows(
+    table: DeltaTable,
+    assignments: Vec<(String, Expr)>,
+    predicate: Option<Expr>,
+) -> Result<u64> {
+    if assignments.is_empty() {
+        return Ok(0);
+    }
+    let mut builder = table.update();
+    if let Some(predicate) = predicate {
+        builder = builder.with_predicate(predicate);
+    }
+    for (column, value) in assignments {
+        builder = builder.with_update(column, value);
+    }
+    let (_, metrics) = builder.await?;
+    Ok(metrics.num_updated_rows as u64)
+}
+
+/// Deletes the rows matching `predicate` (all rows if none), as one commit.
+pub async fn delete_rows(table: DeltaTable, predicate: Option<Expr>) -> Result<u64> {
+    delete(table, predicate).await
 }
 
 async fn delete(table: DeltaTable, predicate: Option<Expr>) -> Result<u64> {
@@ -247,31 +263,6 @@ pub fn count_batch(count: u64) -> Result<RecordBatch> {
         count_schema(),
         vec![Arc::new(UInt64Array::from(vec![count]))],
     )?)
-}
-
-/// A plan that runs `work` when executed and yields its row count.
-fn deferred_count(work: BoxFuture<'static, Result<u64>>) -> DFResult<Arc<dyn ExecutionPlan>> {
-    let schema = count_schema();
-    let stream = futures::stream::once(async move {
-        let count = work.await?;
-        count_batch(count).map_err(DataFusionError::from)
-    });
-    let stream = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), stream));
-    once_exec(stream)
-}
-
-/// An execution plan over a stream that already exists (client uploads, deferred writes).
-pub fn once_exec(stream: SendableRecordBatchStream) -> DFResult<Arc<dyn ExecutionPlan>> {
-    let schema = stream.schema();
-    let partition: Arc<dyn PartitionStream> = Arc::new(OnceStream::new(stream));
-    Ok(Arc::new(StreamingTableExec::try_new(
-        schema,
-        vec![partition],
-        None,
-        [],
-        false,
-        None,
-    )?))
 }
 
 /// A partition that can be executed exactly once.
