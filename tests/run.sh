@@ -37,4 +37,4 @@ step "Rust tests (unit, integration, sqllogictest)"
 cargo test --all-targets
 
 step "Python client tests"
-QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" "$VENV/bin/python" -m pytest tests/python -q -p no:cacheprovider
+QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" "$VENV/bin/python" -m pytest tests/python -q -rs -p no:cacheprovider
