@@ -52,13 +52,7 @@ impl StatementHandle {
         if self.result.is_empty() {
             return Ok(None);
         }
-        let reader =
-            StreamReader::try_new(Cursor::new(self.result.clone()), None).map_err(|e| {
-                Error::InvalidInput(format!("malformed result in statement ticket: {e}"))
-            })?;
-        let schema = reader.schema();
-        let batches = reader.collect::<Result<Vec<_>, _>>()?;
-        Ok(Some((schema, batches)))
+        read_ipc(&self.result, "result in statement ticket").map(Some)
     }
 
     pub fn encode(&self) -> Bytes {
@@ -75,18 +69,19 @@ impl StatementHandle {
         if self.parameters.is_empty() {
             return Ok(None);
         }
-        let reader =
-            StreamReader::try_new(Cursor::new(self.parameters.clone()), None).map_err(|e| {
-                Error::InvalidInput(format!("malformed parameters in statement handle: {e}"))
-            })?;
-        let batches = reader.collect::<Result<Vec<_>, _>>()?;
-        let schema = batches.first().map(|b| b.schema()).ok_or_else(|| {
-            Error::InvalidInput("statement handle has an empty parameter stream".into())
-        })?;
+        let (schema, batches) = read_ipc(&self.parameters, "parameters in statement handle")?;
         Ok(Some(datafusion::arrow::compute::concat_batches(
             &schema, &batches,
         )?))
     }
+}
+
+fn read_ipc(bytes: &Bytes, what: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let reader = StreamReader::try_new(Cursor::new(bytes.clone()), None)
+        .map_err(|e| Error::InvalidInput(format!("malformed {what}: {e}")))?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    Ok((schema, batches))
 }
 
 fn ipc_bytes(schema: &Schema, batches: &[RecordBatch]) -> Result<Bytes> {

@@ -62,6 +62,15 @@ fn sql_text(bytes: &[u8]) -> Result<String> {
     Ok(text.to_string())
 }
 
+/// The SQL a descriptor stands for: a table path, a Flight SQL statement command, or SQL text.
+fn descriptor_sql(descriptor: &FlightDescriptor) -> Result<String> {
+    match descriptor.r#type() {
+        DescriptorType::Path => table_sql(&descriptor.path),
+        _ if is_flight_sql(&descriptor.cmd) => statement_of_command(&descriptor.cmd),
+        _ => sql_text(&descriptor.cmd),
+    }
+}
+
 /// SQL that reads a whole table named by a descriptor path.
 fn table_sql(path: &[String]) -> Result<String> {
     let (schema, table) = path_to_table(path)?;
@@ -74,10 +83,7 @@ fn table_sql(path: &[String]) -> Result<String> {
 
 impl QuiverFlight {
     async fn plain_info(&self, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
-        let sql = match descriptor.r#type() {
-            DescriptorType::Path => table_sql(&descriptor.path)?,
-            _ => sql_text(&descriptor.cmd)?,
-        };
+        let sql = descriptor_sql(&descriptor)?;
         let handle = StatementHandle::new(sql.clone());
         let (schema, handle) = self
             .sql
@@ -191,12 +197,7 @@ impl FlightService for QuiverFlight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
         let descriptor = request.into_inner();
-        let sql = match descriptor.r#type() {
-            DescriptorType::Path => table_sql(&descriptor.path)?,
-            _ if is_flight_sql(&descriptor.cmd) => statement_of_command(&descriptor.cmd)?,
-            _ => sql_text(&descriptor.cmd)?,
-        };
-        let handle = StatementHandle::new(sql);
+        let handle = StatementHandle::new(descriptor_sql(&descriptor)?);
         let schema = self
             .sql
             .run(move |session| async move {

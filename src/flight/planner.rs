@@ -7,14 +7,14 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, RecordBatch, UInt64Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::memory::MemoryStream;
 use futures::TryStreamExt;
 
 use crate::error::{Error, Result};
 use crate::flight::handle::StatementHandle;
+use crate::query::statement::row_parameters;
 use crate::query::{Planned, execute, plan_sql};
 use crate::session::QuiverSession;
 
@@ -80,8 +80,7 @@ pub async fn execute_handle(
     handle: &StatementHandle,
 ) -> Result<SendableRecordBatchStream> {
     if let Some((schema, batches)) = handle.stored_result()? {
-        let stream = futures::stream::iter(batches.into_iter().map(Ok));
-        return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
+        return Ok(Box::pin(MemoryStream::try_new(batches, schema, None)?));
     }
     let planned = plan_handle(session, handle).await?;
     execute(session, planned).await
@@ -120,14 +119,11 @@ async fn insert_many(
 ) -> Result<i64> {
     let mut rows = Vec::with_capacity(params.num_rows());
     for row in 0..params.num_rows() {
-        let values = (0..params.num_columns())
-            .map(|c| ScalarValue::try_from_array(params.column(c), row))
-            .collect::<Result<Vec<_>, _>>()?;
         let source = dml
             .input
             .as_ref()
             .clone()
-            .with_param_values(ParamValues::from(values))?;
+            .with_param_values(row_parameters(params, row)?)?;
         let batches = session
             .ctx()
             .execute_logical_plan(source)

@@ -177,6 +177,3 @@ pub fn flight_error_to_status(e: FlightError) -> Status {
         other => Error::Internal(other.to_string()).to_status(),
     }
 }
-
-/// Shares an executor between the services.
-pub type SharedExecutor = Arc<Executor>;

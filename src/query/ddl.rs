@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::Schema;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use deltalake::DeltaTable;
 use url::Url;
@@ -180,16 +181,15 @@ fn location_url(location: &str) -> Result<Url> {
     }
 }
 
-fn one_batch(batch: datafusion::arrow::array::RecordBatch) -> Result<SendableRecordBatchStream> {
+fn one_batch(batch: RecordBatch) -> Result<SendableRecordBatchStream> {
     let schema = batch.schema();
-    let stream = futures::stream::iter([Ok(batch)]);
-    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    Ok(Box::pin(MemoryStream::try_new(vec![batch], schema, None)?))
 }
 
 fn empty() -> Result<SendableRecordBatchStream> {
-    let schema = Arc::new(Schema::empty());
-    Ok(Box::pin(RecordBatchStreamAdapter::new(
-        schema,
-        futures::stream::empty(),
-    )))
+    Ok(Box::pin(MemoryStream::try_new(
+        Vec::new(),
+        Arc::new(Schema::empty()),
+        None,
+    )?))
 }

@@ -5,13 +5,12 @@
 //! would rewrite the whole table. So the predicate is taken from the unoptimized plan, plans of any
 //! other shape are refused, and delta-rs's delete/update run with exactly that predicate.
 
-use datafusion::arrow::array::RecordBatch;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::datasource::source_as_provider;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::expr_rewriter::unnormalize_col;
 use datafusion::logical_expr::{DmlStatement, Expr, LogicalPlan, WriteOp};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::memory::MemoryStream;
 
 use crate::error::{Error, Result};
 use crate::storage::table::{DeltaTableProvider, count_batch, delete_rows, update_rows};
@@ -83,12 +82,9 @@ pub async fn run(dml: &DmlStatement) -> Result<SendableRecordBatchStream> {
     } else {
         update_rows(table, assignments(&dml.input)?, predicate).await?
     };
-    let batch: RecordBatch = count_batch(count)?;
+    let batch = count_batch(count)?;
     let schema = batch.schema();
-    Ok(Box::pin(RecordBatchStreamAdapter::new(
-        schema,
-        futures::stream::iter([Ok(batch)]),
-    )))
+    Ok(Box::pin(MemoryStream::try_new(vec![batch], schema, None)?))
 }
 
 /// The conjunction of every WHERE filter, with columns unqualified (delta-rs resolves them against

@@ -94,31 +94,24 @@ impl Planned {
     }
 
     /// Binds one row of parameter values, in placeholder order.
-    pub fn bind(self, params: &RecordBatch, row: usize) -> Result<Planned> {
-        let values = (0..params.num_columns())
-            .map(|c| ScalarValue::try_from_array(params.column(c), row))
-            .collect::<Result<Vec<_>, _>>()?;
-        let values = ParamValues::from(values);
-        Ok(match self {
-            Planned::Query(plan) => Planned::Query(plan.with_param_values(values)?),
-            Planned::Command(Command::CreateTable {
-                schema,
-                table,
-                input,
-                partition_by,
-                if_not_exists,
-                or_replace,
-            }) => Planned::Command(Command::CreateTable {
-                schema,
-                table,
-                input: input.with_param_values(values)?,
-                partition_by,
-                if_not_exists,
-                or_replace,
-            }),
-            command => command,
-        })
+    pub fn bind(mut self, params: &RecordBatch, row: usize) -> Result<Planned> {
+        let values = row_parameters(params, row)?;
+        match &mut self {
+            Planned::Query(plan) | Planned::Command(Command::CreateTable { input: plan, .. }) => {
+                *plan = plan.clone().with_param_values(values)?;
+            }
+            Planned::Command(_) => {}
+        }
+        Ok(self)
     }
+}
+
+/// Row `row` of a parameter batch as placeholder values (`$1` is the first column).
+pub fn row_parameters(params: &RecordBatch, row: usize) -> Result<ParamValues> {
+    let values = (0..params.num_columns())
+        .map(|c| ScalarValue::try_from_array(params.column(c), row))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ParamValues::from(values))
 }
 
 /// Parses and plans one statement. Nothing is executed or written.

@@ -225,10 +225,6 @@ pub async fn update_rows(
 
 /// Deletes the rows matching `predicate` (all rows if none), as one commit.
 pub async fn delete_rows(table: DeltaTable, predicate: Option<Expr>) -> Result<u64> {
-    delete(table, predicate).await
-}
-
-async fn delete(table: DeltaTable, predicate: Option<Expr>) -> Result<u64> {
     // delta-rs cannot count rows it drops by removing whole files; count them first on the same snapshot.
     let counted = count_matching(&table, predicate.as_ref()).await?;
     let mut builder = table.delete();
