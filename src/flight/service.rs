@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
-use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::server::{DoPutError, FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
@@ -408,6 +408,24 @@ impl FlightSqlService for QuiverFlightSql {
             app_metadata: result.encode_to_vec().into(),
         };
         Ok(Response::new(Box::pin(futures::stream::iter([Ok(put)]))))
+    }
+
+    async fn do_put_error_callback(
+        &self,
+        _request: Request<PeekableFlightDataStream>,
+        error: DoPutError,
+    ) -> Result<Response<PutStream>, Status> {
+        let problem = match error {
+            // The ADBC drivers send nothing at all when asked to ingest a table with no batches.
+            DoPutError::MissingCommand => {
+                "DoPut carried no messages, so there is no command and no schema: nothing to ingest \
+                 (an empty Arrow table sends no batches; create an empty table with CREATE TABLE)"
+            }
+            DoPutError::MissingFlightDescriptor => {
+                "DoPut's first message has no FlightDescriptor: it must name the command or table"
+            }
+        };
+        Err(Error::InvalidInput(problem.into()).into())
     }
 
     async fn do_action_create_prepared_statement(

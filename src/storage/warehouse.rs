@@ -4,6 +4,7 @@
 //! small object holding the URI of a Delta table outside the warehouse (`CREATE EXTERNAL TABLE`).
 //! Nothing is cached here: every listing reads the store, so tables other writers add show up at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -11,6 +12,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
 
+use super::stores;
 use crate::error::{Error, Result};
 
 pub const DEFAULT_SCHEMA: &str = "public";
@@ -50,16 +52,23 @@ pub struct Warehouse {
 impl Warehouse {
     /// Opens the warehouse at `root` (a URL ending in '/') and makes sure the default schema exists.
     pub async fn open(root: Url) -> Result<Arc<Self>> {
-        let (store, prefix) = object_store::parse_url(&root).map_err(|e| Error::Config {
+        stores::register_with_delta();
+        let (store, prefix) = stores::open(&root, &HashMap::new()).map_err(|e| Error::Config {
             setting: "--warehouse",
             message: format!("cannot open object store for '{root}': {e}"),
         })?;
         let warehouse = Arc::new(Self {
             root,
-            store: Arc::from(store),
+            store,
             prefix,
         });
-        warehouse.create_schema(DEFAULT_SCHEMA, true).await?;
+        // The first request to the store: a wrong bucket, endpoint or credential shows up here.
+        if let Err(e) = warehouse.create_schema(DEFAULT_SCHEMA, true).await {
+            return Err(Error::Config {
+                setting: "--warehouse",
+                message: format!("cannot use the warehouse at '{}': {e}", warehouse.root),
+            });
+        }
         Ok(warehouse)
     }
 

@@ -19,13 +19,15 @@ def _binary() -> str:
 
 
 class Server:
-    def __init__(self, warehouse: pathlib.Path):
+    def __init__(self, warehouse: pathlib.Path | str, env: dict[str, str] | None = None):
+        """`warehouse` is a local directory or an object-store URI; `env` adds to the environment."""
         self.warehouse = warehouse
         self.proc = subprocess.Popen(
             [_binary(), "serve", "--warehouse", str(warehouse), "--listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         line = self.proc.stdout.readline().strip()
         if not line.startswith("quiver listening on grpc://"):

@@ -224,6 +224,16 @@ def test_ingest_append_to_missing_table_fails(adbc):
     assert "not found" in str(error_of(adbc, "SELECT * FROM adbc_ingest_missing"))
 
 
+def test_ingest_of_an_empty_table_is_a_clear_error(adbc, server):
+    # The driver sends no messages at all for a table without batches: no command, no schema.
+    empty = pa.table({"id": pa.array([], pa.int64())})
+    with pytest.raises(adbc_driver_manager.Error) as info:
+        ingest(adbc, "adbc_ingest_empty", empty, "create")
+    assert info.value.status_code == Status.INVALID_ARGUMENT
+    assert "nothing to ingest" in str(info.value)
+    assert "not found" in str(error_of(adbc, "SELECT * FROM adbc_ingest_empty"))
+
+
 def test_ingest_replace_changes_schema(adbc, server):
     t = "adbc_ingest_replace"
     ingest(adbc, t, sample([1, 2], ["a", "b"]), "create")
