@@ -58,6 +58,7 @@ impl QuiverSession {
             .with_query_planner(DeltaPlanner::new())
             .build();
         let ctx = SessionContext::new_with_state(state);
+        quiver_udfs::register(&ctx);
         let catalog = Arc::new(WarehouseCatalog::new(warehouse.clone(), settings));
         ctx.register_catalog(CATALOG, catalog.clone());
         catalog.refresh().await?;

@@ -31,10 +31,10 @@ step "cargo fmt --check"
 cargo fmt --all --check
 
 step "cargo clippy"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "Rust tests (unit, integration, sqllogictest)"
-cargo test --all-targets
+cargo test --workspace --all-targets
 
 step "Python client tests"
 QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" "$VENV/bin/python" -m pytest tests/python -q -rs -p no:cacheprovider

@@ -9,8 +9,13 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{ParamValues, ScalarValue, TableReference};
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement as PlanStatement};
+use datafusion::logical_expr::{
+    DdlStatement, LogicalPlan, LogicalPlanBuilder, Statement as PlanStatement,
+};
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::{
+    ShowStatementFilter, Statement as SqlStatement, Value as SqlValue,
+};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 use crate::error::{Error, Result};
@@ -132,6 +137,13 @@ pub async fn plan_sql(session: &QuiverSession, sql: &str) -> Result<Planned> {
     if let DFStatement::Statement(inner) = &mut statement {
         number_placeholders(inner)?;
     }
+    let show_functions = match &statement {
+        DFStatement::Statement(inner) => match inner.as_ref() {
+            SqlStatement::ShowFunctions { filter } => Some(filter.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
     let state = session.state();
     let references = state.resolve_table_references(&statement)?;
     if references
@@ -140,11 +152,41 @@ pub async fn plan_sql(session: &QuiverSession, sql: &str) -> Result<Planned> {
     {
         session.catalog().refresh().await?;
     }
-    let plan = match state.statement_to_plan(statement).await {
+    let mut plan = match state.statement_to_plan(statement).await {
         Ok(plan) => plan,
         Err(e) => return Err(explain_missing_table(session, &references, e).await),
     };
+    if let Some(filter) = show_functions {
+        plan = with_user_defined_signatures(session, plan, filter).await?;
+    }
     classify(plan, rewritten.partition_by)
+}
+
+/// DataFusion's `SHOW FUNCTIONS` lists only functions whose signature enumerates argument types, which
+/// leaves out every function that checks its own arguments (`Signature::user_defined`), Quiver's
+/// recommender functions included. Their rows come from `information_schema.routines` (name, kind,
+/// description, syntax), with the types left NULL.
+async fn with_user_defined_signatures(
+    session: &QuiverSession,
+    listed: LogicalPlan,
+    filter: Option<ShowStatementFilter>,
+) -> Result<LogicalPlan> {
+    let like = match filter {
+        None => String::new(),
+        Some(ShowStatementFilter::Like(pattern)) => format!(
+            "AND routine_name LIKE {}",
+            SqlValue::SingleQuotedString(pattern)
+        ),
+        Some(other) => return Err(Error::Unsupported(format!("SHOW FUNCTIONS {other}"))),
+    };
+    let sql = format!(
+        "SELECT DISTINCT routine_name AS function_name, CAST(NULL AS VARCHAR) AS return_type, \
+         CAST(NULL AS VARCHAR[]) AS parameters, CAST(NULL AS VARCHAR[]) AS parameter_types, \
+         function_type, description, syntax_example \
+         FROM information_schema.routines WHERE data_type IS NULL {like}"
+    );
+    let unlisted = session.ctx().state().create_logical_plan(&sql).await?;
+    Ok(LogicalPlanBuilder::from(listed).union(unlisted)?.build()?)
 }
 
 /// DataFusion reports a missing table as a planning error; report it as NotFound with the name.
