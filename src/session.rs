@@ -6,10 +6,11 @@ use std::sync::Arc;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use deltalake::delta_datafusion::planner::DeltaPlanner;
 use url::Url;
 
 use crate::error::Result;
+use crate::query::asof::AsofRelationPlanner;
+use crate::query::planner::QuiverPlanner;
 use crate::storage::{CATALOG, DEFAULT_SCHEMA, Warehouse, WarehouseCatalog};
 
 /// Everything a query needs: the DataFusion context over the warehouse.
@@ -46,7 +47,8 @@ impl QuiverSession {
             .optimizer
             .hash_join_inlist_pushdown_max_distinct_values = 0;
 
-        // delta-rs plans its writes with extension nodes that only its planner turns into execution plans.
+        // delta-rs plans its writes, and Quiver its ASOF joins, with extension nodes only their planners
+        // turn into execution plans.
         let settings = Arc::new(
             SessionStateBuilder::new()
                 .with_config(config.clone())
@@ -55,7 +57,8 @@ impl QuiverSession {
         let state = SessionStateBuilder::new()
             .with_default_features()
             .with_config(config)
-            .with_query_planner(DeltaPlanner::new())
+            .with_query_planner(Arc::new(QuiverPlanner))
+            .with_relation_planners(vec![Arc::new(AsofRelationPlanner)])
             .build();
         let ctx = SessionContext::new_with_state(state);
         quiver_udfs::register(&ctx);

@@ -2,8 +2,10 @@
 //!
 //! `plan_sql` turns text into a [`Planned`] (no side effects), `execute` runs it as a stream.
 
+pub mod asof;
 pub mod ddl;
 pub mod dml;
+pub mod planner;
 pub mod rewrite;
 pub mod statement;
 

@@ -19,6 +19,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 use crate::error::{Error, Result};
+use crate::query::asof::nest_asof_joins;
 use crate::query::rewrite::{number_placeholders, rewrite_extensions};
 use crate::query::{ddl, dml};
 use crate::session::QuiverSession;
@@ -134,8 +135,9 @@ pub async fn plan_sql(session: &QuiverSession, sql: &str) -> Result<Planned> {
             )));
         }
     };
-    if let DFStatement::Statement(inner) = &mut statement {
+    if let Some(inner) = sql_statement(&mut statement) {
         number_placeholders(inner)?;
+        nest_asof_joins(inner);
     }
     let show_functions = match &statement {
         DFStatement::Statement(inner) => match inner.as_ref() {
@@ -160,6 +162,15 @@ pub async fn plan_sql(session: &QuiverSession, sql: &str) -> Result<Planned> {
         plan = with_user_defined_signatures(session, plan, filter).await?;
     }
     classify(plan, rewritten.partition_by)
+}
+
+/// The SQL statement inside DataFusion's wrapper, looking through `EXPLAIN`.
+fn sql_statement(statement: &mut DFStatement) -> Option<&mut SqlStatement> {
+    match statement {
+        DFStatement::Statement(inner) => Some(inner.as_mut()),
+        DFStatement::Explain(explain) => sql_statement(explain.statement.as_mut()),
+        _ => None,
+    }
 }
 
 /// DataFusion's `SHOW FUNCTIONS` lists only functions whose signature enumerates argument types, which

@@ -47,13 +47,12 @@ impl sqllogictest::AsyncDB for QuiverDb {
         let mut rows = Vec::new();
         for batch in &batches {
             for row in 0..batch.num_rows() {
-                rows.push(
-                    batch
-                        .columns()
-                        .iter()
-                        .map(|c| cell(c.as_ref(), row))
-                        .collect(),
-                );
+                let cells: Vec<String> = batch
+                    .columns()
+                    .iter()
+                    .map(|c| cell(c.as_ref(), row))
+                    .collect();
+                rows.extend(split_lines(cells));
             }
         }
         Ok(DBOutput::Rows { types, rows })
@@ -99,6 +98,23 @@ fn column_type(data_type: &DataType) -> DefaultColumnType {
     } else {
         DefaultColumnType::Text
     }
+}
+
+/// A row whose cells hold several lines (EXPLAIN plans) becomes its first lines as one row, then one
+/// row per further line, so .slt files can list plans line by line.
+fn split_lines(cells: Vec<String>) -> Vec<Vec<String>> {
+    let lines: Vec<Vec<&str>> = cells.iter().map(|c| c.lines().collect()).collect();
+    let height = lines.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    (0..height)
+        .map(|i| {
+            let parts = lines.iter().filter_map(|cell| cell.get(i).copied());
+            if i == 0 {
+                parts.map(str::to_string).collect()
+            } else {
+                vec![parts.collect::<Vec<_>>().join(" ")]
+            }
+        })
+        .collect()
 }
 
 fn cell(column: &dyn Array, row: usize) -> String {
