@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the release binary and runs the throughput benchmark; prints figures, asserts nothing.
-#   tests/bench/run.sh [--rows N] [--repeat N]
+# Builds the release binary and runs a benchmark; prints figures, asserts nothing.
+#   tests/bench/run.sh [flight] [--rows N] [--repeat N]   Flight DoGet and ingest (flight_bench.py)
+#   tests/bench/run.sh asof [--rows N] [--repeat N]       ASOF JOIN, N x N rows (asof_bench.py)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -8,4 +9,6 @@ VENV="${QUIVER_VENV:-$PWD/.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt -r tests/bench/requirements.txt
 cargo build --release --bin quiver
-QUIVER_BIN="$CARGO_TARGET_DIR/release/quiver" "$VENV/bin/python" tests/bench/flight_bench.py "$@"
+BENCH=flight
+case "${1:-}" in flight|asof) BENCH="$1"; shift ;; esac
+QUIVER_BIN="$CARGO_TARGET_DIR/release/quiver" "$VENV/bin/python" "tests/bench/${BENCH}_bench.py" "$@"

@@ -3,5 +3,6 @@
 
 mod cli;
 mod common;
+mod features;
 mod flight_sql;
 mod plain_flight;
