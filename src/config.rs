@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::session::SessionOptions;
 
 /// Quiver: a SQL-first feature and recommendation server over Delta Lake, served with Arrow Flight SQL.
 #[derive(Debug, Parser)]
@@ -35,6 +36,41 @@ pub struct ServeArgs {
     /// Address to listen on (HOST:PORT); port 0 picks a free port, printed at start.
     #[arg(long, env = "QUIVER_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: String,
+
+    #[command(flatten)]
+    pub query: QueryArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct QueryArgs {
+    /// Memory for query execution, shared by all queries (e.g. "2GiB", "512MiB"). Sorts, joins and
+    /// aggregations spill to disk under it where DataFusion can; a query that still does not fit fails
+    /// with ResourceExhausted. Unset: no limit.
+    #[arg(long, env = "QUIVER_MEMORY_LIMIT")]
+    pub memory_limit: Option<String>,
+}
+
+impl QueryArgs {
+    pub fn options(&self) -> Result<SessionOptions> {
+        let memory_limit = match &self.memory_limit {
+            None => None,
+            Some(raw) => {
+                let size: bytesize::ByteSize = raw.trim().parse().map_err(|e| Error::Config {
+                    setting: "--memory-limit",
+                    message: format!("'{raw}' is not a size like 512MiB or 2GiB: {e}"),
+                })?;
+                let bytes = usize::try_from(size.as_u64()).unwrap_or(usize::MAX);
+                if bytes == 0 {
+                    return Err(Error::Config {
+                        setting: "--memory-limit",
+                        message: "must be more than 0 bytes".into(),
+                    });
+                }
+                Some(bytes)
+            }
+        };
+        Ok(SessionOptions { memory_limit })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +80,9 @@ pub struct SqlArgs {
 
     #[command(flatten)]
     pub warehouse: WarehouseArgs,
+
+    #[command(flatten)]
+    pub query: QueryArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -71,6 +110,7 @@ pub struct LogArgs {
 pub struct ServeConfig {
     pub warehouse: Url,
     pub listen: SocketAddr,
+    pub session: SessionOptions,
 }
 
 impl ServeArgs {
@@ -82,6 +122,7 @@ impl ServeArgs {
         Ok(ServeConfig {
             warehouse: self.warehouse.url()?,
             listen,
+            session: self.query.options()?,
         })
     }
 }

@@ -33,7 +33,8 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 /// `quiver sql`: one statement against the warehouse, printed as a table.
 async fn print_sql(args: SqlArgs) -> Result<()> {
-    let session = QuiverSession::open(args.warehouse.url()?).await?;
+    let options = args.query.options()?;
+    let session = QuiverSession::open_with(args.warehouse.url()?, options).await?;
     let stream = query::run_sql(&session, &args.statement).await?;
     let batches: Vec<_> = stream.try_collect().await?;
     println!("{}", pretty_format_batches(&batches)?);

@@ -24,7 +24,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `quiver serve`: opens the warehouse, binds, prints the address, serves until SIGINT/SIGTERM.
 pub async fn serve_from_config(config: ServeConfig) -> Result<()> {
-    let session = QuiverSession::open(config.warehouse.clone()).await?;
+    let session =
+        QuiverSession::open_with(config.warehouse.clone(), config.session.clone()).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Config {

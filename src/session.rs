@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use datafusion::execution::context::SessionState;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use url::Url;
@@ -24,14 +26,26 @@ pub struct QuiverSession {
     catalog: Arc<WarehouseCatalog>,
 }
 
+/// Settings of query execution (`quiver serve` / `quiver sql` flags).
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// Bytes all queries may hold at once; operators that can spill (sorts, hash aggregates and
+    /// joins, the ASOF join's sorts) spill to the OS temp directory beyond it. `None`: unlimited.
+    pub memory_limit: Option<usize>,
+}
+
 impl QuiverSession {
-    /// Opens the warehouse at `root` and builds the session over it.
+    /// Opens the warehouse at `root` and builds the session over it, with default options.
     pub async fn open(root: Url) -> Result<Self> {
-        let warehouse = Warehouse::open(root).await?;
-        Self::new(warehouse).await
+        Self::open_with(root, SessionOptions::default()).await
     }
 
-    pub async fn new(warehouse: Arc<Warehouse>) -> Result<Self> {
+    pub async fn open_with(root: Url, options: SessionOptions) -> Result<Self> {
+        let warehouse = Warehouse::open(root).await?;
+        Self::new(warehouse, options).await
+    }
+
+    pub async fn new(warehouse: Arc<Warehouse>, session_options: SessionOptions) -> Result<Self> {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, DEFAULT_SCHEMA)
             .with_create_default_catalog_and_schema(false)
@@ -54,8 +68,15 @@ impl QuiverSession {
                 .with_config(config.clone())
                 .build(),
         );
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(limit) = session_options.memory_limit {
+            // Fair: a spilling operator gets its share of the pool, so one big sort cannot starve
+            // every other query.
+            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        }
         let state = SessionStateBuilder::new()
             .with_default_features()
+            .with_runtime_env(runtime.build_arc()?)
             .with_config(config)
             .with_query_planner(Arc::new(QuiverPlanner))
             .with_relation_planners(vec![Arc::new(AsofRelationPlanner)])

@@ -51,9 +51,10 @@ def make_tables(rows: int, users: int):
     return labels, feats
 
 
-def start(binary: str, warehouse: str):
+def start(binary: str, warehouse: str, memory_limit: str | None = None):
+    limit = ["--memory-limit", memory_limit] if memory_limit else []
     proc = subprocess.Popen(
-        [binary, "serve", "--warehouse", warehouse, "--listen", "127.0.0.1:0"],
+        [binary, "serve", "--warehouse", warehouse, "--listen", "127.0.0.1:0", *limit],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     uri = proc.stdout.readline().strip().removeprefix("quiver listening on ")
@@ -70,6 +71,7 @@ def main():
     parser.add_argument("--rows", type=int, default=10_000_000, help="rows in each table")
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--memory-limit", help="the server's --memory-limit for the join (e.g. 512MiB)")
     parser.add_argument("--binary", default=os.environ.get("QUIVER_BIN", "target/release/quiver"))
     args = parser.parse_args()
 
@@ -77,6 +79,7 @@ def main():
 
     labels, feats = make_tables(args.rows, args.users)
     print(f"labels: {labels.num_rows:,} rows, features: {feats.num_rows:,} rows, {args.users:,} users")
+    print(f"server --memory-limit: {args.memory_limit or 'none'}")
     print(f"machine: {os.cpu_count()} cores; binary: {args.binary}")
     with tempfile.TemporaryDirectory() as tmp:
         proc, uri = start(args.binary, f"{tmp}/wh")
@@ -90,7 +93,7 @@ def main():
             stop(proc)
         del labels, feats
 
-        proc, uri = start(args.binary, f"{tmp}/wh")
+        proc, uri = start(args.binary, f"{tmp}/wh", args.memory_limit)
         try:
             time.sleep(1.0)
             idle = rss_kib(proc.pid, "VmRSS")
