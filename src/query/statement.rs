@@ -9,6 +9,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{ParamValues, ScalarValue, TableReference};
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{
     DdlStatement, LogicalPlan, LogicalPlanBuilder, Statement as PlanStatement,
 };
@@ -135,17 +136,14 @@ pub async fn plan_sql(session: &QuiverSession, sql: &str) -> Result<Planned> {
             )));
         }
     };
+    let mut show_functions = None;
     if let Some(inner) = sql_statement(&mut statement) {
         number_placeholders(inner)?;
         nest_asof_joins(inner);
+        if let SqlStatement::ShowFunctions { filter } = inner {
+            show_functions = Some(filter.clone());
+        }
     }
-    let show_functions = match &statement {
-        DFStatement::Statement(inner) => match inner.as_ref() {
-            SqlStatement::ShowFunctions { filter } => Some(filter.clone()),
-            _ => None,
-        },
-        _ => None,
-    };
     let state = session.state();
     let references = state.resolve_table_references(&statement)?;
     if references
@@ -159,7 +157,7 @@ pub async fn plan_sql(session: &QuiverSession, sql: &str) -> Result<Planned> {
         Err(e) => return Err(explain_missing_table(session, &references, e).await),
     };
     if let Some(filter) = show_functions {
-        plan = with_user_defined_signatures(session, plan, filter).await?;
+        plan = with_user_defined_signatures(&state, plan, filter).await?;
     }
     classify(plan, rewritten.partition_by)
 }
@@ -178,7 +176,7 @@ fn sql_statement(statement: &mut DFStatement) -> Option<&mut SqlStatement> {
 /// recommender functions included. Their rows come from `information_schema.routines` (name, kind,
 /// description, syntax), with the types left NULL.
 async fn with_user_defined_signatures(
-    session: &QuiverSession,
+    state: &SessionState,
     listed: LogicalPlan,
     filter: Option<ShowStatementFilter>,
 ) -> Result<LogicalPlan> {
@@ -196,7 +194,7 @@ async fn with_user_defined_signatures(
          function_type, description, syntax_example \
          FROM information_schema.routines WHERE data_type IS NULL {like}"
     );
-    let unlisted = session.ctx().state().create_logical_plan(&sql).await?;
+    let unlisted = state.create_logical_plan(&sql).await?;
     Ok(LogicalPlanBuilder::from(listed).union(unlisted)?.build()?)
 }
 

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{Array, AsArray, Float64Builder};
+use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::{Result, exec_err, plan_err};
@@ -189,7 +190,7 @@ impl ScalarUDFImpl for RankingMetric {
 /// A list-of-ids argument with its elements in Arrow's row format (hashable, comparable).
 struct Ids<'a> {
     arg: &'a Arg,
-    offsets: Vec<usize>,
+    offsets: OffsetBuffer<i32>,
     values: Arc<dyn Array>,
     rows: Rows,
 }
@@ -202,7 +203,7 @@ impl<'a> Ids<'a> {
         let rows = converter.convert_columns(std::slice::from_ref(&values))?;
         Ok(Self {
             arg,
-            offsets: list.value_offsets().iter().map(|o| *o as usize).collect(),
+            offsets: list.offsets().clone(),
             values,
             rows,
         })
@@ -214,7 +215,7 @@ impl<'a> Ids<'a> {
         if self.arg.array.is_null(index) {
             return None;
         }
-        Some(self.offsets[index]..self.offsets[index + 1])
+        Some(self.offsets[index] as usize..self.offsets[index + 1] as usize)
     }
 
     /// The id at value position `i`; `None` for a NULL id.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
 use datafusion::arrow::compute::{SortOptions, interleave};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
+use datafusion::arrow::row::{Row, RowConverter, Rows, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Result, internal_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -27,6 +27,7 @@ use datafusion::physical_plan::{
     InputDistributionRequirements, Partitioning, PlanProperties,
 };
 use futures::StreamExt;
+use futures::stream::Fuse;
 
 use super::plan::AsofMatch;
 
@@ -147,22 +148,13 @@ impl ExecutionPlan for AsofJoinExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        let mut recursion = TreeNodeRecursion::Continue;
-        for (l, r) in &self.on {
-            for expr in [l, r] {
-                recursion = f(expr)?;
-                if recursion == TreeNodeRecursion::Stop {
-                    return Ok(recursion);
-                }
+        let keys = self.on.iter().flat_map(|(l, r)| [l, r]);
+        for expr in keys.chain([&self.times.0, &self.times.1]) {
+            if f(expr)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
             }
         }
-        for expr in [&self.times.0, &self.times.1] {
-            recursion = f(expr)?;
-            if recursion == TreeNodeRecursion::Stop {
-                return Ok(recursion);
-            }
-        }
-        Ok(recursion)
+        Ok(TreeNodeRecursion::Continue)
     }
 
     fn with_new_children(
@@ -211,10 +203,9 @@ impl ExecutionPlan for AsofJoinExec {
             keys: RowConverter::new(key_fields)?,
             time: RowConverter::new(vec![time_field])?,
             matching: self.matching,
-            right,
-            right_done: false,
-            cursor: None,
-            next_batch_id: 0,
+            right: right.fuse(),
+            current: None,
+            position: 0,
             candidate: None,
             nulls: RecordBatch::try_new(
                 right_schema.clone(),
@@ -287,13 +278,14 @@ impl Side {
     }
 }
 
-/// The right input's current batch and position in it.
-struct Cursor {
-    id: u64,
+/// A right batch with its keys and times encoded.
+struct RightBatch {
     batch: RecordBatch,
     encoded: Encoded,
-    position: usize,
 }
+
+/// A right row: its batch and index.
+type RightRow = (Arc<RightBatch>, usize);
 
 struct Merge {
     left_side: Side,
@@ -301,12 +293,12 @@ struct Merge {
     keys: RowConverter,
     time: RowConverter,
     matching: AsofMatch,
-    right: SendableRecordBatchStream,
-    right_done: bool,
-    cursor: Option<Cursor>,
-    next_batch_id: u64,
+    right: Fuse<SendableRecordBatchStream>,
+    /// The right batch being read and the position of the next right row in it.
+    current: Option<Arc<RightBatch>>,
+    position: usize,
     /// The latest right row passed that a later left row may still match (backward matches only).
-    candidate: Option<(u64, RecordBatch, usize, OwnedRow)>,
+    candidate: Option<RightRow>,
     /// One row of NULLs in the right schema, for left rows without a match.
     nulls: RecordBatch,
     schema: SchemaRef,
@@ -316,8 +308,8 @@ impl Merge {
     /// Joins one left batch: every row once, with its right match or NULLs.
     async fn join(&mut self, left: RecordBatch) -> Result<RecordBatch> {
         let encoded = self.left_side.encode(&left, &self.keys, &self.time)?;
-        // Right batches the output reads from; index 0 is the row of NULLs.
-        let mut sources: Vec<(u64, RecordBatch)> = vec![(u64::MAX, self.nulls.clone())];
+        // Right batches the output reads from, after the row of NULLs (source 0).
+        let mut sources: Vec<Arc<RightBatch>> = Vec::new();
         let mut picks = Vec::with_capacity(left.num_rows());
         for row in 0..left.num_rows() {
             let matched = if encoded.usable[row] {
@@ -328,23 +320,23 @@ impl Merge {
             };
             picks.push(match matched {
                 None => (0, 0),
-                Some((id, batch, index)) => {
-                    let source = match sources.iter().position(|(s, _)| *s == id) {
+                Some((batch, index)) => {
+                    let source = match sources.iter().position(|s| Arc::ptr_eq(s, &batch)) {
                         Some(source) => source,
                         None => {
-                            sources.push((id, batch));
+                            sources.push(batch);
                             sources.len() - 1
                         }
                     };
-                    (source, index)
+                    (source + 1, index)
                 }
             });
         }
         let mut columns = left.columns().to_vec();
         for column in 0..self.nulls.num_columns() {
-            let arrays: Vec<&dyn Array> = sources
-                .iter()
-                .map(|(_, batch)| batch.column(column).as_ref())
+            let arrays: Vec<&dyn Array> = std::iter::once(&self.nulls)
+                .chain(sources.iter().map(|s| &s.batch))
+                .map(|batch| batch.column(column).as_ref())
                 .collect();
             columns.push(interleave(&arrays, &picks)?);
         }
@@ -352,30 +344,19 @@ impl Merge {
     }
 
     /// The right row matching a left row with `key` and `time`, advancing the right input.
-    async fn find(
-        &mut self,
-        key: datafusion::arrow::row::Row<'_>,
-        time: datafusion::arrow::row::Row<'_>,
-    ) -> Result<Option<(u64, RecordBatch, usize)>> {
+    async fn find(&mut self, key: Row<'_>, time: Row<'_>) -> Result<Option<RightRow>> {
         let backward = matches!(self.matching, AsofMatch::AtOrBefore | AsofMatch::Before);
-        loop {
-            if !self.fill_cursor().await? {
-                break;
-            }
-            let Some(cursor) = self.cursor.as_mut() else {
-                break;
-            };
-            let at = cursor.position;
-            if !cursor.encoded.usable[at] {
-                cursor.position += 1;
+        while let Some(current) = self.fill_current().await? {
+            let at = self.position;
+            if !current.encoded.usable[at] {
+                self.position += 1;
                 continue;
             }
-            let right_key = cursor.encoded.keys.row(at);
-            match right_key.cmp(&key) {
-                std::cmp::Ordering::Less => cursor.position += 1,
+            match current.encoded.keys.row(at).cmp(&key) {
+                std::cmp::Ordering::Less => self.position += 1,
                 std::cmp::Ordering::Greater => break,
                 std::cmp::Ordering::Equal => {
-                    let right_time = cursor.encoded.times.row(at);
+                    let right_time = current.encoded.times.row(at);
                     let passed = match self.matching {
                         AsofMatch::AtOrBefore => right_time <= time,
                         AsofMatch::Before => right_time < time,
@@ -386,63 +367,42 @@ impl Merge {
                         break;
                     }
                     if backward {
-                        self.candidate =
-                            Some((cursor.id, cursor.batch.clone(), at, right_key.owned()));
+                        self.candidate = Some((current, at));
                     }
-                    cursor.position += 1;
+                    self.position += 1;
                 }
             }
         }
+        let same_key = |(batch, index): &RightRow| batch.encoded.keys.row(*index) == key;
         if backward {
-            return Ok(self
-                .candidate
-                .as_ref()
-                .filter(|(_, _, _, candidate_key)| candidate_key.row() == key)
-                .map(|(id, batch, index, _)| (*id, batch.clone(), *index)));
+            return Ok(self.candidate.clone().filter(same_key));
         }
-        // Forward: the first right row not passed, if it has the same key.
-        Ok(self.cursor.as_ref().and_then(|cursor| {
-            let at = cursor.position;
-            (at < cursor.batch.num_rows()
-                && cursor.encoded.usable[at]
-                && cursor.encoded.keys.row(at) == key)
-                .then(|| (cursor.id, cursor.batch.clone(), at))
-        }))
+        // Forward: the first right row not passed (the loop stopped on a usable one), if its key matches.
+        Ok(self
+            .current
+            .clone()
+            .map(|batch| (batch, self.position))
+            .filter(|(batch, index)| *index < batch.batch.num_rows())
+            .filter(same_key))
     }
 
-    /// Makes the cursor point at a right row, reading the next non-empty batch when the current one
-    /// is used up. False when the right input is exhausted.
-    async fn fill_cursor(&mut self) -> Result<bool> {
+    /// The right batch holding the next right row, reading the next non-empty batch when the current
+    /// one is used up; `None` once the right input is exhausted.
+    async fn fill_current(&mut self) -> Result<Option<Arc<RightBatch>>> {
         loop {
-            if let Some(cursor) = &self.cursor
-                && cursor.position < cursor.batch.num_rows()
+            if let Some(current) = &self.current
+                && self.position < current.batch.num_rows()
             {
-                return Ok(true);
+                return Ok(Some(current.clone()));
             }
-            if self.right_done {
-                return Ok(false);
-            }
-            match self.right.next().await {
-                None => {
-                    self.cursor = None;
-                    self.right_done = true;
-                    return Ok(false);
-                }
-                Some(batch) => {
-                    let batch = batch?;
-                    if batch.num_rows() == 0 {
-                        continue;
-                    }
-                    let encoded = self.right_side.encode(&batch, &self.keys, &self.time)?;
-                    self.next_batch_id += 1;
-                    self.cursor = Some(Cursor {
-                        id: self.next_batch_id,
-                        batch,
-                        encoded,
-                        position: 0,
-                    });
-                }
-            }
+            let Some(batch) = self.right.next().await else {
+                self.current = None;
+                return Ok(None);
+            };
+            let batch = batch?;
+            let encoded = self.right_side.encode(&batch, &self.keys, &self.time)?;
+            self.current = Some(Arc::new(RightBatch { batch, encoded }));
+            self.position = 0;
         }
     }
 }

@@ -75,26 +75,29 @@ pub struct AsofJoin {
     pub schema: DFSchemaRef,
 }
 
+// The schema is derived from the inputs, so it takes no part in the order.
 impl PartialOrd for AsofJoin {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        (
-            &self.left,
-            &self.right,
-            &self.on,
-            &self.left_time,
-            &self.right_time,
-            self.matching,
-        )
-            .partial_cmp(&(
-                &other.left,
-                &other.right,
-                &other.on,
-                &other.left_time,
-                &other.right_time,
-                other.matching,
-            ))
-            // Nodes equal in every compared field but different schemas are not comparable.
-            .filter(|ordering| *ordering != Ordering::Equal || self == other)
+        fn key(
+            j: &AsofJoin,
+        ) -> (
+            &LogicalPlan,
+            &LogicalPlan,
+            &[(Expr, Expr)],
+            &Expr,
+            &Expr,
+            AsofMatch,
+        ) {
+            (
+                &j.left,
+                &j.right,
+                &j.on,
+                &j.left_time,
+                &j.right_time,
+                j.matching,
+            )
+        }
+        key(self).partial_cmp(&key(other))
     }
 }
 
