@@ -1,7 +1,8 @@
 //! Command line and environment: raw flags (clap) validated into a `Config` before anything starts.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use url::Url;
@@ -39,10 +40,20 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub query: QueryArgs,
+
+    /// Refresh every materialized feature view on this schedule (e.g. "5m", "1h"); each refresh is
+    /// incremental where the sources only had appends. Unset: only `REFRESH FEATURE VIEW` refreshes.
+    #[arg(long, env = "QUIVER_REFRESH_INTERVAL")]
+    pub refresh_interval: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct QueryArgs {
+    /// Directory of SQL files: feature views are `<sql-dir>/features/**/*.sql`. A missing
+    /// directory means no views.
+    #[arg(long, env = "QUIVER_SQL_DIR", default_value = "./sql")]
+    pub sql_dir: PathBuf,
+
     /// Memory for query execution, shared by all queries (e.g. "2GiB", "512MiB"). Sorts, joins and
     /// aggregations spill to disk under it where DataFusion can; a query that still does not fit fails
     /// with ResourceExhausted. Unset: no limit.
@@ -69,7 +80,10 @@ impl QueryArgs {
                 Some(bytes)
             }
         };
-        Ok(SessionOptions { memory_limit })
+        Ok(SessionOptions {
+            memory_limit,
+            sql_dir: Some(self.sql_dir.clone()),
+        })
     }
 }
 
@@ -111,6 +125,7 @@ pub struct ServeConfig {
     pub warehouse: Url,
     pub listen: SocketAddr,
     pub session: SessionOptions,
+    pub refresh_interval: Option<Duration>,
 }
 
 impl ServeArgs {
@@ -119,10 +134,28 @@ impl ServeArgs {
             setting: "--listen",
             message: format!("'{}' is not HOST:PORT: {e}", self.listen),
         })?;
+        let refresh_interval = match &self.refresh_interval {
+            None => None,
+            Some(raw) => {
+                let interval =
+                    humantime::parse_duration(raw.trim()).map_err(|e| Error::Config {
+                        setting: "--refresh-interval",
+                        message: format!("'{raw}' is not a duration like 30s, 5m or 1h: {e}"),
+                    })?;
+                if interval.is_zero() {
+                    return Err(Error::Config {
+                        setting: "--refresh-interval",
+                        message: "must be longer than 0s".into(),
+                    });
+                }
+                Some(interval)
+            }
+        };
         Ok(ServeConfig {
             warehouse: self.warehouse.url()?,
             listen,
             session: self.query.options()?,
+            refresh_interval,
         })
     }
 }

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod features;
 pub mod flight;
 pub mod ingest;
 pub mod query;

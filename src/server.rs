@@ -33,6 +33,9 @@ pub async fn serve_from_config(config: ServeConfig) -> Result<()> {
             message: format!("cannot listen on {}: {e}", config.listen),
         })?;
     let address = listener.local_addr()?;
+    if let Some(interval) = config.refresh_interval {
+        crate::features::refresh::schedule(session.clone(), interval);
+    }
     let shutdown = shutdown_signal()?;
     tracing::info!(warehouse = %config.warehouse, %address, "serving");
     let mut stdout = std::io::stdout();

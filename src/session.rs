@@ -1,6 +1,7 @@
 //! The one session builder: the warehouse catalog plus DataFusion's settings, used by the server,
 //! the `quiver sql` command and every test.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::execution::context::SessionState;
@@ -11,6 +12,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use url::Url;
 
 use crate::error::Result;
+use crate::features::FeatureStore;
 use crate::query::asof::AsofRelationPlanner;
 use crate::query::planner::QuiverPlanner;
 use crate::storage::{CATALOG, DEFAULT_SCHEMA, Warehouse, WarehouseCatalog};
@@ -24,6 +26,7 @@ pub struct QuiverSession {
     ctx: SessionContext,
     warehouse: Arc<Warehouse>,
     catalog: Arc<WarehouseCatalog>,
+    features: Arc<FeatureStore>,
 }
 
 /// Settings of query execution (`quiver serve` / `quiver sql` flags).
@@ -32,6 +35,8 @@ pub struct SessionOptions {
     /// Bytes all queries may hold at once; operators that can spill (sorts, hash aggregates and
     /// joins, the ASOF join's sorts) spill to the OS temp directory beyond it. `None`: unlimited.
     pub memory_limit: Option<usize>,
+    /// Where feature views are read from (`<sql_dir>/features/*.sql`). `None`: no views.
+    pub sql_dir: Option<PathBuf>,
 }
 
 impl QuiverSession {
@@ -83,14 +88,25 @@ impl QuiverSession {
             .build();
         let ctx = SessionContext::new_with_state(state);
         quiver_udfs::register(&ctx);
-        let catalog = Arc::new(WarehouseCatalog::new(warehouse.clone(), settings));
+        let features = Arc::new(match &session_options.sql_dir {
+            Some(dir) => FeatureStore::load(dir)?,
+            None => FeatureStore::default(),
+        });
+        let catalog = Arc::new(WarehouseCatalog::new(
+            warehouse.clone(),
+            settings,
+            features.clone(),
+        ));
         ctx.register_catalog(CATALOG, catalog.clone());
         catalog.refresh().await?;
-        Ok(Self {
+        let session = Self {
             ctx,
             warehouse,
             catalog,
-        })
+            features,
+        };
+        session.features.open_all(&session).await;
+        Ok(session)
     }
 
     pub fn ctx(&self) -> &SessionContext {
@@ -107,5 +123,9 @@ impl QuiverSession {
 
     pub fn catalog(&self) -> &WarehouseCatalog {
         &self.catalog
+    }
+
+    pub fn features(&self) -> &FeatureStore {
+        &self.features
     }
 }

@@ -68,6 +68,7 @@ pub async fn ingest(
         kind,
         partition_by: Vec::new(),
         data,
+        transactions: Vec::new(),
     };
     write_stream(&session.state(), request).await
 }

@@ -22,6 +22,9 @@ use futures::StreamExt;
 pub async fn run(session: &QuiverSession, command: Command) -> Result<SendableRecordBatchStream> {
     let warehouse = session.warehouse();
     match command {
+        Command::RefreshFeatureViews { name } => {
+            return crate::features::refresh::run(session, name.as_deref()).await;
+        }
         Command::CreateSchema {
             name,
             if_not_exists,
@@ -141,6 +144,7 @@ async fn create_table(
         kind,
         partition_by,
         data,
+        transactions: Vec::new(),
     };
     write_stream(&session.state(), request).await
 }

@@ -18,6 +18,7 @@ use datafusion::sql::sqlparser::ast::{
     ShowStatementFilter, Statement as SqlStatement, Value as SqlValue,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::error::{Error, Result};
 use crate::query::asof::nest_asof_joins;
@@ -65,6 +66,10 @@ pub enum Command {
         table: String,
         if_exists: bool,
     },
+    /// `REFRESH FEATURE VIEW name` (`Some`), `REFRESH FEATURE VIEWS` (all: `None`).
+    RefreshFeatureViews {
+        name: Option<String>,
+    },
 }
 
 impl Planned {
@@ -73,6 +78,9 @@ impl Planned {
         match self {
             Planned::Query(plan) => Arc::new(plan.schema().as_arrow().clone()),
             Planned::Command(Command::CreateTable { .. }) => crate::storage::table::count_schema(),
+            Planned::Command(Command::RefreshFeatureViews { .. }) => {
+                crate::features::refresh::report_schema()
+            }
             Planned::Command(_) => Arc::new(Schema::empty()),
         }
     }
@@ -123,6 +131,9 @@ pub fn row_parameters(params: &RecordBatch, row: usize) -> Result<ParamValues> {
 
 /// Parses and plans one statement. Nothing is executed or written.
 pub async fn plan_sql(session: &QuiverSession, sql: &str) -> Result<Planned> {
+    if let Some(command) = refresh_command(sql)? {
+        return Ok(Planned::Command(command));
+    }
     let rewritten = rewrite_extensions(sql)?;
     let mut statements = DFParser::parse_sql_with_dialect(&rewritten.sql, &GenericDialect {})
         .map_err(|e| Error::InvalidInput(e.to_string()))?;
@@ -160,6 +171,53 @@ pub async fn plan_sql(session: &QuiverSession, sql: &str) -> Result<Planned> {
         plan = with_user_defined_signatures(&state, plan, filter).await?;
     }
     classify(plan, rewritten.partition_by)
+}
+
+/// `REFRESH FEATURE VIEW <name>` / `REFRESH FEATURE VIEWS`, which DataFusion's parser does not know.
+/// `None` when the statement is something else.
+fn refresh_command(sql: &str) -> Result<Option<Command>> {
+    let head = sql.trim_start();
+    if !head
+        .get(..7)
+        .is_some_and(|h| h.eq_ignore_ascii_case("REFRESH"))
+    {
+        return Ok(None);
+    }
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize()
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let words: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
+        .collect();
+    let word = |i: usize| match words.get(i) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    };
+    let usage = "expected REFRESH FEATURE VIEW <name> or REFRESH FEATURE VIEWS";
+    if word(1).as_deref() != Some("FEATURE") {
+        return Err(Error::InvalidInput(format!("{usage}, got {sql}")));
+    }
+    match (word(2).as_deref(), words.len()) {
+        (Some("VIEWS"), 3) => Ok(Some(Command::RefreshFeatureViews { name: None })),
+        (Some("VIEW"), 4) => match words[3] {
+            Token::Word(w) => {
+                let name = match w.quote_style {
+                    Some(_) => w.value.clone(),
+                    None => w.value.to_ascii_lowercase(),
+                };
+                let name = name
+                    .strip_prefix(&format!("{}.", crate::features::FEATURES_SCHEMA))
+                    .unwrap_or(&name)
+                    .to_string();
+                Ok(Some(Command::RefreshFeatureViews { name: Some(name) }))
+            }
+            other => Err(Error::InvalidInput(format!(
+                "{usage}: '{other}' is not a view name"
+            ))),
+        },
+        _ => Err(Error::InvalidInput(format!("{usage}, got {sql}"))),
+    }
 }
 
 /// The SQL statement inside DataFusion's wrapper, looking through `EXPLAIN`.

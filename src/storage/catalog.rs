@@ -14,6 +14,7 @@ use datafusion::error::Result as DFResult;
 use datafusion::execution::context::SessionState;
 
 use crate::error::Result;
+use crate::features::{FEATURES_SCHEMA, FeatureStore, FeatureViewTable};
 use crate::storage::table::{AsOf, DeltaTableProvider, open_delta};
 use crate::storage::warehouse::{TableLocation, Warehouse, valid_name};
 
@@ -31,17 +32,28 @@ pub struct WarehouseCatalog {
     warehouse: Arc<Warehouse>,
     listing: Arc<RwLock<Listing>>,
     settings: Arc<SessionState>,
+    features: Arc<FeatureStore>,
 }
 
 impl WarehouseCatalog {
     /// `settings` is a session with Quiver's configuration (no catalogs): delta-rs reads its scan
     /// options from it.
-    pub fn new(warehouse: Arc<Warehouse>, settings: Arc<SessionState>) -> Self {
+    pub fn new(
+        warehouse: Arc<Warehouse>,
+        settings: Arc<SessionState>,
+        features: Arc<FeatureStore>,
+    ) -> Self {
         Self {
             warehouse,
             listing: Arc::default(),
             settings,
+            features,
         }
+    }
+
+    /// The session with Quiver's scan settings that delta-rs reads them from.
+    pub fn settings(&self) -> &Arc<SessionState> {
+        &self.settings
     }
 
     /// Opens a table by location for reading, with Quiver's scan settings.
@@ -85,6 +97,7 @@ impl CatalogProvider for WarehouseCatalog {
                 name: name.to_string(),
                 listing: self.listing.clone(),
                 settings: self.settings.clone(),
+                features: self.features.clone(),
             }) as Arc<dyn SchemaProvider>
         })
     }
@@ -96,6 +109,7 @@ pub struct WarehouseSchema {
     name: String,
     listing: Arc<RwLock<Listing>>,
     settings: Arc<SessionState>,
+    features: Arc<FeatureStore>,
 }
 
 #[async_trait]
@@ -110,6 +124,19 @@ impl SchemaProvider for WarehouseSchema {
 
     async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
         let (table, as_of) = split_as_of(name)?;
+        // A materialized feature view at its latest version: served from memory where it can be,
+        // without opening the Delta table at planning. Time travel reads the Delta table.
+        if self.name == FEATURES_SCHEMA
+            && as_of == AsOf::Latest
+            && let Some(view) = self.features.get(table)
+            && let Some(materialized) = view.materialized()
+        {
+            return Ok(Some(Arc::new(FeatureViewTable::new(
+                view.clone(),
+                materialized,
+                self.settings.clone(),
+            ))));
+        }
         let Some(location) = self.warehouse.locate(&self.name, table).await? else {
             return Ok(None);
         };

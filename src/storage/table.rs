@@ -121,6 +121,11 @@ impl DeltaTableProvider {
         })
     }
 
+    /// `schema.table`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn delta_table(&self) -> &DeltaTable {
         &self.table
     }

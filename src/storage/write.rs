@@ -14,6 +14,8 @@ use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use deltalake::DeltaTable;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use futures::StreamExt;
@@ -38,6 +40,8 @@ pub struct WriteRequest {
     pub kind: WriteKind,
     pub partition_by: Vec<String>,
     pub data: SendableRecordBatchStream,
+    /// Delta application transactions (`txn` actions) committed with the rows.
+    pub transactions: Vec<Transaction>,
 }
 
 /// Writes `request.data` as one Delta commit and returns the number of rows written.
@@ -47,6 +51,7 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
         kind,
         partition_by,
         data,
+        transactions,
     } = request;
     let rows = Arc::new(AtomicU64::new(0));
     let counted = {
@@ -76,6 +81,11 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
             .with_save_mode(SaveMode::Overwrite)
             .with_schema_mode(SchemaMode::Overwrite),
     };
+    if !transactions.is_empty() {
+        builder = builder.with_commit_properties(
+            CommitProperties::default().with_application_transactions(transactions),
+        );
+    }
     if !partition_by.is_empty() {
         builder = builder.with_partition_columns(partition_by);
     }

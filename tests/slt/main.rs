@@ -132,7 +132,14 @@ async fn run_file(path: &Path) -> Result<(), String> {
     let warehouse = tempfile::tempdir().map_err(|e| e.to_string())?;
     let url =
         url::Url::from_directory_path(warehouse.path()).map_err(|()| "bad path".to_string())?;
-    let session = QuiverSession::open(url).await.map_err(|e| e.to_string())?;
+    // The repository's example feature views (sql/features) are loaded, as `quiver serve` does.
+    let options = quiver::session::SessionOptions {
+        sql_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("sql")),
+        ..Default::default()
+    };
+    let session = QuiverSession::open_with(url, options)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut db = Some(QuiverDb {
         session,
         _warehouse: warehouse,

@@ -1,0 +1,529 @@
+//! The online store: a feature view's materialized rows in memory, indexed by entity key.
+//!
+//! An [`OnlineIndex`] is built from one version of the view's Delta table and never changes; a refresh
+//! builds the next one and swaps it in, so a lookup sees one version whole. Lookups come from ordinary
+//! SQL: the view's table provider (`table.rs`) claims `key = literal` and `key IN (...)` filters and
+//! plans an [`OnlineLookupExec`], which `EXPLAIN` shows.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::compute::{cast, interleave};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Result, ScalarValue, internal_err};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+
+/// Most key combinations one statement may look up in the index; beyond it the query scans Delta.
+pub const MAX_LOOKUP_KEYS: usize = 10_000;
+
+/// Where one entity's row is.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    batch: u32,
+    row: u32,
+    /// The row's event time in microseconds since the epoch (`None`: NULL, never fresh under a TTL).
+    event_us: Option<i64>,
+}
+
+/// One version of a view's rows, by entity key.
+pub struct OnlineIndex {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    key_columns: Vec<usize>,
+    converter: RowConverter,
+    slots: HashMap<Box<[u8]>, Slot>,
+    ttl: Option<Duration>,
+    /// The Delta version of the view's table the rows come from.
+    pub version: u64,
+}
+
+impl fmt::Debug for OnlineIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OnlineIndex")
+            .field("rows", &self.slots.len())
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OnlineIndex {
+    /// Indexes `batches` (the view's table at `version`) by the `entity` columns. Rows with a NULL key
+    /// are left out (no lookup can match them); if a key repeats, the row with the latest event time wins.
+    pub fn build(
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        entity: &[String],
+        event_time: &str,
+        ttl: Option<Duration>,
+        version: u64,
+    ) -> Result<Self> {
+        let key_columns = entity
+            .iter()
+            .map(|name| schema.index_of(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let time_column = schema.index_of(event_time)?;
+        let converter = RowConverter::new(
+            key_columns
+                .iter()
+                .map(|&c| SortField::new(schema.field(c).data_type().clone()))
+                .collect(),
+        )?;
+        let mut slots: HashMap<Box<[u8]>, Slot> = HashMap::new();
+        for (b, batch) in batches.iter().enumerate() {
+            let keys: Vec<ArrayRef> = key_columns
+                .iter()
+                .map(|&c| batch.column(c).clone())
+                .collect();
+            let rows = converter.convert_columns(&keys)?;
+            let times = micros(batch.column(time_column))?;
+            for row in 0..batch.num_rows() {
+                if keys.iter().any(|k| k.is_null(row)) {
+                    continue;
+                }
+                let slot = Slot {
+                    batch: u32::try_from(b).unwrap_or(u32::MAX),
+                    row: u32::try_from(row).unwrap_or(u32::MAX),
+                    event_us: times.is_valid(row).then(|| times.value(row)),
+                };
+                slots
+                    .entry(rows.row(row).as_ref().into())
+                    .and_modify(|held| {
+                        if slot.event_us > held.event_us {
+                            *held = slot;
+                        }
+                    })
+                    .or_insert(slot);
+            }
+        }
+        Ok(Self {
+            schema,
+            batches,
+            key_columns,
+            converter,
+            slots,
+            ttl,
+            version,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The rows for `keys` (one value per entity column each), in key order, each at most once,
+    /// leaving out keys not present and rows older than the TTL at `now_us`.
+    pub fn lookup(
+        &self,
+        keys: &[Vec<ScalarValue>],
+        projection: Option<&[usize]>,
+        now_us: i64,
+    ) -> Result<RecordBatch> {
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        let columns: Vec<usize> = match projection {
+            Some(p) => p.to_vec(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        let mut found = Vec::with_capacity(keys.len());
+        if !keys.is_empty() {
+            let arrays = self
+                .key_columns
+                .iter()
+                .enumerate()
+                .map(|(k, &c)| {
+                    let values = keys.iter().map(|key| key[k].clone());
+                    let array = ScalarValue::iter_to_array(values)?;
+                    Ok(cast(&array, self.schema.field(c).data_type())?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let rows = self.converter.convert_columns(&arrays)?;
+            let oldest = self.ttl.map(|ttl| {
+                now_us.saturating_sub(i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX))
+            });
+            let mut seen = HashSet::with_capacity(keys.len());
+            for row in rows.iter() {
+                let Some(slot) = self.slots.get(row.as_ref()) else {
+                    continue;
+                };
+                let fresh = match oldest {
+                    None => true,
+                    Some(oldest) => slot.event_us.is_some_and(|t| t >= oldest),
+                };
+                if fresh && seen.insert((slot.batch, slot.row)) {
+                    found.push((slot.batch as usize, slot.row as usize));
+                }
+            }
+        }
+        let output = columns
+            .iter()
+            .map(|&c| {
+                let sources: Vec<&dyn Array> =
+                    self.batches.iter().map(|b| b.column(c).as_ref()).collect();
+                if sources.is_empty() {
+                    return Ok(datafusion::arrow::array::new_empty_array(
+                        self.schema.field(c).data_type(),
+                    ));
+                }
+                Ok(interleave(&sources, &found)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new_with_options(
+            schema,
+            output,
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(found.len())),
+        )?)
+    }
+}
+
+/// A timestamp column as microseconds since the epoch.
+fn micros(column: &ArrayRef) -> Result<TimestampMicrosecondArray> {
+    let as_micros = cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+    match as_micros
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+    {
+        Some(array) => Ok(array.clone()),
+        None => internal_err!("event time column did not cast to microseconds"),
+    }
+}
+
+/// The values a filter allows for one column, if it is `column = literal`, `literal = column`,
+/// `column IN (literals)` or an `OR` of those on one column (DataFusion turns short IN lists into
+/// ORs). NULL literals match nothing.
+pub fn key_values(filter: &Expr) -> Option<(String, Vec<ScalarValue>)> {
+    match filter {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => {
+            let (column, mut values) = key_values(left)?;
+            let (other, more) = key_values(right)?;
+            (column == other).then(|| {
+                values.extend(more);
+                (column, values)
+            })
+        }
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => match (left.as_ref(), right.as_ref()) {
+            (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) => {
+                Some((c.name.clone(), non_null(vec![v.clone()])))
+            }
+            _ => None,
+        },
+        Expr::InList(in_list) if !in_list.negated => {
+            let Expr::Column(c) = in_list.expr.as_ref() else {
+                return None;
+            };
+            let values = in_list
+                .list
+                .iter()
+                .map(|e| match e {
+                    Expr::Literal(v, _) => Some(v.clone()),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some((c.name.clone(), non_null(values)))
+        }
+        _ => None,
+    }
+}
+
+fn non_null(values: Vec<ScalarValue>) -> Vec<ScalarValue> {
+    values.into_iter().filter(|v| !v.is_null()).collect()
+}
+
+/// The key combinations `filters` select for the `entity` columns: every entity column must be
+/// constrained (values of several filters on one column intersect). `None` when they do not pin the
+/// key or would select more than [`MAX_LOOKUP_KEYS`].
+pub fn lookup_keys(entity: &[String], filters: &[Expr]) -> Option<Vec<Vec<ScalarValue>>> {
+    let mut allowed: Vec<Option<Vec<ScalarValue>>> = vec![None; entity.len()];
+    for (column, values) in filters.iter().filter_map(key_values) {
+        let Some(k) = entity.iter().position(|e| *e == column) else {
+            continue;
+        };
+        allowed[k] = Some(match allowed[k].take() {
+            None => dedup(values),
+            Some(held) => held.into_iter().filter(|v| values.contains(v)).collect(),
+        });
+    }
+    let allowed = allowed.into_iter().collect::<Option<Vec<_>>>()?;
+    let combinations = allowed
+        .iter()
+        .try_fold(1usize, |n, values| n.checked_mul(values.len()))?;
+    if combinations > MAX_LOOKUP_KEYS {
+        return None;
+    }
+    let mut keys: Vec<Vec<ScalarValue>> = vec![Vec::new()];
+    for values in allowed {
+        keys = keys
+            .into_iter()
+            .flat_map(|prefix| {
+                values.iter().map(move |v| {
+                    let mut key = prefix.clone();
+                    key.push(v.clone());
+                    key
+                })
+            })
+            .collect();
+    }
+    Some(keys)
+}
+
+fn dedup(values: Vec<ScalarValue>) -> Vec<ScalarValue> {
+    let mut seen = HashSet::with_capacity(values.len());
+    values
+        .into_iter()
+        .filter(|v| seen.insert(v.clone()))
+        .collect()
+}
+
+/// Answers a key lookup from an online index: no Delta, no files, one batch.
+#[derive(Debug)]
+pub struct OnlineLookupExec {
+    view: String,
+    index: Arc<OnlineIndex>,
+    keys: Vec<Vec<ScalarValue>>,
+    projection: Option<Vec<usize>>,
+    properties: Arc<PlanProperties>,
+}
+
+impl OnlineLookupExec {
+    pub fn new(
+        view: String,
+        index: Arc<OnlineIndex>,
+        keys: Vec<Vec<ScalarValue>>,
+        projection: Option<Vec<usize>>,
+    ) -> Result<Self> {
+        let schema = match &projection {
+            Some(p) => Arc::new(index.schema().project(p)?),
+            None => index.schema().clone(),
+        };
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            view,
+            index,
+            keys,
+            projection,
+            properties: Arc::new(properties),
+        })
+    }
+}
+
+impl DisplayAs for OnlineLookupExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        const SHOWN: usize = 5;
+        let keys: Vec<String> = self
+            .keys
+            .iter()
+            .take(SHOWN)
+            .map(|key| {
+                let values: Vec<String> = key.iter().map(ToString::to_string).collect();
+                values.join(", ")
+            })
+            .collect();
+        let more = if self.keys.len() > SHOWN { ", ..." } else { "" };
+        write!(
+            f,
+            "OnlineLookupExec: view={}, version={}, keys={} [{}{more}]",
+            self.view,
+            self.index.version,
+            self.keys.len(),
+            keys.join("; ")
+        )
+    }
+}
+
+impl ExecutionPlan for OnlineLookupExec {
+    fn name(&self) -> &'static str {
+        "OnlineLookupExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !children.is_empty() {
+            return internal_err!("OnlineLookupExec has no children");
+        }
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return internal_err!("OnlineLookupExec has one partition, asked for {partition}");
+        }
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let batch = self
+            .index
+            .lookup(&self.keys, self.projection.as_deref(), now_us)?;
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            batch.schema(),
+            futures::stream::iter([Ok(batch)]),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::prelude::{col, lit};
+
+    use super::*;
+
+    const HOUR_US: i64 = 3_600_000_000;
+
+    fn index(ttl: Option<Duration>) -> OnlineIndex {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        ]));
+        let batch = |ids: Vec<Option<i64>>, names: Vec<&str>, ts: Vec<i64>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(ids)),
+                    Arc::new(StringArray::from(names)),
+                    Arc::new(TimestampMicrosecondArray::from(ts)),
+                ],
+            )
+            .expect("batch")
+        };
+        let batches = vec![
+            batch(
+                vec![Some(1), Some(2)],
+                vec!["a", "b"],
+                vec![10 * HOUR_US, 2 * HOUR_US],
+            ),
+            batch(
+                vec![None, Some(1)],
+                vec!["null", "a2"],
+                vec![HOUR_US, 11 * HOUR_US],
+            ),
+        ];
+        OnlineIndex::build(schema, batches, &["user_id".into()], "ts", ttl, 3).expect("index")
+    }
+
+    fn names(batch: &RecordBatch) -> Vec<String> {
+        let column = batch
+            .column_by_name("name")
+            .expect("name")
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("utf8");
+        column.iter().map(|v| v.unwrap_or("").to_string()).collect()
+    }
+
+    #[test]
+    fn lookups_find_latest_row_per_key_once() {
+        let index = index(None);
+        assert_eq!(index.len(), 2);
+        let keys = vec![
+            vec![ScalarValue::Int64(Some(1))],
+            vec![ScalarValue::Int64(Some(3))],
+            vec![ScalarValue::Int64(Some(2))],
+            vec![ScalarValue::Int64(Some(1))],
+        ];
+        let found = index.lookup(&keys, None, 0).expect("lookup");
+        assert_eq!(names(&found), ["a2", "b"]);
+        let projected = index.lookup(&keys[..1], Some(&[1]), 0).expect("projected");
+        assert_eq!(projected.num_columns(), 1);
+        // A key of another integer type is cast to the key column's type.
+        let found = index
+            .lookup(&[vec![ScalarValue::Int32(Some(2))]], None, 0)
+            .expect("cast");
+        assert_eq!(names(&found), ["b"]);
+    }
+
+    #[test]
+    fn ttl_hides_expired_rows() {
+        let index = index(Some(Duration::from_secs(3600 * 5)));
+        let keys = vec![
+            vec![ScalarValue::Int64(Some(1))],
+            vec![ScalarValue::Int64(Some(2))],
+        ];
+        // At hour 12, user 1 (hour 11) is fresh and user 2 (hour 2) expired.
+        let found = index.lookup(&keys, None, 12 * HOUR_US).expect("lookup");
+        assert_eq!(names(&found), ["a2"]);
+    }
+
+    #[test]
+    fn filters_pin_keys() {
+        let entity = vec!["user_id".to_string()];
+        let eq = col("user_id").eq(lit(5i64));
+        let keys = lookup_keys(&entity, std::slice::from_ref(&eq)).expect("eq");
+        assert_eq!(keys, vec![vec![ScalarValue::Int64(Some(5))]]);
+        let within = col("user_id").in_list(vec![lit(5i64), lit(6i64), lit(5i64)], false);
+        assert_eq!(
+            lookup_keys(&entity, std::slice::from_ref(&within)).expect("in").len(),
+            2
+        );
+        assert_eq!(lookup_keys(&entity, &[within, eq]).expect("both").len(), 1);
+        assert!(lookup_keys(&entity, &[col("user_id").gt(lit(5i64))]).is_none());
+        let either = col("user_id")
+            .eq(lit(5i64))
+            .or(col("user_id").eq(lit(7i64)));
+        assert_eq!(lookup_keys(&entity, &[either]).expect("or").len(), 2);
+        let mixed = col("user_id").eq(lit(5i64)).or(col("other").eq(lit(7i64)));
+        assert!(lookup_keys(&entity, &[mixed]).is_none());
+        assert!(lookup_keys(&entity, &[col("other").eq(lit(5i64))]).is_none());
+        let pair = vec!["user_id".to_string(), "item_id".to_string()];
+        let both = [
+            col("user_id").eq(lit(1i64)),
+            col("item_id").in_list(vec![lit(7i64), lit(8i64)], false),
+        ];
+        assert_eq!(lookup_keys(&pair, &both).expect("pair").len(), 2);
+        assert!(lookup_keys(&pair, &both[..1]).is_none());
+    }
+}

@@ -1,0 +1,167 @@
+//! `features.<view>` as SQL sees it: key lookups on an online view come from its index, everything
+//! else reads the view's Delta table. Either way a view with a TTL shows only unexpired rows, so the
+//! same SQL gives the same answer on both paths.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::error::Result as DFResult;
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::prelude::{col, lit};
+
+use super::online::{MAX_LOOKUP_KEYS, OnlineLookupExec, key_values, lookup_keys};
+use super::{FEATURES_SCHEMA, Materialized, ViewState};
+use crate::storage::{AsOf, DeltaTableProvider, open_delta};
+
+/// The provider of one materialized view, fixed to what was materialized when the query was planned.
+#[derive(Debug)]
+pub struct FeatureViewTable {
+    view: Arc<ViewState>,
+    materialized: Arc<Materialized>,
+    settings: Arc<SessionState>,
+}
+
+impl FeatureViewTable {
+    pub fn new(
+        view: Arc<ViewState>,
+        materialized: Arc<Materialized>,
+        settings: Arc<SessionState>,
+    ) -> Self {
+        Self {
+            view,
+            materialized,
+            settings,
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("{FEATURES_SCHEMA}.{}", self.view.definition.name)
+    }
+
+    /// `event_time >= now - ttl` in the event time column's own type.
+    fn ttl_filter(&self) -> DFResult<Option<Expr>> {
+        let Some(ttl) = self.view.definition.ttl else {
+            return Ok(None);
+        };
+        let column = &self.view.definition.event_time;
+        let data_type = self
+            .materialized
+            .schema
+            .field_with_name(column)?
+            .data_type();
+        let oldest = chrono::Utc::now().timestamp_micros()
+            - i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+        let tz = match data_type {
+            DataType::Timestamp(_, tz) => tz.clone(),
+            _ => None,
+        };
+        let bound = ScalarValue::TimestampMicrosecond(Some(oldest), tz).cast_to(data_type)?;
+        Ok(Some(col(column.as_str()).gt_eq(lit(bound))))
+    }
+
+    /// The Delta path: the table's latest version, filtered by every pushed filter and the TTL.
+    async fn scan_delta(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let delta = open_delta(&self.materialized.location, &AsOf::Latest).await?;
+        let provider =
+            DeltaTableProvider::try_new(self.name(), delta, &AsOf::Latest, &self.settings).await?;
+        let schema = provider.schema();
+        let mut plan = provider.scan(state, None, filters, None).await?;
+        let predicate = conjunction(filters.iter().cloned().chain(self.ttl_filter()?));
+        if let Some(predicate) = predicate {
+            let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+            let predicate = state.create_physical_expr(predicate, &df_schema)?;
+            plan = Arc::new(FilterExec::try_new(predicate, plan)?);
+        }
+        if let Some(projection) = projection {
+            let exprs = projection.iter().map(|&i| {
+                let name = schema.field(i).name().clone();
+                (
+                    Arc::new(PhysicalColumn::new(&name, i))
+                        as Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+                    name,
+                )
+            });
+            plan = Arc::new(ProjectionExec::try_new(exprs, plan)?);
+        }
+        Ok(plan)
+    }
+}
+
+#[async_trait]
+impl TableProvider for FeatureViewTable {
+    fn schema(&self) -> SchemaRef {
+        self.materialized.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DFResult<Vec<TableProviderFilterPushDown>> {
+        let entity = &self.view.definition.entity;
+        let online = self.materialized.index.is_some();
+        Ok(filters
+            .iter()
+            .map(|filter| match key_values(filter) {
+                // The index answers these exactly; the Delta path applies every filter itself.
+                Some((column, values))
+                    if online && entity.contains(&column) && values.len() <= MAX_LOOKUP_KEYS =>
+                {
+                    TableProviderFilterPushDown::Exact
+                }
+                _ => TableProviderFilterPushDown::Inexact,
+            })
+            .collect())
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        _input: Arc<dyn ExecutionPlan>,
+        _insert_op: datafusion::logical_expr::dml::InsertOp,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        datafusion::common::plan_err!(
+            "{} is a feature view: only REFRESH FEATURE VIEW {} writes it (change its SQL file or its sources)",
+            self.name(),
+            self.view.definition.name
+        )
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        if let Some(index) = &self.materialized.index
+            && let Some(keys) = lookup_keys(&self.view.definition.entity, filters)
+        {
+            return Ok(Arc::new(OnlineLookupExec::new(
+                self.view.definition.name.clone(),
+                index.clone(),
+                keys,
+                projection.cloned(),
+            )?));
+        }
+        self.scan_delta(state, projection, filters).await
+    }
+}
