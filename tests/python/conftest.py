@@ -19,11 +19,17 @@ def _binary() -> str:
 
 
 class Server:
-    def __init__(self, warehouse: pathlib.Path | str, env: dict[str, str] | None = None):
-        """`warehouse` is a local directory or an object-store URI; `env` adds to the environment."""
+    def __init__(
+        self,
+        warehouse: pathlib.Path | str,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ):
+        """`warehouse` is a local directory or an object-store URI; `env` adds to the environment,
+        `args` to the command line."""
         self.warehouse = warehouse
         self.proc = subprocess.Popen(
-            [_binary(), "serve", "--warehouse", str(warehouse), "--listen", "127.0.0.1:0"],
+            [_binary(), "serve", "--warehouse", str(warehouse), "--listen", "127.0.0.1:0", *(args or [])],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
