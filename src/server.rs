@@ -68,9 +68,8 @@ pub async fn serve(
         // stream on a round trip per window.
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .tcp_nodelay(true)
         .add_service(server)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signalled);
+        .serve_with_incoming_shutdown(incoming(listener), signalled);
     let drain_deadline = async move {
         let _ = drain_rx.wait_for(|stopped| *stopped).await;
         tokio::time::sleep(DRAIN_TIMEOUT).await;
@@ -82,6 +81,20 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// The accepted connections, with Nagle's algorithm off: tonic's own `tcp_nodelay` applies only to
+/// listeners it binds itself, and with Nagle a small response (a key lookup) waits for the client's
+/// delayed ACK, ~40 ms on Linux.
+fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is called, not when

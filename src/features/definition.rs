@@ -302,8 +302,8 @@ mod tests {
         let e = parse("-- @event_time t\nSELECT 1").expect_err("entity");
         assert!(e.message.contains("@entity"), "{e}");
 
-        let e =
-            parse("-- @entity u\n-- @event_time t\n\nSELECT u,\n  t\nFROM x WHERE )").expect_err("sql");
+        let e = parse("-- @entity u\n-- @event_time t\n\nSELECT u,\n  t\nFROM x WHERE )")
+            .expect_err("sql");
         assert_eq!(e.line, 6, "{e}");
 
         let e = parse("-- @entity u\n-- @event_time t\nDROP TABLE x").expect_err("not a query");

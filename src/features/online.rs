@@ -506,7 +506,9 @@ mod tests {
         assert_eq!(keys, vec![vec![ScalarValue::Int64(Some(5))]]);
         let within = col("user_id").in_list(vec![lit(5i64), lit(6i64), lit(5i64)], false);
         assert_eq!(
-            lookup_keys(&entity, std::slice::from_ref(&within)).expect("in").len(),
+            lookup_keys(&entity, std::slice::from_ref(&within))
+                .expect("in")
+                .len(),
             2
         );
         assert_eq!(lookup_keys(&entity, &[within, eq]).expect("both").len(), 1);

@@ -118,7 +118,7 @@ pub async fn refresh(session: &QuiverSession, view: &Arc<ViewState>) -> Result<R
         .await
         .map_err(|e| in_view(definition, e.into()))?;
     check_output(definition, query.schema())?;
-    let sources = sources_of(&query)?;
+    let (sources, untracked) = sources_of(&query)?;
 
     let location = session
         .warehouse()
@@ -128,9 +128,12 @@ pub async fn refresh(session: &QuiverSession, view: &Arc<ViewState>) -> Result<R
         Some(location) => Some(open_delta(location.url(), &AsOf::Latest).await?),
         None => None,
     };
-    let decision = match &target {
-        None => Plan::Full("first refresh".into()),
-        Some(target) => decide(definition, &sources, target).await?,
+    let decision = match (&target, untracked.first()) {
+        (None, _) => Plan::Full("first refresh".into()),
+        (Some(_), Some(other)) => Plan::Full(format!(
+            "reads {other}, whose changes are not tracked (only warehouse Delta tables are)"
+        )),
+        (Some(target), None) => decide(definition, &sources, target).await?,
     };
     let mut transactions = vec![Transaction::new(DEFINITION_TXN, definition.fingerprint())];
     transactions.extend(sources.iter().map(|s| {
@@ -417,13 +420,19 @@ fn key_filter(entity: &[String], keys: &[RecordBatch]) -> Result<Expr> {
     Ok(disjunction(alternatives).unwrap_or(lit(false)))
 }
 
-/// The warehouse Delta tables the query reads, at the versions it reads them.
-fn sources_of(query: &LogicalPlan) -> Result<Vec<Source>> {
+/// The warehouse Delta tables the query reads, at the versions it reads them, and the names of the
+/// other tables it reads (other feature views, system tables), whose changes a refresh cannot see.
+fn sources_of(query: &LogicalPlan) -> Result<(Vec<Source>, Vec<String>)> {
     let mut sources: Vec<Source> = Vec::new();
+    let mut untracked = Vec::new();
     query.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
             let provider = source_as_provider(&scan.source)?;
-            if let Some(delta) = provider.downcast_ref::<DeltaTableProvider>()
+            let delta = provider.downcast_ref::<DeltaTableProvider>();
+            if delta.is_none() {
+                untracked.push(scan.table_name.to_string());
+            }
+            if let Some(delta) = delta
                 && !sources.iter().any(|s| s.name == delta.name())
             {
                 let table = delta.delta_table().clone();
@@ -436,7 +445,7 @@ fn sources_of(query: &LogicalPlan) -> Result<Vec<Source>> {
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
-    Ok(sources)
+    Ok((sources, untracked))
 }
 
 /// The name of the Delta table a scan reads, if it reads one.

@@ -5,14 +5,16 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::TableType;
+use datafusion::datasource::source_as_provider;
 use datafusion::error::Result as DFResult;
 use datafusion::execution::context::SessionState;
-use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::filter::FilterExec;
@@ -22,6 +24,65 @@ use datafusion::prelude::{col, lit};
 use super::online::{MAX_LOOKUP_KEYS, OnlineLookupExec, key_values, lookup_keys};
 use super::{FEATURES_SCHEMA, Materialized, ViewState};
 use crate::storage::{AsOf, DeltaTableProvider, open_delta};
+
+/// Answers `SELECT <columns> FROM features.<view> WHERE <key filters>` straight from the index, without
+/// DataFusion's optimizer and physical planner, when the (bound) plan is exactly that: plain columns,
+/// one filter whose every conjunct is a key filter pinning the key, over an online view. The answer is
+/// the one `OnlineLookupExec` would give; any other shape returns `None` and is planned as usual.
+pub fn direct_lookup(plan: &LogicalPlan) -> Option<DFResult<RecordBatch>> {
+    let (columns, filter) = match plan {
+        LogicalPlan::Projection(projection) => match projection.input.as_ref() {
+            LogicalPlan::Filter(filter) => (Some(&projection.expr), filter),
+            _ => return None,
+        },
+        LogicalPlan::Filter(filter) => (None, filter),
+        _ => return None,
+    };
+    let LogicalPlan::TableScan(scan) = filter.input.as_ref() else {
+        return None;
+    };
+    if !scan.filters.is_empty() || scan.fetch.is_some() || scan.projection.is_some() {
+        return None;
+    }
+    let provider = source_as_provider(&scan.source).ok()?;
+    let table = provider.downcast_ref::<FeatureViewTable>()?;
+    let index = table.materialized.index.as_ref()?;
+    let conjuncts: Vec<Expr> = split_conjunction(&filter.predicate)
+        .into_iter()
+        .cloned()
+        .collect();
+    let entity = &table.view.definition.entity;
+    let all_keys = conjuncts
+        .iter()
+        .all(|c| key_values(c).is_some_and(|(column, _)| entity.contains(&column)));
+    if !all_keys {
+        return None;
+    }
+    let keys = lookup_keys(entity, &conjuncts)?;
+    let schema = table.materialized.schema.clone();
+    let projection = match columns {
+        None => None,
+        Some(exprs) => Some(
+            exprs
+                .iter()
+                .map(|e| match e {
+                    Expr::Column(c) => schema.index_of(&c.name).ok(),
+                    _ => None,
+                })
+                .collect::<Option<Vec<usize>>>()?,
+        ),
+    };
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let batch = match index.lookup(&keys, projection.as_deref(), now_us) {
+        Ok(batch) => batch,
+        Err(e) => return Some(Err(e)),
+    };
+    // The plan's own schema (names, nullability) for the same columns.
+    let output = Arc::new(plan.schema().as_arrow().clone());
+    RecordBatch::try_new(output, batch.columns().to_vec())
+        .ok()
+        .map(Ok)
+}
 
 /// The provider of one materialized view, fixed to what was materialized when the query was planned.
 #[derive(Debug)]

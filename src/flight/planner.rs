@@ -18,6 +18,9 @@ use crate::query::statement::row_parameters;
 use crate::query::{Planned, execute, plan_sql};
 use crate::session::QuiverSession;
 
+/// Largest online-lookup result sent inside its ticket rather than computed again at DoGet.
+const MAX_RESULT_IN_TICKET: usize = 256 * 1024;
+
 /// A statement prepared for a client: its handle and the schemas it reports.
 pub struct Prepared {
     pub handle: StatementHandle,
@@ -56,6 +59,17 @@ pub async fn plan_for_client(
 ) -> Result<(SchemaRef, StatementHandle)> {
     let planned = plan_handle(session, &handle).await?;
     let schema = planned.schema();
+    // An online lookup is answered now, from memory, and its rows travel in the ticket: DoGet then
+    // has nothing to plan. Only small results: a ticket is one gRPC message.
+    if let Planned::Query(plan) = &planned
+        && let Some(batch) = crate::features::table::direct_lookup(plan)
+    {
+        let batch = batch?;
+        if batch.get_array_memory_size() <= MAX_RESULT_IN_TICKET {
+            let handle = handle.with_result(&schema, std::slice::from_ref(&batch))?;
+            return Ok((schema, handle));
+        }
+    }
     if !has_side_effects(&planned) {
         return Ok((schema, handle));
     }

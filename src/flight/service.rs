@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
 use arrow_flight::sql::server::{DoPutError, FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
@@ -23,7 +24,7 @@ use arrow_flight::{
 use bytes::Bytes;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
-use futures::Stream;
+use futures::{Stream, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -86,6 +87,15 @@ impl QuiverFlightSql {
 
     /// Streams the result of the statement in `handle` (DoGet).
     pub fn stream_statement(&self, handle: StatementHandle) -> Response<FlightDataStream> {
+        // A result that came with the ticket (a statement that ran at GetFlightInfo, an online
+        // lookup) is only decoded and sent: no planning, no executor.
+        if let Ok(Some((schema, batches))) = handle.stored_result() {
+            let stream = FlightDataEncoderBuilder::new()
+                .with_schema(schema)
+                .build(futures::stream::iter(batches.into_iter().map(Ok)))
+                .map_err(crate::flight::stream::flight_error_to_status);
+            return Response::new(Box::pin(stream));
+        }
         let session = self.session.clone();
         Response::new(execute_to_flight(&self.executor, async move {
             planner::execute_handle(&session, &handle).await
@@ -362,14 +372,12 @@ impl FlightSqlService for QuiverFlightSql {
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let handle = handle_from(&query.prepared_statement_handle)?;
         let upload = request.into_inner();
-        let bound = self
-            .run(move |_| async move {
-                match collect_parameters(upload).await? {
-                    Some(params) => handle.with_parameters(&params),
-                    None => Ok(handle),
-                }
-            })
-            .await?;
+        // Decoding one parameter row is no query work: it stays on this thread (no executor hop on
+        // the latency path of every prepared lookup).
+        let bound = match collect_parameters(upload).await? {
+            Some(params) => handle.with_parameters(&params)?,
+            None => handle,
+        };
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(bound.encode()),
         })

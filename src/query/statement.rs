@@ -13,6 +13,7 @@ use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{
     DdlStatement, LogicalPlan, LogicalPlanBuilder, Statement as PlanStatement,
 };
+use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
     ShowStatementFilter, Statement as SqlStatement, Value as SqlValue,
@@ -392,6 +393,14 @@ pub async fn execute(
             dml::run(&dml).await
         }
         Planned::Query(plan) => {
+            if let Some(batch) = crate::features::table::direct_lookup(&plan) {
+                let batch = batch?;
+                return Ok(Box::pin(MemoryStream::try_new(
+                    vec![batch],
+                    Arc::new(plan.schema().as_arrow().clone()),
+                    None,
+                )?));
+            }
             let df = session.ctx().execute_logical_plan(plan).await?;
             Ok(df.execute_stream().await?)
         }

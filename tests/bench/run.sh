@@ -2,9 +2,15 @@
 # Builds the release binary and runs a benchmark; prints figures, asserts nothing.
 #   tests/bench/run.sh [flight] [--rows N] [--repeat N]   Flight DoGet and ingest (flight_bench.py)
 #   tests/bench/run.sh asof [--rows N] [--repeat N]       ASOF JOIN, N x N rows (asof_bench.py)
+#   tests/bench/run.sh online [--users N] [--lookups N]   online lookups from the Rust Flight SQL
+#                                                         client, 1 and 50 views (online_lookup.rs)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+if [ "${1:-}" = online ]; then
+    shift
+    exec cargo run --release --example online_lookup -- "$@"
+fi
 VENV="${QUIVER_VENV:-$PWD/.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt -r tests/bench/requirements.txt

@@ -9,7 +9,7 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use futures::TryStreamExt;
-use quiver::session::QuiverSession;
+use quiver::session::{QuiverSession, SessionOptions};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -22,9 +22,24 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_with(SessionOptions::default()).await
+    }
+
+    /// A server with the repository's example feature views (`sql/features`).
+    pub async fn with_example_views() -> Self {
+        Self::start_with(SessionOptions {
+            sql_dir: Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql")),
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn start_with(options: SessionOptions) -> Self {
         let warehouse = tempfile::tempdir().expect("tempdir");
         let url = url::Url::from_directory_path(warehouse.path()).expect("url");
-        let session = QuiverSession::open(url).await.expect("session");
+        let session = QuiverSession::open_with(url, options)
+            .await
+            .expect("session");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();

@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod feature_views;
 mod features;
 mod flight_sql;
 mod plain_flight;

@@ -1,0 +1,284 @@
+//! Online lookup latency through Flight SQL prepared statements, from the arrow-flight Rust client,
+//! end to end on loopback: one key (`WHERE user_id = ?`) and 100 keys (`WHERE user_id IN (?, ...)`),
+//! with 1 and with 50 online feature views loaded. Prints p50/p90/p99/max; asserts nothing.
+//!
+//!   tests/bench/run.sh online [--users N] [--lookups N]
+//!
+//! Each lookup is what an application does per request: bind the parameters (DoPut), execute
+//! (GetFlightInfo), fetch (DoGet). The server runs in this process on its own runtime, the client on
+//! another; they talk over TCP on 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_flight::sql::client::{FlightSqlServiceClient, PreparedStatement};
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use futures::TryStreamExt;
+use quiver::session::{QuiverSession, SessionOptions};
+use tonic::transport::Channel;
+
+const VIEW: &str = "\
+-- @entity user_id
+-- @event_time event_time
+-- @ttl 365 days
+-- @materialize offline, online
+SELECT user_id, max(ts) AS event_time, count(*) AS events, sum(clicks) AS clicks,
+       avg(clicks) AS mean_clicks, min(ts) AS first_seen
+FROM events GROUP BY user_id
+";
+
+struct Args {
+    users: u64,
+    lookups: usize,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        users: 100_000,
+        lookups: 20_000,
+    };
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    for pair in raw.chunks(2) {
+        let value = pair.get(1).and_then(|v| v.parse().ok());
+        match (pair[0].as_str(), value) {
+            ("--users", Some(v)) => args.users = v,
+            ("--lookups", Some(v)) => args.lookups = v as usize,
+            _ => panic!("usage: online_lookup [--users N] [--lookups N]"),
+        }
+    }
+    args
+}
+
+fn main() {
+    let args = args();
+    for views in [1, 50] {
+        run(&args, views);
+    }
+}
+
+fn run(args: &Args, views: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sql_dir = dir.path().join("sql");
+    std::fs::create_dir_all(sql_dir.join("features")).expect("sql dir");
+    for v in 0..views {
+        std::fs::write(sql_dir.join(format!("features/view_{v}.sql")), VIEW).expect("view");
+    }
+    let warehouse = url::Url::from_directory_path(dir.path().join("warehouse")).expect("url");
+    std::fs::create_dir_all(dir.path().join("warehouse")).expect("warehouse");
+
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let users = args.users;
+    let addr = server.block_on(async move {
+        let options = SessionOptions {
+            sql_dir: Some(sql_dir.clone()),
+            ..Default::default()
+        };
+        let session = QuiverSession::open_with(warehouse.clone(), options.clone())
+            .await
+            .expect("session");
+        let setup = format!(
+            "CREATE TABLE events AS SELECT value % {users} AS user_id, \
+             to_timestamp_seconds(1790000000 - value) AS ts, value % 7 AS clicks \
+             FROM generate_series(1, {})",
+            users * 5
+        );
+        for sql in [setup.as_str(), "REFRESH FEATURE VIEWS"] {
+            let started = Instant::now();
+            let stream = quiver::query::run_sql(&session, sql).await.expect("setup");
+            let _: Vec<RecordBatch> = stream.try_collect().await.expect("setup rows");
+            eprintln!(
+                "setup: {} in {:.1?}",
+                sql.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+                started.elapsed()
+            );
+        }
+        // Restart: the indexes are built from the materialized Delta tables, as after a deploy.
+        let session = QuiverSession::open_with(warehouse, options)
+            .await
+            .expect("session");
+        in_process(&session, users).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(quiver::server::serve(
+            listener,
+            session,
+            std::future::pending(),
+        ));
+        addr
+    });
+
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    client.block_on(async move {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("connect");
+        let mut sql = FlightSqlServiceClient::new(channel);
+        // The floor: a round trip the server rejects at once (a malformed ticket), no query work.
+        let mut floor = Vec::new();
+        for i in 0..2000 {
+            let started = Instant::now();
+            let rejected = sql
+                .do_get(arrow_flight::Ticket::new(vec![0xff, 0xff]))
+                .await;
+            assert!(rejected.is_err());
+            if i >= 200 {
+                floor.push(started.elapsed());
+            }
+        }
+        report("round trip floor (rejected DoGet)", &mut floor);
+        let mut single = Vec::new();
+        let mut multi = Vec::new();
+        for v in 0..views {
+            single.push(
+                sql.prepare(
+                    format!("SELECT * FROM features.view_{v} WHERE user_id = ?"),
+                    None,
+                )
+                .await
+                .expect("prepare"),
+            );
+            let marks = vec!["?"; 100].join(", ");
+            multi.push(
+                sql.prepare(
+                    format!("SELECT * FROM features.view_{v} WHERE user_id IN ({marks})"),
+                    None,
+                )
+                .await
+                .expect("prepare"),
+            );
+        }
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next_key = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % users) as i64
+        };
+        let warmup = args.lookups / 10;
+        let mut latencies = Vec::with_capacity(args.lookups);
+        for i in 0..warmup + args.lookups {
+            let keys = [next_key()];
+            let statement = &mut single[i % views];
+            let (took, rows) = lookup(&mut sql, statement, &keys).await;
+            assert_eq!(rows, 1, "every user has a row");
+            if i >= warmup {
+                latencies.push(took);
+            }
+        }
+        report(&format!("1 key,    {views:>2} view(s)"), &mut latencies);
+        let mut latencies = Vec::with_capacity(args.lookups / 10);
+        for i in 0..(warmup + args.lookups) / 10 {
+            let keys: Vec<i64> = (0..100).map(|_| next_key()).collect();
+            let statement = &mut multi[i % views];
+            let (took, _) = lookup(&mut sql, statement, &keys).await;
+            if i >= warmup / 10 {
+                latencies.push(took);
+            }
+        }
+        report(&format!("100 keys, {views:>2} view(s)"), &mut latencies);
+    });
+    server.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// The server's share of a lookup, without the network: plan the SQL, bind the key, execute.
+async fn in_process(session: &QuiverSession, users: u64) {
+    use quiver::query::{execute, plan_sql};
+    let sql = "SELECT * FROM features.view_0 WHERE user_id = ?";
+    let mut phases = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..3000u64 {
+        let key = binding(&[(i * 7919 % users) as i64]);
+        let t0 = Instant::now();
+        let planned = plan_sql(session, sql).await.expect("plan");
+        let t1 = Instant::now();
+        let bound = planned.bind(&key, 0).expect("bind");
+        let t2 = Instant::now();
+        let batches: Vec<RecordBatch> = execute(session, bound)
+            .await
+            .expect("execute")
+            .try_collect()
+            .await
+            .expect("rows");
+        let t3 = Instant::now();
+        assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
+        if i >= 1000 {
+            phases[0].push(t1 - t0);
+            phases[1].push(t2 - t1);
+            phases[2].push(t3 - t2);
+        }
+    }
+    for (name, latencies) in ["plan", "bind", "execute"].iter().zip(phases.iter_mut()) {
+        report(&format!("in-process {name}"), latencies);
+    }
+}
+
+fn binding(keys: &[i64]) -> RecordBatch {
+    let columns: Vec<(String, ArrayRef)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| {
+            (
+                i.to_string(),
+                Arc::new(Int64Array::from(vec![k])) as ArrayRef,
+            )
+        })
+        .collect();
+    RecordBatch::try_from_iter(columns).expect("binding")
+}
+
+/// Bind, execute, fetch: one request of an application.
+async fn lookup(
+    sql: &mut FlightSqlServiceClient<Channel>,
+    statement: &mut PreparedStatement<Channel>,
+    keys: &[i64],
+) -> (Duration, usize) {
+    let started = Instant::now();
+    statement.set_parameters(binding(keys)).expect("bind");
+    let info = statement.execute().await.expect("execute");
+    let executed = started.elapsed();
+    let mut rows = 0;
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.expect("ticket");
+        let batches: Vec<RecordBatch> = sql
+            .do_get(ticket)
+            .await
+            .expect("do_get")
+            .try_collect()
+            .await
+            .expect("batches");
+        rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+    }
+    if std::env::var_os("BENCH_PHASES").is_some() {
+        eprintln!(
+            "bind+execute {:?} fetch {:?}",
+            executed,
+            started.elapsed() - executed
+        );
+    }
+    (started.elapsed(), rows)
+}
+
+fn report(label: &str, latencies: &mut [Duration]) {
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{label}: n={} p50={:.3} ms p90={:.3} ms p99={:.3} ms max={:.3} ms",
+        latencies.len(),
+        ms(at(0.50)),
+        ms(at(0.90)),
+        ms(at(0.99)),
+        ms(latencies[latencies.len() - 1])
+    );
+}
