@@ -24,7 +24,7 @@ pub use table::FeatureViewTable;
 
 use crate::error::{Error, Result};
 use crate::session::QuiverSession;
-use crate::storage::{AsOf, DeltaTableProvider, open_delta};
+use crate::storage::{AsOf, DeltaTableProvider};
 
 /// The subdirectory of `--sql-dir` holding feature views.
 pub const FEATURES_DIR: &str = "features";
@@ -119,6 +119,15 @@ impl FeatureStore {
         self.views.values()
     }
 
+    /// The views with an offline table, in name order: what `REFRESH FEATURE VIEWS` refreshes.
+    pub fn materialized_views(&self) -> Vec<Arc<ViewState>> {
+        self.views
+            .values()
+            .filter(|v| v.definition.offline)
+            .cloned()
+            .collect()
+    }
+
     /// The view called `name`; an unknown name or a file that failed to load is an error saying so.
     pub fn view(&self, name: &str) -> Result<&Arc<ViewState>> {
         if let Some(view) = self.views.get(name) {
@@ -167,8 +176,6 @@ impl ViewState {
             return Ok(());
         };
         let url = location.url().clone();
-        let delta = open_delta(&url, &AsOf::Latest).await?;
-        let version = delta.version().unwrap_or_default();
         let provider = session
             .catalog()
             .provider(
@@ -177,6 +184,7 @@ impl ViewState {
                 &AsOf::Latest,
             )
             .await?;
+        let version = provider.delta_table().version().unwrap_or_default();
         let schema = datafusion::catalog::TableProvider::schema(&provider);
         let index = if self.definition.online {
             Some(Arc::new(

@@ -220,7 +220,10 @@ pub async fn refresh(session: &QuiverSession, view: &Arc<ViewState>) -> Result<R
     .map_err(|e| in_view(definition, e))?;
 
     view.reload(session).await?;
-    session.catalog().refresh().await?;
+    if location.is_none() {
+        // A new table (maybe in a new schema): renew the cached name listing.
+        session.catalog().refresh().await?;
+    }
     let version = view.materialized().map(|m| m.version);
     let report = Report {
         view: definition.name.clone(),
@@ -596,11 +599,7 @@ pub async fn run(session: &QuiverSession, name: Option<&str>) -> Result<Sendable
     let features = session.features();
     let views: Vec<Arc<ViewState>> = match name {
         Some(name) => vec![features.view(name)?.clone()],
-        None => features
-            .views()
-            .filter(|v| v.definition.offline)
-            .cloned()
-            .collect(),
+        None => features.materialized_views(),
     };
     let mut reports = Vec::with_capacity(views.len());
     for view in &views {
@@ -623,13 +622,7 @@ pub fn schedule(session: QuiverSession, interval: Duration) -> tokio::task::Join
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            let views: Vec<Arc<ViewState>> = session
-                .features()
-                .views()
-                .filter(|v| v.definition.offline)
-                .cloned()
-                .collect();
-            for view in views {
+            for view in session.features().materialized_views() {
                 if let Err(e) = refresh(&session, &view).await {
                     tracing::error!(view = %view.definition.name, "scheduled refresh failed: {e}");
                 }

@@ -9,7 +9,6 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
-use datafusion::physical_plan::memory::MemoryStream;
 use futures::TryStreamExt;
 
 use crate::error::{Error, Result};
@@ -87,15 +86,12 @@ fn has_side_effects(planned: &Planned) -> bool {
     }
 }
 
-/// Streams the result of a handle (DoGet): the stored result of a statement that already ran, or the
-/// query, executed now.
+/// Executes the query in a handle (DoGet) now. Handles carrying a stored result are streamed by the
+/// service without coming here.
 pub async fn execute_handle(
     session: &QuiverSession,
     handle: &StatementHandle,
 ) -> Result<SendableRecordBatchStream> {
-    if let Some((schema, batches)) = handle.stored_result()? {
-        return Ok(Box::pin(MemoryStream::try_new(batches, schema, None)?));
-    }
     let planned = plan_handle(session, handle).await?;
     execute(session, planned).await
 }

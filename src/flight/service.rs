@@ -5,7 +5,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
 use arrow_flight::sql::server::{DoPutError, FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
@@ -24,7 +23,7 @@ use arrow_flight::{
 use bytes::Bytes;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
-use futures::{Stream, TryStreamExt};
+use futures::Stream;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -32,7 +31,9 @@ use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::flight::handle::StatementHandle;
 use crate::flight::ingest::{collect_parameters, ingest_command, ingest_path};
-use crate::flight::stream::{FlightDataStream, batch_to_flight, execute_to_flight, wire_schema};
+use crate::flight::stream::{
+    FlightDataStream, batch_to_flight, batches_to_flight, execute_to_flight, wire_schema,
+};
 use crate::flight::{metadata, planner};
 use crate::session::QuiverSession;
 
@@ -89,12 +90,15 @@ impl QuiverFlightSql {
     pub fn stream_statement(&self, handle: StatementHandle) -> Response<FlightDataStream> {
         // A result that came with the ticket (a statement that ran at GetFlightInfo, an online
         // lookup) is only decoded and sent: no planning, no executor.
-        if let Ok(Some((schema, batches))) = handle.stored_result() {
-            let stream = FlightDataEncoderBuilder::new()
-                .with_schema(schema)
-                .build(futures::stream::iter(batches.into_iter().map(Ok)))
-                .map_err(crate::flight::stream::flight_error_to_status);
-            return Response::new(Box::pin(stream));
+        match handle.stored_result() {
+            Ok(Some((schema, batches))) => {
+                return Response::new(batches_to_flight(schema, batches));
+            }
+            Err(e) => {
+                let status = e.to_status();
+                return Response::new(Box::pin(futures::stream::once(async { Err(status) })));
+            }
+            Ok(None) => {}
         }
         let session = self.session.clone();
         Response::new(execute_to_flight(&self.executor, async move {

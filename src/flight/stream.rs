@@ -12,7 +12,7 @@ use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -77,10 +77,15 @@ where
 
 /// Streams one small in-memory batch (catalog metadata).
 pub fn batch_to_flight(batch: RecordBatch) -> FlightDataStream {
-    let schema = batch.schema();
+    batches_to_flight(batch.schema(), vec![batch])
+}
+
+/// Streams small in-memory batches (catalog metadata, results stored in a ticket) on the calling
+/// thread: no query work, so no executor.
+pub fn batches_to_flight(schema: SchemaRef, batches: Vec<RecordBatch>) -> FlightDataStream {
     let stream = FlightDataEncoderBuilder::new()
         .with_schema(schema)
-        .build(futures::stream::iter([Ok(batch)]))
+        .build(futures::stream::iter(batches.into_iter().map(Ok)))
         .map_err(flight_error_to_status);
     Box::pin(stream)
 }

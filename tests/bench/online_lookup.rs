@@ -249,7 +249,6 @@ async fn lookup(
     let started = Instant::now();
     statement.set_parameters(binding(keys)).expect("bind");
     let info = statement.execute().await.expect("execute");
-    let executed = started.elapsed();
     let mut rows = 0;
     for endpoint in info.endpoint {
         let ticket = endpoint.ticket.expect("ticket");
@@ -261,13 +260,6 @@ async fn lookup(
             .await
             .expect("batches");
         rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
-    }
-    if std::env::var_os("BENCH_PHASES").is_some() {
-        eprintln!(
-            "bind+execute {:?} fetch {:?}",
-            executed,
-            started.elapsed() - executed
-        );
     }
     (started.elapsed(), rows)
 }
