@@ -54,6 +54,11 @@ pub struct QueryArgs {
     #[arg(long, env = "QUIVER_SQL_DIR", default_value = "./sql")]
     pub sql_dir: PathBuf,
 
+    /// Directory of models: each `<models-dir>/<name>/` holds `model.onnx` and `model.toml`.
+    /// Changed directories are reloaded (`RELOAD MODELS`, or the server's poll). Missing: no models.
+    #[arg(long, env = "QUIVER_MODELS_DIR", default_value = "./models")]
+    pub models_dir: PathBuf,
+
     /// Memory for query execution, shared by all queries (e.g. "2GiB", "512MiB"). Sorts, joins and
     /// aggregations spill to disk under it where DataFusion can; a query that still does not fit fails
     /// with ResourceExhausted. Unset: no limit.
@@ -83,6 +88,7 @@ impl QueryArgs {
         Ok(SessionOptions {
             memory_limit,
             sql_dir: Some(self.sql_dir.clone()),
+            models_dir: Some(self.models_dir.clone()),
         })
     }
 }

@@ -1,9 +1,10 @@
 //! Quiver: a SQL-first feature and recommendation server.
 //!
-//! Data flows ingest -> storage -> session -> query -> flight:
+//! Data flows ingest -> storage -> session -> scoring -> flight:
 //! uploads and SQL writes become Delta commits ([`ingest`], [`storage`]), the warehouse is a DataFusion
-//! catalog ([`session`]), statements are planned and run as streams ([`query`]), and everything is served
-//! over Arrow Flight SQL and plain Arrow Flight ([`flight`], [`server`]).
+//! catalog with feature views ([`session`], [`features`]), ONNX models score from SQL ([`scoring`]),
+//! statements are planned and run as streams ([`query`]), and everything is served over Arrow Flight
+//! SQL and plain Arrow Flight ([`flight`], [`server`]).
 
 pub mod config;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod features;
 pub mod flight;
 pub mod ingest;
 pub mod query;
+pub mod scoring;
 pub mod server;
 pub mod session;
 pub mod storage;

@@ -36,6 +36,7 @@ pub async fn serve_from_config(config: ServeConfig) -> Result<()> {
     if let Some(interval) = config.refresh_interval {
         crate::features::refresh::schedule(session.clone(), interval);
     }
+    crate::scoring::watch(session.clone());
     let shutdown = shutdown_signal()?;
     tracing::info!(warehouse = %config.warehouse, %address, "serving");
     let mut stdout = std::io::stdout();

@@ -15,6 +15,8 @@ use crate::error::Result;
 use crate::features::FeatureStore;
 use crate::query::asof::AsofRelationPlanner;
 use crate::query::planner::QuiverPlanner;
+use crate::scoring::system::SystemSchema;
+use crate::scoring::{self, ModelRegistry};
 use crate::storage::{CATALOG, DEFAULT_SCHEMA, Warehouse, WarehouseCatalog};
 
 /// Everything a query needs: the DataFusion context over the warehouse.
@@ -27,6 +29,7 @@ pub struct QuiverSession {
     warehouse: Arc<Warehouse>,
     catalog: Arc<WarehouseCatalog>,
     features: Arc<FeatureStore>,
+    models: Arc<ModelRegistry>,
 }
 
 /// Settings of query execution (`quiver serve` / `quiver sql` flags).
@@ -37,6 +40,8 @@ pub struct SessionOptions {
     pub memory_limit: Option<usize>,
     /// Where feature views are read from (`<sql_dir>/features/*.sql`). `None`: no views.
     pub sql_dir: Option<PathBuf>,
+    /// Where models are read from (`<models_dir>/<name>/model.toml`). `None`: no models.
+    pub models_dir: Option<PathBuf>,
 }
 
 impl QuiverSession {
@@ -88,6 +93,15 @@ impl QuiverSession {
             .build();
         let ctx = SessionContext::new_with_state(state);
         quiver_udfs::register(&ctx);
+        let models = Arc::new(ModelRegistry::new(session_options.models_dir.clone()));
+        ctx.register_udf(scoring::predict::udf(models.clone()));
+        ctx.register_udf(scoring::recommend::recommend_items_udf(models.clone()));
+        ctx.register_udtf(
+            scoring::recommend::TABLE_FUNCTION,
+            Arc::new(scoring::recommend::Recommend {
+                registry: models.clone(),
+            }),
+        );
         let features = Arc::new(match &session_options.sql_dir {
             Some(dir) => FeatureStore::load(dir)?,
             None => FeatureStore::default(),
@@ -96,6 +110,9 @@ impl QuiverSession {
             warehouse.clone(),
             settings,
             features.clone(),
+            Arc::new(SystemSchema {
+                models: models.clone(),
+            }),
         ));
         ctx.register_catalog(CATALOG, catalog.clone());
         catalog.refresh().await?;
@@ -104,8 +121,11 @@ impl QuiverSession {
             warehouse,
             catalog,
             features,
+            models,
         };
         session.features.open_all(&session).await;
+        // Models come last: a two-tower model reads its items with SQL, possibly from feature views.
+        session.models.reload(&session).await?;
         Ok(session)
     }
 
@@ -127,5 +147,9 @@ impl QuiverSession {
 
     pub fn features(&self) -> &FeatureStore {
         &self.features
+    }
+
+    pub fn models(&self) -> &Arc<ModelRegistry> {
+        &self.models
     }
 }

@@ -13,6 +13,7 @@ use futures::TryStreamExt;
 
 use crate::error::{Error, Result};
 use crate::flight::handle::StatementHandle;
+use crate::query::statement::plan_sql_with;
 use crate::query::statement::row_parameters;
 use crate::query::{Planned, execute, plan_sql};
 use crate::session::QuiverSession;
@@ -38,10 +39,14 @@ pub async fn prepare(session: &QuiverSession, sql: &str) -> Result<Prepared> {
 
 /// Plans the statement in a handle with its bound parameters (one row, for queries).
 pub async fn plan_handle(session: &QuiverSession, handle: &StatementHandle) -> Result<Planned> {
-    let planned = plan_sql(session, &handle.sql).await?;
     match handle.parameter_batch()? {
-        None => Ok(planned),
-        Some(params) if params.num_rows() == 1 => planned.bind(&params, 0),
+        None => plan_sql(session, &handle.sql).await,
+        Some(params) if params.num_rows() == 1 => {
+            let values = row_parameters(&params, 0)?;
+            plan_sql_with(session, &handle.sql, Some(&values))
+                .await?
+                .bind(&params, 0)
+        }
         Some(params) => Err(Error::InvalidInput(format!(
             "a query binds one row of parameters, got {} rows (use executemany for updates)",
             params.num_rows()

@@ -12,7 +12,11 @@
 use std::ops::ControlFlow;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use datafusion::sql::sqlparser::ast::{Expr, Statement, Value, visit_expressions_mut};
+use datafusion::common::ScalarValue;
+use datafusion::sql::sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, Statement, TableFactor, Value, VisitMut, VisitorMut,
+    visit_expressions_mut,
+};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Word};
@@ -75,6 +79,85 @@ pub fn number_placeholders(statement: &mut Statement) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Replaces the `$n` placeholders in table-function arguments (`FROM recommend('m', $1, 10)`) with
+/// their bound values. A table function is called while the statement is planned, before
+/// DataFusion's own binding, so its arguments must be literals by then.
+pub fn bind_table_function_args(statement: &mut Statement, values: &[ScalarValue]) -> Result<()> {
+    let mut failed = None;
+    let _ = visit_table_factors_mut(statement, |factor| {
+        let args: Vec<&mut FunctionArg> = match factor {
+            TableFactor::Table {
+                args: Some(args), ..
+            } => args.args.iter_mut().collect(),
+            TableFactor::Function { args, .. } => args.iter_mut().collect(),
+            _ => return ControlFlow::Continue(()),
+        };
+        for arg in args {
+            let expr = match arg {
+                FunctionArg::Named { arg, .. }
+                | FunctionArg::ExprNamed { arg, .. }
+                | FunctionArg::Unnamed(arg) => arg,
+            };
+            let FunctionArgExpr::Expr(expr) = expr else {
+                continue;
+            };
+            let _ = visit_expressions_mut(expr, |e| {
+                if let Expr::Value(v) = e
+                    && let Value::Placeholder(p) = &v.value
+                {
+                    match placeholder_literal(p, values) {
+                        Ok(literal) => *e = literal,
+                        Err(err) => failed = Some(err),
+                    }
+                }
+                ControlFlow::<()>::Continue(())
+            });
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    failed.map_or(Ok(()), Err)
+}
+
+/// Calls `f` on every table factor of the statement, subqueries included.
+fn visit_table_factors_mut<F>(statement: &mut Statement, f: F) -> ControlFlow<()>
+where
+    F: FnMut(&mut TableFactor) -> ControlFlow<()>,
+{
+    struct Factors<F>(F);
+    impl<F: FnMut(&mut TableFactor) -> ControlFlow<()>> VisitorMut for Factors<F> {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+            (self.0)(factor)
+        }
+    }
+    statement.visit(&mut Factors(f))
+}
+
+fn placeholder_literal(placeholder: &str, values: &[ScalarValue]) -> Result<Expr> {
+    let value = placeholder
+        .strip_prefix('$')
+        .and_then(|n| n.parse::<usize>().ok())
+        .and_then(|n| n.checked_sub(1))
+        .and_then(|i| values.get(i))
+        .ok_or_else(|| {
+            Error::InvalidInput(format!("no value bound for parameter {placeholder}"))
+        })?;
+    let sql = match value {
+        v if v.is_null() => Value::Null,
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => Value::SingleQuotedString(s.clone()),
+        v if v.data_type().is_numeric() => Value::Number(v.to_string(), false),
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "parameter {placeholder} of a table function must be a number or a string, got {}",
+                other.data_type()
+            )));
+        }
+    };
+    Ok(Expr::value(sql))
 }
 
 /// Indices of the non-whitespace tokens, so patterns can be matched across spaces and comments.

@@ -23,7 +23,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::error::{Error, Result};
 use crate::query::asof::nest_asof_joins;
-use crate::query::rewrite::{number_placeholders, rewrite_extensions};
+use crate::query::rewrite::{bind_table_function_args, number_placeholders, rewrite_extensions};
 use crate::query::{ddl, dml};
 use crate::session::QuiverSession;
 use crate::storage::{CATALOG, DEFAULT_SCHEMA};
@@ -71,6 +71,8 @@ pub enum Command {
     RefreshFeatureViews {
         name: Option<String>,
     },
+    /// `RELOAD MODELS`: load new and changed model directories now.
+    ReloadModels,
 }
 
 impl Planned {
@@ -82,6 +84,7 @@ impl Planned {
             Planned::Command(Command::RefreshFeatureViews { .. }) => {
                 crate::features::refresh::report_schema()
             }
+            Planned::Command(Command::ReloadModels) => crate::scoring::reload_report_schema(),
             Planned::Command(_) => Arc::new(Schema::empty()),
         }
     }
@@ -132,8 +135,21 @@ pub fn row_parameters(params: &RecordBatch, row: usize) -> Result<ParamValues> {
 
 /// Parses and plans one statement. Nothing is executed or written.
 pub async fn plan_sql(session: &QuiverSession, sql: &str) -> Result<Planned> {
+    plan_sql_with(session, sql, None).await
+}
+
+/// [`plan_sql`] with the parameter values known at planning: table-function arguments need them
+/// (`FROM recommend('m', $1, 10)`); the rest of the plan is bound by [`Planned::bind`] as usual.
+pub async fn plan_sql_with(
+    session: &QuiverSession,
+    sql: &str,
+    params: Option<&ParamValues>,
+) -> Result<Planned> {
     if let Some(command) = refresh_command(sql)? {
         return Ok(Planned::Command(command));
+    }
+    if is_reload_models(sql) {
+        return Ok(Planned::Command(Command::ReloadModels));
     }
     let rewritten = rewrite_extensions(sql)?;
     let mut statements = DFParser::parse_sql_with_dialect(&rewritten.sql, &GenericDialect {})
@@ -151,6 +167,10 @@ pub async fn plan_sql(session: &QuiverSession, sql: &str) -> Result<Planned> {
     let mut show_functions = None;
     if let Some(inner) = sql_statement(&mut statement) {
         number_placeholders(inner)?;
+        if let Some(ParamValues::List(values)) = params {
+            let values: Vec<ScalarValue> = values.iter().map(|v| v.value.clone()).collect();
+            bind_table_function_args(inner, &values)?;
+        }
         nest_asof_joins(inner);
         if let SqlStatement::ShowFunctions { filter } = inner {
             show_functions = Some(filter.clone());
@@ -221,6 +241,17 @@ fn refresh_command(sql: &str) -> Result<Option<Command>> {
     }
 }
 
+/// `RELOAD MODELS` (any case and spacing, optional semicolon).
+fn is_reload_models(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(str::to_ascii_uppercase)
+        .collect();
+    words == ["RELOAD", "MODELS"]
+}
+
 /// The SQL statement inside DataFusion's wrapper, looking through `EXPLAIN`.
 fn sql_statement(statement: &mut DFStatement) -> Option<&mut SqlStatement> {
     match statement {
@@ -266,7 +297,14 @@ async fn explain_missing_table(
     if !error.to_string().contains("not found") {
         return error.into();
     }
+    let functions = session.state();
     for reference in references {
+        // `FROM recommend(...)`: a table function, not a missing table.
+        if reference.schema().is_none()
+            && functions.table_functions().contains_key(reference.table())
+        {
+            continue;
+        }
         let (schema, table) = match schema_and_table(reference) {
             Ok(names) => names,
             Err(e) => return e,
@@ -276,6 +314,7 @@ async fn explain_missing_table(
             .next()
             .unwrap_or(&table);
         if schema != "information_schema"
+            && schema != crate::scoring::SYSTEM_SCHEMA
             && matches!(session.warehouse().locate(&schema, base).await, Ok(None))
         {
             return Error::TableNotFound(format!("{schema}.{base}"));

@@ -15,6 +15,8 @@ use datafusion::execution::context::SessionState;
 
 use crate::error::Result;
 use crate::features::{FEATURES_SCHEMA, FeatureStore, FeatureViewTable};
+use crate::scoring::SYSTEM_SCHEMA;
+use crate::scoring::system::SystemSchema;
 use crate::storage::table::{AsOf, DeltaTableProvider, open_delta};
 use crate::storage::warehouse::{TableLocation, Warehouse, valid_name};
 
@@ -33,6 +35,8 @@ pub struct WarehouseCatalog {
     listing: Arc<RwLock<Listing>>,
     settings: Arc<SessionState>,
     features: Arc<FeatureStore>,
+    /// `system.models` and any other read-only table about the server.
+    system: Arc<SystemSchema>,
 }
 
 impl WarehouseCatalog {
@@ -42,12 +46,14 @@ impl WarehouseCatalog {
         warehouse: Arc<Warehouse>,
         settings: Arc<SessionState>,
         features: Arc<FeatureStore>,
+        system: Arc<SystemSchema>,
     ) -> Self {
         Self {
             warehouse,
             listing: Arc::default(),
             settings,
             features,
+            system,
         }
     }
 
@@ -82,13 +88,19 @@ impl WarehouseCatalog {
 
 impl CatalogProvider for WarehouseCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.listing
+        let mut names: Vec<String> = self
+            .listing
             .read()
             .map(|l| l.keys().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        names.push(SYSTEM_SCHEMA.to_string());
+        names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == SYSTEM_SCHEMA {
+            return Some(self.system.clone());
+        }
         // Any well-formed name resolves: a schema made by another writer since the last listing must
         // still be queryable. Missing tables are then reported by `table()`.
         valid_name(name).then(|| {

@@ -1,0 +1,413 @@
+//! Scoring: ONNX models from `--models-dir`, run in-process with tract and called from SQL.
+//!
+//! Each model is a directory `<models-dir>/<name>/` holding `model.onnx` and `model.toml`
+//! ([`spec`]). The [`ModelRegistry`] loads them into optimized tract plans ([`onnx`]), reloads a
+//! directory whose files changed (`RELOAD MODELS`, or the server's poll), and swaps each model whole:
+//! a query holds the `Arc<Model>` it planned with, so it finishes on that version. A model that fails
+//! to load is reported in `system.models` and the log, and its previous version keeps serving.
+//!
+//! SQL sees them as `predict(...)` ([`predict`]), `recommend(...)` and `recommend_items(...)`
+//! ([`recommend`], over the item index of [`retrieval`]) and the table `system.models` ([`system`]).
+
+pub mod onnx;
+pub mod predict;
+pub mod recommend;
+pub mod retrieval;
+pub mod spec;
+pub mod system;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::memory::MemoryStream;
+
+use crate::error::{Error, Result};
+use crate::scoring::onnx::OnnxModel;
+use crate::scoring::retrieval::Retrieval;
+use crate::scoring::spec::{ModelKind, ModelSpec};
+use crate::session::QuiverSession;
+
+/// The schema of `system.models`.
+pub const SYSTEM_SCHEMA: &str = "system";
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// One loaded version of a model.
+#[derive(Debug)]
+pub struct Model {
+    pub name: String,
+    pub spec: ModelSpec,
+    pub dir: PathBuf,
+    pub onnx: OnnxModel,
+    /// Two-tower models: the item index, known users and fallback.
+    pub retrieval: Option<Retrieval>,
+    pub loaded_at: DateTime<Utc>,
+    /// Unique per load, so a planned query can find the version it was planned with.
+    pub generation: u64,
+}
+
+impl Model {
+    /// The retrieval half of a two-tower model, or an error naming the model.
+    pub fn retrieval(&self) -> std::result::Result<&Retrieval, String> {
+        self.retrieval.as_ref().ok_or_else(|| {
+            format!(
+                "model '{}' is a {} model; recommend needs kind = \"two_tower\"",
+                self.name,
+                self.spec.kind.as_str()
+            )
+        })
+    }
+}
+
+/// A model directory's state: what serves, and the last load error if the newest files failed.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    current: Option<Arc<Model>>,
+    /// The version before `current`, kept so queries planned with it finish on it.
+    previous: Option<Arc<Model>>,
+    error: Option<String>,
+    fingerprint: Fingerprint,
+}
+
+/// Names, sizes and modification times of a directory's files: a change in any means reload.
+type Fingerprint = Vec<(String, u64, Option<SystemTime>)>;
+
+/// What `system.models` shows of one model directory.
+#[derive(Debug, Clone)]
+pub struct ModelStatus {
+    pub name: String,
+    pub model: Option<Arc<Model>>,
+    pub path: PathBuf,
+    pub error: Option<String>,
+}
+
+/// All models of `--models-dir`, by directory name.
+#[derive(Debug, Default)]
+pub struct ModelRegistry {
+    dir: Option<PathBuf>,
+    slots: RwLock<BTreeMap<String, Slot>>,
+    /// One reload at a time: the poll and `RELOAD MODELS` must not load the same files twice.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// What a reload did, per model directory.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub name: String,
+    pub action: &'static str,
+    pub version: Option<String>,
+    pub error: Option<String>,
+}
+
+impl ModelRegistry {
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Self {
+            dir,
+            ..Self::default()
+        }
+    }
+
+    /// The serving version of `name`, or an error naming the problem (unknown, or never loaded).
+    pub fn get(&self, name: &str) -> std::result::Result<Arc<Model>, String> {
+        let slots = self
+            .slots
+            .read()
+            .map_err(|_| "model registry poisoned".to_string())?;
+        match slots.get(name) {
+            Some(Slot {
+                current: Some(model),
+                ..
+            }) => Ok(model.clone()),
+            Some(Slot { error, .. }) => Err(format!(
+                "model '{name}' failed to load: {}",
+                error.as_deref().unwrap_or("unknown error")
+            )),
+            None => {
+                let known: Vec<&str> = slots.keys().map(String::as_str).collect();
+                Err(match self.dir.as_deref() {
+                    Some(dir) => format!(
+                        "unknown model '{name}': {}/{name}/ has no model.toml (models: {})",
+                        dir.display(),
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                    None => format!("unknown model '{name}': no models directory is configured"),
+                })
+            }
+        }
+    }
+
+    /// Version `generation` of `name` (the serving one when `None`), while it is the serving or the
+    /// previous version.
+    pub fn version(
+        &self,
+        name: &str,
+        generation: Option<u64>,
+    ) -> std::result::Result<Arc<Model>, String> {
+        let Some(generation) = generation else {
+            return self.get(name);
+        };
+        let slots = self
+            .slots
+            .read()
+            .map_err(|_| "model registry poisoned".to_string())?;
+        let slot = slots.get(name);
+        slot.and_then(|s| {
+            s.current
+                .iter()
+                .chain(&s.previous)
+                .find(|m| m.generation == generation)
+        })
+        .cloned()
+        .ok_or_else(|| {
+            format!("model '{name}' was reloaded twice while this query ran: run it again")
+        })
+    }
+
+    /// Every model directory, for `system.models`.
+    pub fn statuses(&self) -> Vec<ModelStatus> {
+        let Ok(slots) = self.slots.read() else {
+            return Vec::new();
+        };
+        let dir = self.dir.clone().unwrap_or_default();
+        slots
+            .iter()
+            .map(|(name, slot)| ModelStatus {
+                name: name.clone(),
+                model: slot.current.clone(),
+                path: dir.join(name),
+                error: slot.error.clone(),
+            })
+            .collect()
+    }
+
+    /// Loads new and changed model directories, drops removed ones, and retries failed ones.
+    pub async fn reload(&self, session: &QuiverSession) -> Result<Vec<ReloadOutcome>> {
+        let Some(dir) = self.dir.clone() else {
+            return Ok(Vec::new());
+        };
+        let _guard = self.reloading.lock().await;
+        let found = scan(&dir)?;
+        let mut outcomes = Vec::new();
+        let previous = self.slots.read().map(|s| s.clone()).unwrap_or_default();
+        for name in previous.keys().filter(|n| !found.contains_key(*n)) {
+            tracing::info!(model = %name, "model directory removed: unloaded");
+            outcomes.push(outcome(name, "removed", None, None));
+        }
+        let mut next = BTreeMap::new();
+        for (name, fingerprint) in found {
+            let mut slot = previous.get(&name).cloned().unwrap_or_default();
+            if slot.fingerprint == fingerprint && slot.error.is_none() {
+                next.insert(name, slot);
+                continue;
+            }
+            let action = if slot.current.is_some() {
+                "reloaded"
+            } else {
+                "loaded"
+            };
+            match load(session, &dir, &name).await {
+                Ok(model) => {
+                    tracing::info!(model = %name, version = %model.spec.version, "model {action}");
+                    outcomes.push(outcome(&name, action, Some(&model), None));
+                    slot.previous = slot.current.replace(Arc::new(model));
+                    slot.error = None;
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    let serving = match &slot.current {
+                        Some(old) => format!("version {} keeps serving", old.spec.version),
+                        None => "nothing serves under this name".to_string(),
+                    };
+                    tracing::error!(model = %name, error = %message, "model failed to load; {serving}");
+                    outcomes.push(outcome(
+                        &name,
+                        "failed",
+                        slot.current.as_deref(),
+                        Some(&message),
+                    ));
+                    slot.error = Some(message);
+                }
+            }
+            slot.fingerprint = fingerprint;
+            next.insert(name, slot);
+        }
+        if let Ok(mut slots) = self.slots.write() {
+            *slots = next;
+        }
+        Ok(outcomes)
+    }
+
+    /// Whether any model directory changed since the last reload (cheap: file metadata only).
+    pub fn changed(&self) -> bool {
+        let Some(dir) = &self.dir else {
+            return false;
+        };
+        let Ok(found) = scan(dir) else {
+            return false;
+        };
+        let Ok(slots) = self.slots.read() else {
+            return false;
+        };
+        found.len() != slots.len()
+            || found
+                .iter()
+                .any(|(name, f)| slots.get(name).is_none_or(|s| &s.fingerprint != f))
+    }
+}
+
+fn outcome(
+    name: &str,
+    action: &'static str,
+    model: Option<&Model>,
+    error: Option<&str>,
+) -> ReloadOutcome {
+    ReloadOutcome {
+        name: name.to_string(),
+        action,
+        version: model.map(|m| m.spec.version.clone()),
+        error: error.map(str::to_string),
+    }
+}
+
+/// The model directories under `dir` (those with a `model.toml`) and their fingerprints.
+fn scan(dir: &Path) -> Result<BTreeMap<String, Fingerprint>> {
+    let mut found = BTreeMap::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => {
+            return Err(Error::InvalidInput(format!(
+                "models directory {}: {e}",
+                dir.display()
+            )));
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        if !path.join("model.toml").is_file() {
+            continue;
+        }
+        let mut fingerprint: Fingerprint = std::fs::read_dir(&path)?
+            .flatten()
+            .filter_map(|f| {
+                let meta = f.metadata().ok()?;
+                meta.is_file().then(|| {
+                    (
+                        f.file_name().to_string_lossy().into_owned(),
+                        meta.len(),
+                        meta.modified().ok(),
+                    )
+                })
+            })
+            .collect();
+        fingerprint.sort();
+        found.insert(name, fingerprint);
+    }
+    Ok(found)
+}
+
+/// Loads one model directory: the spec, the tract plan (on a blocking thread: optimizing is CPU
+/// work), and for two-tower models the item index.
+async fn load(session: &QuiverSession, dir: &Path, name: &str) -> Result<Model> {
+    let model_dir = dir.join(name);
+    let spec = ModelSpec::read(&model_dir, name)?;
+    let onnx = {
+        let path = model_dir.join("model.onnx");
+        let (inputs, outputs) = (spec.inputs.clone(), spec.outputs.clone());
+        tokio::task::spawn_blocking(move || OnnxModel::load(&path, &inputs, &outputs))
+            .await
+            .map_err(|e| Error::Internal(format!("model loader panicked: {e}")))??
+    };
+    let retrieval = match spec.kind {
+        ModelKind::Scorer => None,
+        ModelKind::TwoTower => Some(Retrieval::load(session, &spec, &model_dir).await?),
+    };
+    Ok(Model {
+        name: name.to_string(),
+        spec,
+        dir: model_dir,
+        onnx,
+        retrieval,
+        loaded_at: Utc::now(),
+        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+    })
+}
+
+/// The columns `RELOAD MODELS` returns: one row per model directory that was loaded, reloaded,
+/// removed or failed (unchanged ones are not listed).
+pub fn reload_report_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("model", DataType::Utf8, false),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("version", DataType::Utf8, true),
+        Field::new("error", DataType::Utf8, true),
+    ]))
+}
+
+/// `RELOAD MODELS`.
+pub async fn run_reload(session: &QuiverSession) -> Result<SendableRecordBatchStream> {
+    if session.models().dir.is_none() {
+        return Err(Error::InvalidInput(
+            "RELOAD MODELS: no models directory is configured (--models-dir)".into(),
+        ));
+    }
+    let outcomes = session.models().reload(session).await?;
+    let column = |f: &dyn Fn(&ReloadOutcome) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from(
+            outcomes.iter().map(f).collect::<Vec<_>>(),
+        ))
+    };
+    let batch = RecordBatch::try_new(
+        reload_report_schema(),
+        vec![
+            column(&|o| Some(o.name.clone())),
+            column(&|o| Some(o.action.to_string())),
+            column(&|o| o.version.clone()),
+            column(&|o| o.error.clone()),
+        ],
+    )?;
+    Ok(Box::pin(MemoryStream::try_new(
+        vec![batch],
+        reload_report_schema(),
+        None,
+    )?))
+}
+
+/// How often the server looks for changed model directories.
+pub const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads models whose directories changed, every [`WATCH_INTERVAL`]. Checking is a directory
+/// listing and file metadata; a file still being copied fails to load, is reported, and is retried
+/// when its size or time changes again.
+pub fn watch(session: QuiverSession) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(WATCH_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if session.models().changed()
+                && let Err(e) = session.models().reload(&session).await
+            {
+                tracing::error!("reloading models failed: {e}");
+            }
+        }
+    })
+}

@@ -1,0 +1,428 @@
+//! The tract runtime: an ONNX file loaded into an optimized plan with a symbolic batch dimension, and
+//! the conversion between Arrow columns and its tensors.
+//!
+//! Plans are immutable and `Send + Sync`; every call spawns its own state, so one plan serves all
+//! queries at once. Calls run wherever DataFusion polls the query: on the executor runtime, never on
+//! the gRPC IO threads.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, Float64Array, Int32Array,
+    Int64Array, StructArray,
+};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Fields};
+use tract_onnx::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::scoring::spec::{ElementType, TensorSpec};
+
+/// A runnable ONNX model whose inputs and outputs are those its `model.toml` declares, in that order.
+#[derive(Debug)]
+pub struct OnnxModel {
+    plan: Arc<TypedRunnableModel>,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+}
+
+impl OnnxModel {
+    /// Loads `path`, fixes its inputs to the declared types and shapes (the batch symbolic), and
+    /// checks that the optimized outputs have the declared shapes.
+    pub fn load(path: &Path, inputs: &[TensorSpec], outputs: &[TensorSpec]) -> Result<Self> {
+        let fail = |e: TractError| Error::InvalidInput(format!("{}: {e:#}", path.display()));
+        let mut model = tract_onnx::onnx().model_for_path(path).map_err(fail)?;
+        let declared =
+            |specs: &[TensorSpec]| specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+        let onnx_inputs = outlet_names(&model, model.input_outlets().map_err(fail)?);
+        let onnx_outputs = outlet_names(&model, model.output_outlets().map_err(fail)?);
+        let inputs = &only_one_named(inputs, &onnx_inputs);
+        let outputs = &only_one_named(outputs, &onnx_outputs);
+        for (kind, wanted, found) in [
+            ("input", declared(inputs), &onnx_inputs),
+            ("output", declared(outputs), &onnx_outputs),
+        ] {
+            if let Some(missing) = wanted.iter().find(|w| !found.contains(w)) {
+                return Err(Error::InvalidInput(format!(
+                    "{}: model.toml declares {kind} '{missing}', the ONNX graph's {kind}s are {}",
+                    path.display(),
+                    found.join(", ")
+                )));
+            }
+        }
+        if onnx_inputs.len() != inputs.len() {
+            return Err(Error::InvalidInput(format!(
+                "{}: the ONNX graph has inputs {}, model.toml declares {}",
+                path.display(),
+                onnx_inputs.join(", "),
+                declared(inputs).join(", ")
+            )));
+        }
+        model.set_input_names(declared(inputs)).map_err(fail)?;
+        model
+            .select_outputs_by_name(declared(outputs))
+            .map_err(fail)?;
+        let batch = model.symbols.sym("N");
+        for (i, spec) in inputs.iter().enumerate() {
+            let shape: TVec<TDim> = spec
+                .shape
+                .iter()
+                .map(|d| match usize::try_from(*d) {
+                    Ok(d) => d.to_dim(),
+                    Err(_) => batch.to_dim(),
+                })
+                .collect();
+            model
+                .set_input_fact(i, InferenceFact::dt_shape(datum(spec.element), shape))
+                .map_err(fail)?;
+        }
+        let typed = model.into_optimized().map_err(fail)?;
+        for (i, spec) in outputs.iter().enumerate() {
+            let fact = typed.output_fact(i).map_err(fail)?;
+            check_output(spec, fact).map_err(|m| {
+                Error::InvalidInput(format!("{}: output '{}': {m}", path.display(), spec.name))
+            })?;
+        }
+        let plan = typed.into_runnable().map_err(fail)?;
+        Ok(Self {
+            plan,
+            inputs: inputs.to_vec(),
+            outputs: outputs.to_vec(),
+        })
+    }
+
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    /// One call of the model over a whole batch.
+    pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
+        self.plan
+            .run(inputs)
+            .map_err(|e| Error::InvalidInput(format!("model evaluation failed: {e:#}")))
+    }
+}
+
+/// A lone spec with an empty name stands for the graph's only input or output (item towers, whose
+/// names model.toml does not give).
+fn only_one_named(specs: &[TensorSpec], found: &[String]) -> Vec<TensorSpec> {
+    match (specs, found) {
+        ([spec], [name]) if spec.name.is_empty() => vec![TensorSpec {
+            name: name.clone(),
+            ..spec.clone()
+        }],
+        _ => specs.to_vec(),
+    }
+}
+
+fn outlet_names(model: &InferenceModel, outlets: &[OutletId]) -> Vec<String> {
+    outlets
+        .iter()
+        .map(|o| {
+            model
+                .outlet_label(*o)
+                .map_or_else(|| model.node(o.node).name.clone(), str::to_string)
+        })
+        .collect()
+}
+
+fn check_output(spec: &TensorSpec, fact: &TypedFact) -> std::result::Result<(), String> {
+    if fact.datum_type != datum(spec.element) {
+        return Err(format!(
+            "the model produces {:?}, model.toml declares {}",
+            fact.datum_type,
+            spec.element.as_str()
+        ));
+    }
+    let dims = fact.shape.dims();
+    let matches = dims.len() == spec.shape.len()
+        && dims
+            .iter()
+            .zip(&spec.shape)
+            .skip(1)
+            .all(|(d, s)| d.to_i64().ok() == Some(*s));
+    if !matches {
+        return Err(format!(
+            "the model produces shape {:?}, model.toml declares {:?}",
+            fact.shape, spec.shape
+        ));
+    }
+    Ok(())
+}
+
+fn datum(element: ElementType) -> DatumType {
+    match element {
+        ElementType::Float32 => f32::datum_type(),
+        ElementType::Float64 => f64::datum_type(),
+        ElementType::Int64 => i64::datum_type(),
+        ElementType::Int32 => i32::datum_type(),
+    }
+}
+
+/// The Arrow type of one output column: a scalar per row for `[N]`/`[N, 1]`, else a fixed-size list.
+pub fn output_type(spec: &TensorSpec) -> DataType {
+    match spec.width() {
+        1 => spec.element.arrow(),
+        width => DataType::FixedSizeList(
+            Arc::new(Field::new("item", spec.element.arrow(), false)),
+            width as i32,
+        ),
+    }
+}
+
+/// The Arrow type of `predict`'s result: the one output, or a struct of all of them.
+pub fn result_type(outputs: &[TensorSpec]) -> DataType {
+    match outputs {
+        [one] => output_type(one),
+        many => DataType::Struct(struct_fields(many)),
+    }
+}
+
+fn struct_fields(outputs: &[TensorSpec]) -> Fields {
+    outputs
+        .iter()
+        .map(|o| Field::new(&o.name, output_type(o), true))
+        .collect()
+}
+
+/// Packs `width` values per row for one input: either one list column of `width` values per row, or
+/// `width` scalar columns. `valid` is cleared for rows with a null anywhere (they are fed zeros).
+pub fn pack_input(
+    spec: &TensorSpec,
+    columns: &[ArrayRef],
+    rows: usize,
+    valid: &mut [bool],
+) -> Result<TValue> {
+    let width = spec.width();
+    let target = spec.element.arrow();
+    let flat: ArrayRef = match columns {
+        [list]
+            if matches!(
+                list.data_type(),
+                DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(_, _)
+            ) =>
+        {
+            flatten_list(spec, list, width, valid)?
+        }
+        [scalar] if width == 1 => {
+            mark_nulls(scalar.nulls(), valid);
+            cast(scalar, &target)?
+        }
+        scalars => {
+            let mut interleaved = Vec::with_capacity(scalars.len());
+            for column in scalars {
+                mark_nulls(column.nulls(), valid);
+                interleaved.push(cast(column, &target)?);
+            }
+            interleave_columns(&interleaved, rows)?
+        }
+    };
+    let flat = cast(&flat, &target)?;
+    let mut shape: Vec<usize> = vec![rows];
+    shape.extend(spec.shape.iter().skip(1).map(|d| *d as usize));
+    let tensor = match spec.element {
+        ElementType::Float32 => tensor_of(
+            &shape,
+            flat.as_primitive::<datafusion::arrow::datatypes::Float32Type>()
+                .values(),
+        )?,
+        ElementType::Float64 => tensor_of(
+            &shape,
+            flat.as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+                .values(),
+        )?,
+        ElementType::Int64 => tensor_of(
+            &shape,
+            flat.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .values(),
+        )?,
+        ElementType::Int32 => tensor_of(
+            &shape,
+            flat.as_primitive::<datafusion::arrow::datatypes::Int32Type>()
+                .values(),
+        )?,
+    };
+    Ok(tensor.into_tvalue())
+}
+
+fn tensor_of<T: Datum + Copy>(shape: &[usize], values: &[T]) -> Result<Tensor> {
+    Tensor::from_shape(shape, values)
+        .map_err(|e| Error::Internal(format!("tensor of shape {shape:?}: {e}")))
+}
+
+fn mark_nulls(nulls: Option<&NullBuffer>, valid: &mut [bool]) {
+    if let Some(nulls) = nulls {
+        for (row, ok) in valid.iter_mut().enumerate() {
+            *ok &= nulls.is_valid(row);
+        }
+    }
+}
+
+/// The values of a list column, `width` per row; a null or short row is zero-filled and marked invalid.
+fn flatten_list(
+    spec: &TensorSpec,
+    list: &ArrayRef,
+    width: usize,
+    valid: &mut [bool],
+) -> Result<ArrayRef> {
+    mark_nulls(list.nulls(), valid);
+    let (offsets, values): (Vec<usize>, ArrayRef) = match list.data_type() {
+        DataType::List(_) => {
+            let l = list.as_list::<i32>();
+            (
+                l.offsets().iter().map(|o| *o as usize).collect(),
+                l.values().clone(),
+            )
+        }
+        DataType::LargeList(_) => {
+            let l = list.as_list::<i64>();
+            (
+                l.offsets().iter().map(|o| *o as usize).collect(),
+                l.values().clone(),
+            )
+        }
+        _ => {
+            let l = list.as_fixed_size_list();
+            let size = l.value_length() as usize;
+            (
+                (0..=l.len()).map(|i| (i + l.offset()) * size).collect(),
+                l.values().clone(),
+            )
+        }
+    };
+    mark_value_nulls(&values, &offsets, valid);
+    let values = cast(&values, &DataType::Float64)?;
+    let values = values.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+    let mut out = vec![0f64; valid.len() * width];
+    for (row, ok) in valid.iter_mut().enumerate() {
+        let (start, end) = (offsets[row], offsets[row + 1]);
+        if !*ok {
+            continue;
+        }
+        if end - start != width {
+            return Err(Error::InvalidInput(format!(
+                "input '{}' takes {width} values per row, row {row} has {}",
+                spec.name,
+                end - start
+            )));
+        }
+        out[row * width..(row + 1) * width].copy_from_slice(&values.values()[start..end]);
+    }
+    Ok(Arc::new(Float64Array::from(out)))
+}
+
+fn mark_value_nulls(values: &ArrayRef, offsets: &[usize], valid: &mut [bool]) {
+    if values.null_count() == 0 {
+        return;
+    }
+    for (row, ok) in valid.iter_mut().enumerate() {
+        if (offsets[row]..offsets[row + 1]).any(|i| values.is_null(i)) {
+            *ok = false;
+        }
+    }
+}
+
+/// Row-major interleaving of same-typed columns: row 0's values, then row 1's, ...
+fn interleave_columns(columns: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
+    let width = columns.len();
+    let as_f64: Vec<ArrayRef> = columns
+        .iter()
+        .map(|c| cast(c, &DataType::Float64))
+        .collect::<std::result::Result<_, _>>()?;
+    let mut out = vec![0f64; rows * width];
+    for (j, column) in as_f64.iter().enumerate() {
+        let values = column.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+        for (row, v) in values.values().iter().enumerate() {
+            out[row * width + j] = *v;
+        }
+    }
+    Ok(Arc::new(Float64Array::from(out)))
+}
+
+/// One output tensor as an Arrow column, null where `valid` is false.
+pub fn unpack_output(spec: &TensorSpec, tensor: &Tensor, valid: &[bool]) -> Result<ArrayRef> {
+    let rows = valid.len();
+    let width = spec.width();
+    if tensor.len() != rows * width {
+        return Err(Error::InvalidInput(format!(
+            "output '{}' has shape {:?}, expected {rows} rows of {width}",
+            spec.name,
+            tensor.shape()
+        )));
+    }
+    let nulls = NullBuffer::from(valid.to_vec());
+    let nulls = (nulls.null_count() > 0).then_some(nulls);
+    let bad = |e: TractError| Error::Internal(format!("output '{}': {e}", spec.name));
+    let values: ArrayRef = match spec.element {
+        ElementType::Float32 => Arc::new(Float32Array::from_iter_values(
+            tensor
+                .to_plain_array_view::<f32>()
+                .map_err(bad)?
+                .iter()
+                .copied(),
+        )),
+        ElementType::Float64 => Arc::new(Float64Array::from_iter_values(
+            tensor
+                .to_plain_array_view::<f64>()
+                .map_err(bad)?
+                .iter()
+                .copied(),
+        )),
+        ElementType::Int64 => Arc::new(Int64Array::from_iter_values(
+            tensor
+                .to_plain_array_view::<i64>()
+                .map_err(bad)?
+                .iter()
+                .copied(),
+        )),
+        ElementType::Int32 => Arc::new(Int32Array::from_iter_values(
+            tensor
+                .to_plain_array_view::<i32>()
+                .map_err(bad)?
+                .iter()
+                .copied(),
+        )),
+    };
+    if width == 1 {
+        let data = values.to_data().into_builder().nulls(nulls).build()?;
+        return Ok(datafusion::arrow::array::make_array(data));
+    }
+    let field = Arc::new(Field::new("item", spec.element.arrow(), false));
+    Ok(Arc::new(FixedSizeListArray::try_new(
+        field,
+        width as i32,
+        values,
+        nulls,
+    )?))
+}
+
+/// All outputs as `predict`'s result column.
+pub fn result_column(
+    outputs: &[TensorSpec],
+    tensors: &[TValue],
+    valid: &[bool],
+) -> Result<ArrayRef> {
+    let columns = outputs
+        .iter()
+        .zip(tensors)
+        .map(|(spec, t)| unpack_output(spec, t, valid))
+        .collect::<Result<Vec<_>>>()?;
+    match (outputs, columns.as_slice()) {
+        ([_], [one]) => Ok(one.clone()),
+        _ => {
+            let nulls = NullBuffer::from(valid.to_vec());
+            let nulls = (nulls.null_count() > 0).then_some(nulls);
+            Ok(Arc::new(StructArray::try_new(
+                struct_fields(outputs),
+                columns,
+                nulls,
+            )?))
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! `SELECT * FROM recommend('model', user_id, k)` and `recommend_items('model', user_id, k)`.
+//!
+//! Both embed the user with the two-tower model's user tower and scan the item matrix for the top k
+//! (see [`Retrieval`]). A user the model does not know (outside its `[users]` query) gets the
+//! `[fallback]` list, or no rows without one. `recommend` also drops the items of the model's
+//! `[exclude]` query for that user, planned as a child of [`RecommendExec`] so EXPLAIN shows it;
+//! `recommend_items` is for batch scoring and does not exclude.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Float64Builder, Int32Builder, Int64Builder, ListArray, RecordBatch,
+    StructArray,
+};
+use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Int64Type, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{
+    ParamValues, Result, ScalarValue, exec_datafusion_err, exec_err, internal_err, plan_err,
+};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::execution::context::SessionState;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, collect,
+};
+
+use crate::scoring::predict::{model_name, pinned_field, pinned_model};
+use crate::scoring::retrieval::Scored;
+use crate::scoring::{Model, ModelRegistry};
+
+pub const TABLE_FUNCTION: &str = "recommend";
+pub const NAME_ITEMS: &str = "recommend_items";
+
+/// Most items one call may ask for.
+pub const MAX_K: i64 = 10_000;
+
+fn result_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("item_id", DataType::Int64, false),
+        Field::new("score", DataType::Float64, true),
+        Field::new("rank", DataType::Int32, false),
+    ]))
+}
+
+fn item_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("item_id", DataType::Int64, false),
+        Field::new("score", DataType::Float64, true),
+    ])
+}
+
+/// The top `k` for each user in `users` (`None`: a NULL user, no result), known users embedded in one
+/// user-tower call.
+fn recommend_many(
+    model: &Model,
+    users: &[Option<i64>],
+    k: usize,
+    exclude: &HashSet<i64>,
+) -> Result<Vec<Option<Vec<Scored>>>> {
+    let retrieval = model.retrieval().map_err(|e| exec_datafusion_err!("{e}"))?;
+    let known: Vec<i64> = users
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|u| retrieval.knows(*u))
+        .collect();
+    let vectors = if known.is_empty() {
+        Vec::new()
+    } else {
+        retrieval.embed_users(&model.onnx, &known).map_err(|e| {
+            exec_datafusion_err!("{}('{}'): user tower: {e}", TABLE_FUNCTION, model.name)
+        })?
+    };
+    let dim = model.onnx.outputs()[0].width();
+    let mut next = vectors.chunks_exact(dim.max(1));
+    Ok(users
+        .iter()
+        .map(|user| {
+            let user = (*user)?;
+            Some(if retrieval.knows(user) {
+                let vector = next.next().unwrap_or_default();
+                retrieval.top_k(vector, k, exclude)
+            } else {
+                retrieval.fallback(k, exclude)
+            })
+        })
+        .collect())
+}
+
+/// `k` as a count of items, with the limits named.
+fn item_count(function: &str, k: i64) -> Result<usize> {
+    if !(0..=MAX_K).contains(&k) {
+        return plan_err!("{function}: k must be between 0 and {MAX_K}, got {k}");
+    }
+    Ok(k as usize)
+}
+
+/// An argument of the table function: a constant, or a parameter not bound yet (`None`).
+fn constant_int(function: &str, what: &str, expr: &Expr) -> Result<Option<i64>> {
+    match expr {
+        Expr::Placeholder(_) => Ok(None),
+        Expr::Literal(value, _) if value.is_null() => {
+            plan_err!("{function}: {what} is NULL")
+        }
+        Expr::Literal(value, _) if value.data_type().is_integer() => {
+            match value.cast_to(&DataType::Int64)? {
+                ScalarValue::Int64(Some(v)) => Ok(Some(v)),
+                other => plan_err!("{function}: {what} {other} is not an integer"),
+            }
+        }
+        Expr::Negative(inner) => Ok(constant_int(function, what, inner)?.map(|v| -v)),
+        other => {
+            plan_err!("{function}: {what} must be an integer constant or a parameter, got {other}")
+        }
+    }
+}
+
+/// The `recommend` table function.
+#[derive(Debug)]
+pub struct Recommend {
+    pub registry: Arc<ModelRegistry>,
+}
+
+impl TableFunctionImpl for Recommend {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let usage = "recommend('model', user_id, k)";
+        let [model, user, k] = args.exprs() else {
+            return plan_err!("{usage} takes 3 arguments, got {}", args.exprs().len());
+        };
+        let name = match model {
+            Expr::Literal(value, _) => model_name(TABLE_FUNCTION, Some(value))?,
+            _ => return plan_err!("{usage}: the model must be a string literal"),
+        };
+        let model = self
+            .registry
+            .get(name)
+            .map_err(datafusion::error::DataFusionError::Plan)?;
+        model
+            .retrieval()
+            .map_err(datafusion::error::DataFusionError::Plan)?;
+        let user = constant_int(TABLE_FUNCTION, "user_id", user)?;
+        let k = match constant_int(TABLE_FUNCTION, "k", k)? {
+            Some(k) => Some(item_count(TABLE_FUNCTION, k)?),
+            None => None,
+        };
+        Ok(Arc::new(RecommendTable { model, user, k }))
+    }
+}
+
+/// One call's result as a table: planned once its arguments are known.
+#[derive(Debug)]
+struct RecommendTable {
+    model: Arc<Model>,
+    user: Option<i64>,
+    k: Option<usize>,
+}
+
+#[async_trait]
+impl TableProvider for RecommendTable {
+    fn schema(&self) -> SchemaRef {
+        result_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let (Some(user), Some(k)) = (self.user, self.k) else {
+            return plan_err!(
+                "recommend('{}', ...): a parameter of the call was not bound",
+                self.model.name
+            );
+        };
+        let exclude = match (
+            &self.model.spec.exclude,
+            state.as_any().downcast_ref::<SessionState>(),
+        ) {
+            (Some(exclude), Some(state)) => {
+                let plan = state
+                    .create_logical_plan(&exclude.query)
+                    .await?
+                    .with_param_values(ParamValues::from(vec![ScalarValue::Int64(Some(user))]))?;
+                Some(state.create_physical_plan(&plan).await?)
+            }
+            (Some(_), None) => return internal_err!("recommend needs Quiver's session state"),
+            (None, _) => None,
+        };
+        Ok(Arc::new(RecommendExec::new(
+            self.model.clone(),
+            user,
+            k,
+            exclude,
+            projection.cloned(),
+        )?))
+    }
+}
+
+/// Scores one user's top k, after collecting the items its `exclude` child returns.
+#[derive(Debug)]
+pub struct RecommendExec {
+    model: Arc<Model>,
+    user: i64,
+    k: usize,
+    exclude: Option<Arc<dyn ExecutionPlan>>,
+    projection: Option<Vec<usize>>,
+    properties: Arc<PlanProperties>,
+}
+
+impl RecommendExec {
+    fn new(
+        model: Arc<Model>,
+        user: i64,
+        k: usize,
+        exclude: Option<Arc<dyn ExecutionPlan>>,
+        projection: Option<Vec<usize>>,
+    ) -> Result<Self> {
+        let schema = match &projection {
+            Some(p) => Arc::new(result_schema().project(p)?),
+            None => result_schema(),
+        };
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            model,
+            user,
+            k,
+            exclude,
+            projection,
+            properties: Arc::new(properties),
+        })
+    }
+}
+
+impl DisplayAs for RecommendExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let items = self.model.retrieval.as_ref().map_or(0, |r| r.items());
+        write!(
+            f,
+            "RecommendExec: model={}, version={}, user={}, k={}, items={items}, metric={:?}",
+            self.model.name, self.model.spec.version, self.user, self.k, self.model.spec.metric
+        )
+    }
+}
+
+impl ExecutionPlan for RecommendExec {
+    fn name(&self) -> &'static str {
+        "RecommendExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        self.exclude.iter().collect()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self::new(
+            self.model.clone(),
+            self.user,
+            self.k,
+            children.into_iter().next(),
+            self.projection.clone(),
+        )?))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return internal_err!("RecommendExec has one partition, asked for {partition}");
+        }
+        let (model, user, k) = (self.model.clone(), self.user, self.k);
+        let (exclude, projection) = (self.exclude.clone(), self.projection.clone());
+        let schema = self.properties.eq_properties.schema().clone();
+        let batch = async move {
+            let excluded = match exclude {
+                Some(plan) => excluded_items(collect(plan, context).await?)?,
+                None => HashSet::new(),
+            };
+            let scored = recommend_many(&model, &[Some(user)], k, &excluded)?;
+            let batch = ranked_batch(scored.into_iter().flatten().next().unwrap_or_default())?;
+            match projection {
+                Some(p) => Ok(batch.project(&p)?),
+                None => Ok(batch),
+            }
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::once(batch),
+        )))
+    }
+}
+
+fn excluded_items(batches: Vec<RecordBatch>) -> Result<HashSet<i64>> {
+    let mut items = HashSet::new();
+    for batch in batches {
+        let Some(column) = batch.columns().first() else {
+            return exec_err!("the [exclude] query returns no columns");
+        };
+        let ids = cast(column, &DataType::Int64)?;
+        items.extend(ids.as_primitive::<Int64Type>().iter().flatten());
+    }
+    Ok(items)
+}
+
+fn ranked_batch(scored: Vec<Scored>) -> Result<RecordBatch> {
+    let mut ids = Int64Builder::with_capacity(scored.len());
+    let mut scores = Float64Builder::with_capacity(scored.len());
+    let mut ranks = Int32Builder::with_capacity(scored.len());
+    for (rank, item) in scored.iter().enumerate() {
+        ids.append_value(item.item_id);
+        scores.append_option(item.score);
+        ranks.append_value(rank as i32 + 1);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(ids.finish()),
+        Arc::new(scores.finish()),
+        Arc::new(ranks.finish()),
+    ];
+    Ok(RecordBatch::try_new(result_schema(), columns)?)
+}
+
+static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        datafusion::logical_expr::DocSection {
+            include: true,
+            label: "Quiver models",
+            description: Some("Scoring with the ONNX models of --models-dir"),
+        },
+        "The top k items for each user of a two_tower model, as a list of struct(item_id, score), \
+         best first (unnest-able). Unknown users (outside the model's [users] query) get the \
+         model's [fallback] list, or an empty list without one. NULL user: NULL. Unlike the \
+         recommend(...) table function it does not apply [exclude]. Users of one batch go through \
+         the user tower in one call.",
+        "recommend_items('model', user_id, k)",
+    )
+    .with_sql_example(
+        "```sql\nSELECT user_id, recommend_items('mf', user_id, 10) AS items FROM users;\n```",
+    )
+    .with_argument("model", "A two_tower model.")
+    .with_argument("user_id", "The user (integer).")
+    .with_argument("k", "How many items (0 to 10000).")
+    .build()
+});
+
+#[derive(Debug)]
+pub struct RecommendItems {
+    registry: Arc<ModelRegistry>,
+    signature: Signature,
+}
+
+impl PartialEq for RecommendItems {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.registry, &other.registry)
+    }
+}
+
+impl Eq for RecommendItems {}
+
+impl std::hash::Hash for RecommendItems {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        NAME_ITEMS.hash(state);
+    }
+}
+
+pub fn recommend_items_udf(registry: Arc<ModelRegistry>) -> ScalarUDF {
+    ScalarUDF::new_from_impl(RecommendItems {
+        registry,
+        signature: Signature::user_defined(Volatility::Stable),
+    })
+}
+
+/// Per row a list of struct(item_id, score), NULL where the row had no result.
+fn items_list(results: Vec<Option<Vec<Scored>>>) -> Result<ArrayRef> {
+    let mut ids = Int64Builder::new();
+    let mut scores = Float64Builder::new();
+    let mut lengths = Vec::with_capacity(results.len());
+    for items in &results {
+        let items = items.as_deref().unwrap_or_default();
+        for item in items {
+            ids.append_value(item.item_id);
+            scores.append_option(item.score);
+        }
+        lengths.push(items.len());
+    }
+    let valid: Vec<bool> = results.iter().map(Option::is_some).collect();
+    let entries = StructArray::try_new(
+        item_fields(),
+        vec![
+            Arc::new(ids.finish()) as ArrayRef,
+            Arc::new(scores.finish()),
+        ],
+        None,
+    )?;
+    Ok(Arc::new(ListArray::try_new(
+        Arc::new(Field::new("item", DataType::Struct(item_fields()), true)),
+        OffsetBuffer::from_lengths(lengths),
+        Arc::new(entries),
+        Some(NullBuffer::from(valid)),
+    )?))
+}
+
+fn items_type() -> DataType {
+    DataType::List(Arc::new(Field::new(
+        "item",
+        DataType::Struct(item_fields()),
+        true,
+    )))
+}
+
+impl ScalarUDFImpl for RecommendItems {
+    fn name(&self) -> &str {
+        NAME_ITEMS
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let [model, user, k] = arg_types else {
+            return plan_err!(
+                "recommend_items('model', user_id, k) takes 3 arguments, got {}",
+                arg_types.len()
+            );
+        };
+        for (what, t) in [("user_id", user), ("k", k)] {
+            if !t.is_integer() && !t.is_null() {
+                return plan_err!("recommend_items: {what} must be an integer, it is {t}");
+            }
+        }
+        Ok(vec![model.clone(), DataType::Int64, DataType::Int64])
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(items_type())
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<Arc<Field>> {
+        let name = model_name(NAME_ITEMS, args.scalar_arguments.first().copied().flatten())?;
+        let model = self
+            .registry
+            .get(name)
+            .map_err(datafusion::error::DataFusionError::Plan)?;
+        model
+            .retrieval()
+            .map_err(datafusion::error::DataFusionError::Plan)?;
+        Ok(pinned_field(NAME_ITEMS, items_type(), &model))
+    }
+
+    fn invoke_with_args(&self, call: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let Some(ColumnarValue::Scalar(name)) = call.args.first() else {
+            return exec_err!("recommend_items' first argument must be the model name");
+        };
+        let model = pinned_model(
+            &self.registry,
+            model_name(NAME_ITEMS, Some(name))?,
+            &call.return_field,
+        )?;
+        let columns = ColumnarValue::values_to_arrays(&call.args[1..])?;
+        let users = columns[0].as_primitive::<Int64Type>();
+        let ks = columns[1].as_primitive::<Int64Type>();
+        // Rows are grouped by k so each group's known users share one user-tower call.
+        let mut k_values: Vec<i64> = ks.iter().flatten().collect();
+        k_values.sort_unstable();
+        k_values.dedup();
+        let mut results: Vec<Option<Vec<Scored>>> = vec![None; users.len()];
+        for k in k_values {
+            let rows: Vec<usize> = (0..users.len())
+                .filter(|r| ks.is_valid(*r) && ks.value(*r) == k)
+                .collect();
+            let group: Vec<Option<i64>> = rows
+                .iter()
+                .map(|r| users.is_valid(*r).then(|| users.value(*r)))
+                .collect();
+            let scored =
+                recommend_many(&model, &group, item_count(NAME_ITEMS, k)?, &HashSet::new())?;
+            for (row, items) in rows.into_iter().zip(scored) {
+                results[row] = items;
+            }
+        }
+        Ok(ColumnarValue::Array(items_list(results)?))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(&DOCUMENTATION)
+    }
+}

@@ -1,0 +1,401 @@
+//! Two-tower retrieval: the item embeddings of one model version as one contiguous matrix, the known
+//! users and the fallback list, all built at load; and the top-k scan `recommend` runs per user.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashSet};
+use std::path::Path;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type};
+use datafusion::execution::context::SQLOptions;
+use futures::TryStreamExt;
+use tract_onnx::prelude::{IntoTValue, TVec, Tensor, tvec};
+
+use crate::error::{Error, Result};
+use crate::scoring::onnx::OnnxModel;
+use crate::scoring::spec::{ElementType, Metric, ModelSpec, TensorSpec};
+use crate::session::QuiverSession;
+
+/// Items per item-tower call while the matrix is built.
+const ITEM_TOWER_BATCH: usize = 8192;
+
+#[derive(Debug)]
+pub struct Retrieval {
+    item_ids: Vec<i64>,
+    /// `item_ids.len() × dim` embeddings, row-major; unit rows under the cosine metric.
+    matrix: Vec<f32>,
+    dim: usize,
+    metric: Metric,
+    known_users: Option<HashSet<i64>>,
+    fallback: Vec<(i64, Option<f64>)>,
+}
+
+/// One recommended item.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub item_id: i64,
+    /// `None` for fallback items listed without a score.
+    pub score: Option<f64>,
+}
+
+impl Retrieval {
+    pub async fn load(session: &QuiverSession, spec: &ModelSpec, dir: &Path) -> Result<Self> {
+        let dim = spec.outputs[0].width();
+        let items = spec
+            .items
+            .as_ref()
+            .ok_or_else(|| Error::InvalidInput("a two_tower model needs [items]".into()))?;
+        let rows = query(session, &items.query, "[items] query").await?;
+        let (item_ids, mut matrix) = match &items.tower {
+            Some(tower) => embed_items(&dir.join(tower), &rows, dim).await?,
+            None => read_embeddings(&rows, dim)?,
+        };
+        if spec.metric == Metric::Cosine {
+            for row in matrix.chunks_exact_mut(dim) {
+                normalize(row);
+            }
+        }
+        let known_users = match &spec.users {
+            Some(users) => {
+                let rows = query(session, &users.query, "[users] query").await?;
+                Some(
+                    int64_column(&rows, 0, "[users] query")?
+                        .values()
+                        .iter()
+                        .copied()
+                        .collect(),
+                )
+            }
+            None => None,
+        };
+        let fallback = match &spec.fallback {
+            Some(fallback) => {
+                read_fallback(&query(session, &fallback.query, "[fallback] query").await?)?
+            }
+            None => Vec::new(),
+        };
+        Ok(Self {
+            item_ids,
+            matrix,
+            dim,
+            metric: spec.metric,
+            known_users,
+            fallback,
+        })
+    }
+
+    pub fn items(&self) -> usize {
+        self.item_ids.len()
+    }
+
+    /// Whether the model was trained on this user (always, without a `[users]` query).
+    pub fn knows(&self, user: i64) -> bool {
+        self.known_users.as_ref().is_none_or(|k| k.contains(&user))
+    }
+
+    /// The fallback for unknown users: the first `k` of the `[fallback]` list, minus `exclude`.
+    pub fn fallback(&self, k: usize, exclude: &HashSet<i64>) -> Vec<Scored> {
+        self.fallback
+            .iter()
+            .filter(|(id, _)| !exclude.contains(id))
+            .take(k)
+            .map(|(item_id, score)| Scored {
+                item_id: *item_id,
+                score: *score,
+            })
+            .collect()
+    }
+
+    /// The user tower over a batch of user ids: `users.len() × dim` embeddings.
+    pub fn embed_users(&self, tower: &OnnxModel, users: &[i64]) -> Result<Vec<f32>> {
+        let input = Tensor::from_shape(&[users.len()], users)
+            .map_err(|e| Error::Internal(format!("user id tensor: {e}")))?;
+        let outputs = tower.run(tvec![input.into_tvalue()])?;
+        let mut vectors = flat_f32(&outputs[0], users.len() * self.dim, "user tower")?;
+        if self.metric == Metric::Cosine {
+            for row in vectors.chunks_exact_mut(self.dim) {
+                normalize(row);
+            }
+        }
+        Ok(vectors)
+    }
+
+    /// The `k` best items for one user embedding, best first; ties go to the earlier item.
+    pub fn top_k(&self, user: &[f32], k: usize, exclude: &HashSet<i64>) -> Vec<Scored> {
+        if k == 0 {
+            return Vec::new();
+        }
+        let mut best: BinaryHeap<Candidate> = BinaryHeap::with_capacity(k + 1);
+        for (index, row) in self.matrix.chunks_exact(self.dim).enumerate() {
+            let score = dot(user, row);
+            if best.len() == k
+                && best
+                    .peek()
+                    .is_some_and(|worst| score.total_cmp(&worst.score) != Ordering::Greater)
+            {
+                continue;
+            }
+            if !exclude.is_empty() && exclude.contains(&self.item_ids[index]) {
+                continue;
+            }
+            best.push(Candidate { score, index });
+            if best.len() > k {
+                best.pop();
+            }
+        }
+        best.into_sorted_vec()
+            .into_iter()
+            .map(|c| Scored {
+                item_id: self.item_ids[c.index],
+                score: Some(f64::from(c.score)),
+            })
+            .collect()
+    }
+}
+
+/// A heap entry ordered so the heap's top is the worst kept candidate (lowest score, then latest item).
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    score: f32,
+    index: usize,
+}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .score
+            .total_cmp(&self.score)
+            .then(self.index.cmp(&other.index))
+    }
+}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Candidate {}
+
+/// Dot product with eight independent accumulators, so the compiler vectorizes it.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn normalize(row: &mut [f32]) {
+    let norm = dot(row, row).sqrt();
+    if norm > 0.0 {
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+}
+
+async fn query(session: &QuiverSession, sql: &str, what: &str) -> Result<RecordBatch> {
+    let failed = |e: Error| Error::InvalidInput(format!("{what} ({sql}): {e}"));
+    // DataFusion's own entry point, read-only: a model's queries are plain SELECTs.
+    let read_only = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let frame = session
+        .ctx()
+        .sql_with_options(sql, read_only)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    let stream = frame.execute_stream().await.map_err(|e| failed(e.into()))?;
+    let schema = stream.schema();
+    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| failed(e.into()))?;
+    Ok(concat_batches(&schema, &batches)?)
+}
+
+fn int64_column(rows: &RecordBatch, index: usize, what: &str) -> Result<Int64Array> {
+    let column = rows.columns().get(index).ok_or_else(|| {
+        Error::InvalidInput(format!("{what} returns {} columns", rows.num_columns()))
+    })?;
+    if !column.data_type().is_integer() {
+        return Err(Error::InvalidInput(format!(
+            "{what}: column {} must be an integer id, it is {}",
+            index + 1,
+            column.data_type()
+        )));
+    }
+    if column.null_count() > 0 {
+        return Err(Error::InvalidInput(format!("{what}: ids must not be NULL")));
+    }
+    Ok(cast(column, &DataType::Int64)?
+        .as_primitive::<Int64Type>()
+        .clone())
+}
+
+/// Item ids through the item tower, in batches.
+async fn embed_items(path: &Path, rows: &RecordBatch, dim: usize) -> Result<(Vec<i64>, Vec<f32>)> {
+    let ids = int64_column(rows, 0, "[items] query")?.values().to_vec();
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let input = TensorSpec {
+            name: String::new(),
+            element: ElementType::Int64,
+            shape: vec![-1],
+        };
+        let output = TensorSpec {
+            name: String::new(),
+            element: ElementType::Float32,
+            shape: vec![-1, dim as i64],
+        };
+        let tower = OnnxModel::load(&path, &[input], &[output])?;
+        let mut matrix = Vec::with_capacity(ids.len() * dim);
+        for chunk in ids.chunks(ITEM_TOWER_BATCH) {
+            let input = Tensor::from_shape(&[chunk.len()], chunk)
+                .map_err(|e| Error::Internal(format!("item id tensor: {e}")))?;
+            let outputs: TVec<_> = tower.run(tvec![input.into_tvalue()])?;
+            matrix.extend(flat_f32(&outputs[0], chunk.len() * dim, "item tower")?);
+        }
+        Ok((ids, matrix))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("item tower panicked: {e}")))?
+}
+
+/// `(item_id, embedding)` rows as ids and a matrix.
+fn read_embeddings(rows: &RecordBatch, dim: usize) -> Result<(Vec<i64>, Vec<f32>)> {
+    let what = "[items] query";
+    let ids = int64_column(rows, 0, what)?.values().to_vec();
+    let Some(embeddings) = rows.columns().get(1) else {
+        return Err(Error::InvalidInput(format!(
+            "{what} returns item ids only: add the embedding column, or set [items] tower"
+        )));
+    };
+    let values: ArrayRef = match embeddings.data_type() {
+        DataType::List(_) => embeddings.as_list::<i32>().values().clone(),
+        DataType::LargeList(_) => embeddings.as_list::<i64>().values().clone(),
+        DataType::FixedSizeList(_, _) => embeddings.as_fixed_size_list().values().clone(),
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "{what}: column 2 must be a list of floats (the embedding), it is {other}"
+            )));
+        }
+    };
+    if embeddings.null_count() > 0 || values.null_count() > 0 {
+        return Err(Error::InvalidInput(format!(
+            "{what}: embeddings must not be NULL or hold NULLs"
+        )));
+    }
+    if values.len() != ids.len() * dim {
+        return Err(Error::InvalidInput(format!(
+            "{what}: every embedding must have {dim} values (the user tower's output), got {} values for {} items",
+            values.len(),
+            ids.len()
+        )));
+    }
+    let values = cast(&values, &DataType::Float32)?;
+    Ok((ids, values.as_primitive::<Float32Type>().values().to_vec()))
+}
+
+fn read_fallback(rows: &RecordBatch) -> Result<Vec<(i64, Option<f64>)>> {
+    let ids = int64_column(rows, 0, "[fallback] query")?;
+    let scores = match rows.columns().get(1) {
+        Some(column) => Some(cast(column, &DataType::Float64)?),
+        None => None,
+    };
+    Ok((0..ids.len())
+        .map(|i| {
+            let score = scores.as_ref().and_then(|s| {
+                let s = s.as_primitive::<Float64Type>();
+                s.is_valid(i).then(|| s.value(i))
+            });
+            (ids.value(i), score)
+        })
+        .collect())
+}
+
+fn flat_f32(tensor: &Tensor, expected: usize, what: &str) -> Result<Vec<f32>> {
+    let view = tensor
+        .to_plain_array_view::<f32>()
+        .map_err(|e| Error::InvalidInput(format!("{what} output: {e}")))?;
+    if view.len() != expected {
+        return Err(Error::InvalidInput(format!(
+            "{what} returned shape {:?}, expected {expected} values",
+            tensor.shape()
+        )));
+    }
+    Ok(view.iter().copied().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retrieval(matrix: Vec<f32>, dim: usize) -> Retrieval {
+        Retrieval {
+            item_ids: (0..(matrix.len() / dim) as i64).map(|i| i * 10).collect(),
+            matrix,
+            dim,
+            metric: Metric::Dot,
+            known_users: None,
+            fallback: vec![(7, Some(3.0)), (8, None)],
+        }
+    }
+
+    #[test]
+    fn top_k_matches_a_full_sort() {
+        let dim = 3;
+        let matrix: Vec<f32> = (0..300)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let r = retrieval(matrix.clone(), dim);
+        let user = [0.5f32, -1.0, 2.0];
+        let mut all: Vec<(f32, usize)> = matrix
+            .chunks(dim)
+            .enumerate()
+            .map(|(i, row)| (dot(&user, row), i))
+            .collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let exclude: HashSet<i64> = [all[1].1 as i64 * 10].into();
+        let got = r.top_k(&user, 5, &exclude);
+        let want: Vec<i64> = all
+            .iter()
+            .map(|(_, i)| *i as i64 * 10)
+            .filter(|id| !exclude.contains(id))
+            .take(5)
+            .collect();
+        assert_eq!(got.iter().map(|s| s.item_id).collect::<Vec<_>>(), want);
+        assert!(got.windows(2).all(|w| w[0].score >= w[1].score));
+        assert!(r.top_k(&user, 0, &exclude).is_empty());
+        assert_eq!(r.top_k(&user, 1000, &HashSet::new()).len(), 100);
+    }
+
+    #[test]
+    fn dot_handles_tails() {
+        let a: Vec<f32> = (0..19).map(|i| i as f32).collect();
+        let expected: f32 = a.iter().map(|x| x * x).sum();
+        assert_eq!(dot(&a, &a), expected);
+    }
+
+    #[test]
+    fn fallback_skips_excluded() {
+        let r = retrieval(vec![0.0; 3], 3);
+        let got = r.fallback(5, &[7].into());
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].item_id, 8);
+        assert_eq!(got[0].score, None);
+    }
+}

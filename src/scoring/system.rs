@@ -1,0 +1,161 @@
+//! `system.models`: every model directory, what serves from it and why a newer file did not load.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::{SchemaProvider, Session};
+use datafusion::common::{Result, exec_err};
+use datafusion::datasource::{MemTable, TableProvider, TableType};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::scoring::spec::TensorSpec;
+use crate::scoring::{ModelRegistry, ModelStatus};
+
+pub const MODELS_TABLE: &str = "models";
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("version", DataType::Utf8, true),
+        Field::new("kind", DataType::Utf8, true),
+        Field::new("inputs", DataType::Utf8, true),
+        Field::new("outputs", DataType::Utf8, true),
+        Field::new("items", DataType::Int64, true),
+        Field::new("path", DataType::Utf8, false),
+        Field::new(
+            "loaded_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("error", DataType::Utf8, true),
+    ]))
+}
+
+/// `loaded`; `stale` when the newest files failed and an older version serves; `failed` when none does.
+fn status(s: &ModelStatus) -> &'static str {
+    match (&s.model, &s.error) {
+        (Some(_), None) => "loaded",
+        (Some(_), Some(_)) => "stale",
+        (None, _) => "failed",
+    }
+}
+
+fn describe(specs: &[TensorSpec]) -> String {
+    specs
+        .iter()
+        .map(TensorSpec::describe)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn batch(statuses: &[ModelStatus]) -> Result<RecordBatch> {
+    let mut name = StringBuilder::new();
+    let mut version = StringBuilder::new();
+    let mut kind = StringBuilder::new();
+    let mut inputs = StringBuilder::new();
+    let mut outputs = StringBuilder::new();
+    let mut items = Int64Builder::new();
+    let mut path = StringBuilder::new();
+    let mut loaded_at = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut state = StringBuilder::new();
+    let mut error = StringBuilder::new();
+    for s in statuses {
+        name.append_value(&s.name);
+        let model = s.model.as_deref();
+        version.append_option(model.map(|m| m.spec.version.as_str()));
+        kind.append_option(model.map(|m| m.spec.kind.as_str()));
+        inputs.append_option(model.map(|m| describe(&m.spec.inputs)));
+        outputs.append_option(model.map(|m| describe(&m.spec.outputs)));
+        items.append_option(
+            model
+                .and_then(|m| m.retrieval.as_ref())
+                .map(|r| r.items() as i64),
+        );
+        path.append_value(s.path.display().to_string());
+        loaded_at.append_option(model.map(|m| m.loaded_at.timestamp_micros()));
+        state.append_value(status(s));
+        error.append_option(s.error.as_deref());
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(name.finish()),
+        Arc::new(version.finish()),
+        Arc::new(kind.finish()),
+        Arc::new(inputs.finish()),
+        Arc::new(outputs.finish()),
+        Arc::new(items.finish()),
+        Arc::new(path.finish()),
+        Arc::new(loaded_at.finish()),
+        Arc::new(state.finish()),
+        Arc::new(error.finish()),
+    ];
+    Ok(RecordBatch::try_new(schema(), columns)?)
+}
+
+/// The `system` schema: read-only tables about the server itself.
+#[derive(Debug)]
+pub struct SystemSchema {
+    pub models: Arc<ModelRegistry>,
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        vec![MODELS_TABLE.to_string()]
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        Ok((name == MODELS_TABLE).then(|| {
+            Arc::new(ModelsTable {
+                models: self.models.clone(),
+            }) as Arc<dyn TableProvider>
+        }))
+    }
+
+    fn register_table(
+        &self,
+        name: String,
+        _table: Arc<dyn TableProvider>,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        exec_err!("cannot create table {name} in schema system: it is read-only")
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        name == MODELS_TABLE
+    }
+}
+
+/// `system.models`, read from the registry when a query scans it.
+#[derive(Debug)]
+struct ModelsTable {
+    models: Arc<ModelRegistry>,
+}
+
+#[async_trait]
+impl TableProvider for ModelsTable {
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batch = batch(&self.models.statuses())?;
+        MemTable::try_new(schema(), vec![vec![batch]])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
