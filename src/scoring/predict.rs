@@ -78,7 +78,9 @@ impl std::hash::Hash for Predict {
 pub fn udf(registry: Arc<ModelRegistry>) -> ScalarUDF {
     ScalarUDF::new_from_impl(Predict {
         registry,
-        signature: Signature::user_defined(Volatility::Stable),
+        // Volatile, not Stable: a constant call must not be folded at planning, which would run
+        // the model there (on the caller's thread) and give the result a schema of its own.
+        signature: Signature::user_defined(Volatility::Volatile),
     })
 }
 

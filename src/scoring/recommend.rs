@@ -404,7 +404,9 @@ impl std::hash::Hash for RecommendItems {
 pub fn recommend_items_udf(registry: Arc<ModelRegistry>) -> ScalarUDF {
     ScalarUDF::new_from_impl(RecommendItems {
         registry,
-        signature: Signature::user_defined(Volatility::Stable),
+        // Volatile, not Stable: a constant call must not be folded at planning, which would run
+        // the model there (on the caller's thread) and give the result a schema of its own.
+        signature: Signature::user_defined(Volatility::Volatile),
     })
 }
 
