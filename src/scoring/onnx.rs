@@ -211,13 +211,13 @@ pub fn pack_input(
             flatten_list(spec, list, width, valid)?
         }
         [scalar] if width == 1 => {
-            mark_nulls(scalar.nulls(), valid);
+            mark_nulls(scalar.logical_nulls().as_ref(), valid);
             cast(scalar, &target)?
         }
         scalars => {
             let mut interleaved = Vec::with_capacity(scalars.len());
             for column in scalars {
-                mark_nulls(column.nulls(), valid);
+                mark_nulls(column.logical_nulls().as_ref(), valid);
                 interleaved.push(cast(column, &target)?);
             }
             interleave_columns(&interleaved, rows)?
@@ -271,7 +271,7 @@ fn flatten_list(
     width: usize,
     valid: &mut [bool],
 ) -> Result<ArrayRef> {
-    mark_nulls(list.nulls(), valid);
+    mark_nulls(list.logical_nulls().as_ref(), valid);
     let (offsets, values): (Vec<usize>, ArrayRef) = match list.data_type() {
         DataType::List(_) => {
             let l = list.as_list::<i32>();

@@ -132,9 +132,12 @@ async fn run_file(path: &Path) -> Result<(), String> {
     let warehouse = tempfile::tempdir().map_err(|e| e.to_string())?;
     let url =
         url::Url::from_directory_path(warehouse.path()).map_err(|()| "bad path".to_string())?;
-    // The repository's example feature views (sql/features) are loaded, as `quiver serve` does.
+    // The repository's example feature views (sql/features) are loaded, as `quiver serve` does, and
+    // the committed test models (tests/models).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let options = quiver::session::SessionOptions {
-        sql_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("sql")),
+        sql_dir: Some(root.join("sql")),
+        models_dir: Some(root.join("tests").join("models")),
         ..Default::default()
     };
     let session = QuiverSession::open_with(url, options)
