@@ -302,7 +302,9 @@ fn scan(dir: &Path) -> Result<BTreeMap<String, Fingerprint>> {
         else {
             continue;
         };
-        if !path.join("model.toml").is_file() {
+        // Hidden directories are staging areas (the training scripts write `.name.staging` and
+        // rename it into place when complete).
+        if name.starts_with('.') || !path.join("model.toml").is_file() {
             continue;
         }
         let mut fingerprint: Fingerprint = std::fs::read_dir(&path)?
