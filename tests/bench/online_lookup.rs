@@ -8,14 +8,16 @@
 //! (GetFlightInfo), fetch (DoGet). The server runs in this process on its own runtime, the client on
 //! another; they talk over TCP on 127.0.0.1.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_flight::sql::client::{FlightSqlServiceClient, PreparedStatement};
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+#[path = "client.rs"]
+mod client;
+
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use client::{binding, connect, lookup, report};
+use datafusion::arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use quiver::session::{QuiverSession, SessionOptions};
-use tonic::transport::Channel;
 
 const VIEW: &str = "\
 -- @entity user_id
@@ -118,13 +120,7 @@ fn run(args: &Args, views: usize) {
         .build()
         .expect("client runtime");
     client.block_on(async move {
-        let endpoint = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .tcp_nodelay(true)
-            // arrow-flight's PreparedStatement drops the DoPut result stream after its first
-            // message, so this client resets one stream per lookup; hyper's default closes the
-            // connection after 1024 such resets (GOAWAY too_many_internal_resets).
-            .http2_max_local_error_reset_streams(None);
+        let endpoint = connect(addr);
         let mut sql = FlightSqlServiceClient::new(endpoint.connect().await.expect("connect"));
         // The floor: a round trip the server rejects at once (a malformed ticket), no query work.
         // On a connection of its own: hyper ends a connection after 1024 streams it had to reset.
@@ -224,56 +220,4 @@ async fn in_process(session: &QuiverSession, users: u64) {
     for (name, latencies) in ["plan", "bind", "execute"].iter().zip(phases.iter_mut()) {
         report(&format!("in-process {name}"), latencies);
     }
-}
-
-fn binding(keys: &[i64]) -> RecordBatch {
-    let columns: Vec<(String, ArrayRef)> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, &k)| {
-            (
-                i.to_string(),
-                Arc::new(Int64Array::from(vec![k])) as ArrayRef,
-            )
-        })
-        .collect();
-    RecordBatch::try_from_iter(columns).expect("binding")
-}
-
-/// Bind, execute, fetch: one request of an application.
-async fn lookup(
-    sql: &mut FlightSqlServiceClient<Channel>,
-    statement: &mut PreparedStatement<Channel>,
-    keys: &[i64],
-) -> (Duration, usize) {
-    let started = Instant::now();
-    statement.set_parameters(binding(keys)).expect("bind");
-    let info = statement.execute().await.expect("execute");
-    let mut rows = 0;
-    for endpoint in info.endpoint {
-        let ticket = endpoint.ticket.expect("ticket");
-        let batches: Vec<RecordBatch> = sql
-            .do_get(ticket)
-            .await
-            .expect("do_get")
-            .try_collect()
-            .await
-            .expect("batches");
-        rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
-    }
-    (started.elapsed(), rows)
-}
-
-fn report(label: &str, latencies: &mut [Duration]) {
-    latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "{label}: n={} p50={:.3} ms p90={:.3} ms p99={:.3} ms max={:.3} ms",
-        latencies.len(),
-        ms(at(0.50)),
-        ms(at(0.90)),
-        ms(at(0.99)),
-        ms(latencies[latencies.len() - 1])
-    );
 }

@@ -4,6 +4,8 @@
 #   tests/bench/run.sh asof [--rows N] [--repeat N]       ASOF JOIN, N x N rows (asof_bench.py)
 #   tests/bench/run.sh online [--users N] [--lookups N]   online lookups from the Rust Flight SQL
 #                                                         client, 1 and 50 views (online_lookup.rs)
+#   tests/bench/run.sh models [--items N] [--rows N]      predict vs onnxruntime, recommend p50/p99,
+#                                                         recommend_items (models.rs, models_bench.py)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -14,6 +16,19 @@ fi
 VENV="${QUIVER_VENV:-$PWD/.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt -r tests/bench/requirements.txt
+if [ "${1:-}" = models ]; then
+    shift
+    ITEMS=100000 ROWS=2000000
+    while [ $# -gt 0 ]; do
+        case "$1" in --items) ITEMS="$2"; shift 2 ;; --rows) ROWS="$2"; shift 2 ;; *) echo "unknown $1"; exit 2 ;; esac
+    done
+    DIR="$(mktemp -d)"
+    trap 'rm -rf "$DIR"' EXIT
+    "$VENV/bin/python" tests/bench/models_bench.py generate "$DIR" --items "$ITEMS"
+    "$VENV/bin/python" tests/bench/models_bench.py baseline "$DIR" --rows "$ROWS"
+    cargo run --release --example models -- --models "$DIR" --rows "$ROWS"
+    exit 0
+fi
 cargo build --release --bin quiver
 BENCH=flight
 case "${1:-}" in flight|asof) BENCH="$1"; shift ;; esac
