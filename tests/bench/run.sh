@@ -22,6 +22,8 @@ if [ "${1:-}" = models ]; then
     while [ $# -gt 0 ]; do
         case "$1" in --items) ITEMS="$2"; shift 2 ;; --rows) ROWS="$2"; shift 2 ;; *) echo "unknown $1"; exit 2 ;; esac
     done
+    # Built first, so the baselines do not share the cores with the compiler.
+    cargo build --release --example models
     DIR="$(mktemp -d)"
     trap 'rm -rf "$DIR"' EXIT
     "$VENV/bin/python" tests/bench/models_bench.py generate "$DIR" --items "$ITEMS"
