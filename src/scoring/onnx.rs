@@ -272,6 +272,14 @@ fn flatten_list(
     valid: &mut [bool],
 ) -> Result<ArrayRef> {
     mark_nulls(list.logical_nulls().as_ref(), valid);
+    // The common case, a fixed-size list of the right width without NULLs, is already row-major.
+    if let DataType::FixedSizeList(_, size) = list.data_type()
+        && *size as usize == width
+        && list.logical_null_count() == 0
+        && list.as_fixed_size_list().values().null_count() == 0
+    {
+        return Ok(list.as_fixed_size_list().values().clone());
+    }
     let (offsets, values): (Vec<usize>, ArrayRef) = match list.data_type() {
         DataType::List(_) => {
             let l = list.as_list::<i32>();

@@ -14,7 +14,9 @@ use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{ArrayRef, new_empty_array};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::{Result, ScalarValue, exec_err, plan_datafusion_err, plan_err};
+use datafusion::common::{
+    Result, ScalarValue, exec_datafusion_err, exec_err, plan_datafusion_err, plan_err,
+};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
     Signature, Volatility,
@@ -265,7 +267,7 @@ fn score(
         .zip(ranges)
         .map(|(spec, range)| pack_input(spec, &columns[range.clone()], rows, &mut valid))
         .collect::<crate::error::Result<_>>()
-        .map_err(|e| plan_datafusion_err!("predict('{}'): {e}", model.name))?;
+        .map_err(|e| exec_datafusion_err!("predict('{}'): {e}", model.name))?;
     let tensors = model.onnx.run(inputs).map_err(|e| {
         datafusion::error::DataFusionError::Execution(format!("predict('{}'): {e}", model.name))
     })?;

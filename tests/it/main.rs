@@ -6,4 +6,5 @@ mod common;
 mod feature_views;
 mod features;
 mod flight_sql;
+mod models;
 mod plain_flight;

@@ -1,0 +1,94 @@
+//! Models through arrow-flight's FlightSqlServiceClient: `recommend` as a prepared statement with
+//! the user bound (as an application calls it), `predict`, and the gRPC codes of bad calls.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{Float32Type, Int32Type};
+use quiver::session::SessionOptions;
+use tonic::Code;
+
+use crate::common::{TestServer, code, fetch};
+
+async fn with_test_models() -> TestServer {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    TestServer::start_with(SessionOptions {
+        models_dir: Some(root.join("tests").join("models")),
+        ..Default::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn recommend_and_predict_from_the_rust_client() {
+    let server = with_test_models().await;
+    let mut client = server.sql_client().await;
+    for statement in [
+        "CREATE TABLE items AS SELECT CAST(value AS BIGINT) AS item_id FROM generate_series(0, 199)",
+        "CREATE TABLE interactions AS SELECT CAST(value % 40 AS BIGINT) AS user_id, \
+         CAST((value * 7) % 200 AS BIGINT) AS item_id FROM generate_series(0, 499)",
+        "RELOAD MODELS",
+    ] {
+        client
+            .execute_update(statement.into(), None)
+            .await
+            .expect(statement);
+    }
+
+    let mut recommend = client
+        .prepare(
+            "SELECT item_id, score, rank FROM recommend('mf', ?, 5)".into(),
+            None,
+        )
+        .await
+        .expect("prepare");
+    let mut firsts = Vec::new();
+    for user in [3i64, 4, 45] {
+        let params = RecordBatch::try_from_iter([(
+            "0",
+            Arc::new(Int64Array::from(vec![user])) as Arc<dyn Array>,
+        )])
+        .expect("params");
+        recommend.set_parameters(params).expect("bind");
+        let info = recommend.execute().await.expect("execute");
+        let batches = fetch(&mut client, info).await;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(rows, 5, "user {user}");
+        let ranks: Vec<i32> = batches
+            .iter()
+            .flat_map(|b| b.column(2).as_primitive::<Int32Type>().values().to_vec())
+            .collect();
+        assert_eq!(ranks, [1, 2, 3, 4, 5]);
+        firsts.push(
+            batches[0]
+                .column(0)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .value(0),
+        );
+    }
+    // Different users, different lists (45 is unknown: the popularity fallback).
+    assert_ne!(firsts[0], firsts[1]);
+
+    let info = client
+        .execute(
+            "SELECT predict('ranker', [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]) AS s".into(),
+            None,
+        )
+        .await
+        .expect("predict");
+    let batches = fetch(&mut client, info).await;
+    let score = batches[0].column(0).as_primitive::<Float32Type>().value(0);
+    assert!((0.0..=1.0).contains(&score));
+
+    for (sql, expected) in [
+        ("SELECT predict('nope', 1.0)", Code::InvalidArgument),
+        (
+            "SELECT * FROM recommend('ranker', 1, 5)",
+            Code::InvalidArgument,
+        ),
+        ("SELECT predict('ranker', 'x')", Code::InvalidArgument),
+    ] {
+        let error = client.execute(sql.into(), None).await.expect_err(sql);
+        assert_eq!(code(&error), expected, "{sql}: {error}");
+    }
+}
