@@ -127,11 +127,39 @@ query = "SELECT item_id, embedding FROM item_embeddings"
     np.save(OUT / "mf_item_embeddings.npy", items)
 
 
+def reranked(rng: np.random.Generator) -> None:
+    """mf whose top 20 candidates are re-ranked by a scorer of (user, item, retrieval score)."""
+    width = 2 * DIM + 1
+    directory = write("pair_ranker", f"""
+version = "1"
+kind = "scorer"
+description = "re-ranker: user embedding, item embedding and retrieval score -> a score"
+inputs = [{{ name = "pair", type = "float32", shape = [-1, {width}] }}]
+outputs = [{{ name = "score", type = "float32", shape = [-1, 1] }}]
+""")
+    mlp(directory / "model.onnx", [
+        (rng.normal(size=(width, 8)), rng.normal(size=8) * 0.1),
+        (rng.normal(size=(8, 1)), np.zeros(1)),
+    ], input_name="pair", sigmoid=False)
+    source = (OUT / "mf" / "model.toml").read_text()
+    directory = write("mf_reranked", source.replace(
+        'description = "matrix factorization',
+        'description = "mf re-ranked by pair_ranker; matrix factorization',
+    ) + """
+[rerank]
+model = "pair_ranker"
+candidates = 20
+""")
+    for name in ("model.onnx", "item_tower.onnx"):
+        (directory / name).write_bytes((OUT / "mf" / name).read_bytes())
+
+
 def main() -> None:
     rng = np.random.default_rng(SEED)
     ranker(rng)
     multi(rng)
     two_tower(rng)
+    reranked(rng)
     print(f"wrote {sorted(p.name for p in OUT.iterdir())} under {OUT}")
 
 

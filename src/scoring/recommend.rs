@@ -24,6 +24,7 @@ use datafusion::common::{
     ParamValues, Result, ScalarValue, exec_datafusion_err, exec_err, internal_err, plan_err,
 };
 use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::DataFusionError;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
@@ -38,8 +39,10 @@ use datafusion::physical_plan::{
 };
 
 use crate::scoring::predict::{model_name, pinned_field, pinned_model};
-use crate::scoring::retrieval::Scored;
+use crate::scoring::retrieval::{Retrieval, Scored};
+use crate::scoring::spec::ElementType;
 use crate::scoring::{Model, ModelRegistry};
+use tract_onnx::prelude::{IntoTValue, Tensor, tvec};
 
 pub const TABLE_FUNCTION: &str = "recommend";
 pub const NAME_ITEMS: &str = "recommend_items";
@@ -60,6 +63,146 @@ fn item_fields() -> Fields {
         Field::new("item_id", DataType::Int64, false),
         Field::new("score", DataType::Float64, true),
     ])
+}
+
+/// A two-tower model and, when its model.toml has `[rerank]`, the scorer that re-ranks its candidates;
+/// both pinned for one query.
+#[derive(Debug, Clone)]
+struct Pipeline {
+    model: Arc<Model>,
+    ranker: Option<Arc<Model>>,
+}
+
+impl Pipeline {
+    fn resolve(registry: &ModelRegistry, model: Arc<Model>) -> Result<Self> {
+        model.retrieval().map_err(DataFusionError::Plan)?;
+        let ranker = match &model.spec.rerank {
+            Some(rerank) => Some(registry.get(&rerank.model).map_err(|e| {
+                DataFusionError::Plan(format!("model '{}' re-ranks with {e}", model.name))
+            })?),
+            None => None,
+        };
+        Ok(Self { model, ranker })
+    }
+
+    /// The top `k` for each user in `users` (`None`: a NULL user, no result), known users embedded
+    /// in one user-tower call, each list re-ranked when the model says so.
+    fn recommend(
+        &self,
+        users: &[Option<i64>],
+        k: usize,
+        exclude: &HashSet<i64>,
+    ) -> Result<Vec<Option<Vec<Scored>>>> {
+        let model = &self.model;
+        let retrieval = model.retrieval().map_err(DataFusionError::Execution)?;
+        let candidates = match (&self.ranker, &model.spec.rerank) {
+            (Some(_), Some(rerank)) => k.max(rerank.candidates),
+            _ => k,
+        };
+        let retrieved = recommend_many(model, users, candidates, exclude)?;
+        let Some(ranker) = &self.ranker else {
+            return Ok(retrieved);
+        };
+        let vectors = user_vectors(model, retrieval, users)?;
+        let mut next = vectors.iter();
+        retrieved
+            .into_iter()
+            .zip(users)
+            .map(|(items, user)| {
+                let Some(items) = items else { return Ok(None) };
+                match user.filter(|u| retrieval.knows(*u)) {
+                    Some(_) => {
+                        let vector = next.next().map(Vec::as_slice).unwrap_or_default();
+                        rerank(ranker, retrieval, vector, items, k).map(Some)
+                    }
+                    None => Ok(Some(items.into_iter().take(k).collect())),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The embeddings of the known users among `users`, in order.
+fn user_vectors(
+    model: &Model,
+    retrieval: &Retrieval,
+    users: &[Option<i64>],
+) -> Result<Vec<Vec<f32>>> {
+    let known: Vec<i64> = users
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|u| retrieval.knows(*u))
+        .collect();
+    if known.is_empty() {
+        return Ok(Vec::new());
+    }
+    let flat = retrieval.embed_users(&model.onnx, &known).map_err(|e| {
+        exec_datafusion_err!("{}('{}'): user tower: {e}", TABLE_FUNCTION, model.name)
+    })?;
+    Ok(flat
+        .chunks_exact(retrieval.dim().max(1))
+        .map(<[f32]>::to_vec)
+        .collect())
+}
+
+/// Orders `candidates` by the ranker's score of (user embedding, item embedding, retrieval score)
+/// and keeps the first `k`; the score column becomes the ranker's.
+fn rerank(
+    ranker: &Model,
+    retrieval: &Retrieval,
+    user: &[f32],
+    candidates: Vec<Scored>,
+    k: usize,
+) -> Result<Vec<Scored>> {
+    let dim = retrieval.dim();
+    let width = 2 * dim + 1;
+    let fits = matches!(ranker.onnx.inputs(), [input] if input.width() == width && input.element == ElementType::Float32)
+        && matches!(ranker.onnx.outputs(), [output] if output.width() == 1);
+    if !fits {
+        return exec_err!(
+            "re-ranking model '{}' must take one float32 [-1, {width}] input (user embedding, item              embedding, retrieval score) and return one value per row",
+            ranker.name
+        );
+    }
+    if candidates.is_empty() {
+        return Ok(candidates);
+    }
+    let mut rows = Vec::with_capacity(candidates.len() * width);
+    for candidate in &candidates {
+        let Some(index) = candidate.index else {
+            return internal_err!("a retrieved candidate has no matrix row");
+        };
+        rows.extend_from_slice(user);
+        rows.extend_from_slice(retrieval.item_vector(index));
+        rows.push(candidate.score.unwrap_or_default() as f32);
+    }
+    let input = Tensor::from_shape(&[candidates.len(), width], &rows)
+        .map_err(|e| exec_datafusion_err!("re-ranking input: {e}"))?;
+    let outputs = ranker
+        .onnx
+        .run(tvec![input.into_tvalue()])
+        .map_err(|e| exec_datafusion_err!("re-ranking model '{}': {e}", ranker.name))?;
+    let scores = outputs[0]
+        .cast_to::<f64>()
+        .map_err(|e| exec_datafusion_err!("re-ranking model '{}': {e}", ranker.name))?;
+    let scores = scores
+        .to_plain_array_view::<f64>()
+        .map_err(|e| exec_datafusion_err!("re-ranking model '{}': {e}", ranker.name))?;
+    let mut reranked: Vec<Scored> = candidates
+        .into_iter()
+        .zip(scores.iter())
+        .map(|(c, s)| Scored {
+            score: Some(*s),
+            ..c
+        })
+        .collect();
+    reranked.sort_by(|a, b| {
+        let (x, y) = (a.score.unwrap_or(f64::NAN), b.score.unwrap_or(f64::NAN));
+        y.total_cmp(&x).then(a.index.cmp(&b.index))
+    });
+    reranked.truncate(k);
+    Ok(reranked)
 }
 
 /// The top `k` for each user in `users` (`None`: a NULL user, no result), known users embedded in one
@@ -148,22 +291,20 @@ impl TableFunctionImpl for Recommend {
             .registry
             .get(name)
             .map_err(datafusion::error::DataFusionError::Plan)?;
-        model
-            .retrieval()
-            .map_err(datafusion::error::DataFusionError::Plan)?;
+        let pipeline = Pipeline::resolve(&self.registry, model)?;
         let user = constant_int(TABLE_FUNCTION, "user_id", user)?;
         let k = match constant_int(TABLE_FUNCTION, "k", k)? {
             Some(k) => Some(item_count(TABLE_FUNCTION, k)?),
             None => None,
         };
-        Ok(Arc::new(RecommendTable { model, user, k }))
+        Ok(Arc::new(RecommendTable { pipeline, user, k }))
     }
 }
 
 /// One call's result as a table: planned once its arguments are known.
 #[derive(Debug)]
 struct RecommendTable {
-    model: Arc<Model>,
+    pipeline: Pipeline,
     user: Option<i64>,
     k: Option<usize>,
 }
@@ -188,11 +329,11 @@ impl TableProvider for RecommendTable {
         let (Some(user), Some(k)) = (self.user, self.k) else {
             return plan_err!(
                 "recommend('{}', ...): a parameter of the call was not bound",
-                self.model.name
+                self.pipeline.model.name
             );
         };
         let exclude = match (
-            &self.model.spec.exclude,
+            &self.pipeline.model.spec.exclude,
             state.as_any().downcast_ref::<SessionState>(),
         ) {
             (Some(exclude), Some(state)) => {
@@ -206,7 +347,7 @@ impl TableProvider for RecommendTable {
             (None, _) => None,
         };
         Ok(Arc::new(RecommendExec::new(
-            self.model.clone(),
+            self.pipeline.clone(),
             user,
             k,
             exclude,
@@ -218,7 +359,7 @@ impl TableProvider for RecommendTable {
 /// Scores one user's top k, after collecting the items its `exclude` child returns.
 #[derive(Debug)]
 pub struct RecommendExec {
-    model: Arc<Model>,
+    pipeline: Pipeline,
     user: i64,
     k: usize,
     exclude: Option<Arc<dyn ExecutionPlan>>,
@@ -228,7 +369,7 @@ pub struct RecommendExec {
 
 impl RecommendExec {
     fn new(
-        model: Arc<Model>,
+        pipeline: Pipeline,
         user: i64,
         k: usize,
         exclude: Option<Arc<dyn ExecutionPlan>>,
@@ -245,7 +386,7 @@ impl RecommendExec {
             Boundedness::Bounded,
         );
         Ok(Self {
-            model,
+            pipeline,
             user,
             k,
             exclude,
@@ -257,12 +398,31 @@ impl RecommendExec {
 
 impl DisplayAs for RecommendExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let items = self.model.retrieval.as_ref().map_or(0, |r| r.items());
+        let items = self
+            .pipeline
+            .model
+            .retrieval
+            .as_ref()
+            .map_or(0, |r| r.items());
         write!(
             f,
             "RecommendExec: model={}, version={}, user={}, k={}, items={items}, metric={:?}",
-            self.model.name, self.model.spec.version, self.user, self.k, self.model.spec.metric
-        )
+            self.pipeline.model.name,
+            self.pipeline.model.spec.version,
+            self.user,
+            self.k,
+            self.pipeline.model.spec.metric
+        )?;
+        if let (Some(ranker), Some(rerank)) =
+            (&self.pipeline.ranker, &self.pipeline.model.spec.rerank)
+        {
+            write!(
+                f,
+                ", rerank={} version {} of {} candidates",
+                ranker.name, ranker.spec.version, rerank.candidates
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -291,7 +451,7 @@ impl ExecutionPlan for RecommendExec {
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(Self::new(
-            self.model.clone(),
+            self.pipeline.clone(),
             self.user,
             self.k,
             children.into_iter().next(),
@@ -307,7 +467,7 @@ impl ExecutionPlan for RecommendExec {
         if partition != 0 {
             return internal_err!("RecommendExec has one partition, asked for {partition}");
         }
-        let (model, user, k) = (self.model.clone(), self.user, self.k);
+        let (pipeline, user, k) = (self.pipeline.clone(), self.user, self.k);
         let (exclude, projection) = (self.exclude.clone(), self.projection.clone());
         let schema = self.properties.eq_properties.schema().clone();
         let batch = async move {
@@ -315,7 +475,7 @@ impl ExecutionPlan for RecommendExec {
                 Some(plan) => excluded_items(collect(plan, context).await?)?,
                 None => HashSet::new(),
             };
-            let scored = recommend_many(&model, &[Some(user)], k, &excluded)?;
+            let scored = pipeline.recommend(&[Some(user)], k, &excluded)?;
             let batch = ranked_batch(scored.into_iter().flatten().next().unwrap_or_default())?;
             match projection {
                 Some(p) => Ok(batch.project(&p)?),
@@ -482,9 +642,7 @@ impl ScalarUDFImpl for RecommendItems {
             .registry
             .get(name)
             .map_err(datafusion::error::DataFusionError::Plan)?;
-        model
-            .retrieval()
-            .map_err(datafusion::error::DataFusionError::Plan)?;
+        Pipeline::resolve(&self.registry, model.clone())?;
         Ok(pinned_field(NAME_ITEMS, items_type(), &model))
     }
 
@@ -497,6 +655,7 @@ impl ScalarUDFImpl for RecommendItems {
             model_name(NAME_ITEMS, Some(name))?,
             &call.return_field,
         )?;
+        let pipeline = Pipeline::resolve(&self.registry, model)?;
         let columns = ColumnarValue::values_to_arrays(&call.args[1..])?;
         let users = columns[0].as_primitive::<Int64Type>();
         let ks = columns[1].as_primitive::<Int64Type>();
@@ -513,8 +672,7 @@ impl ScalarUDFImpl for RecommendItems {
                 .iter()
                 .map(|r| users.is_valid(*r).then(|| users.value(*r)))
                 .collect();
-            let scored =
-                recommend_many(&model, &group, item_count(NAME_ITEMS, k)?, &HashSet::new())?;
+            let scored = pipeline.recommend(&group, item_count(NAME_ITEMS, k)?, &HashSet::new())?;
             for (row, items) in rows.into_iter().zip(scored) {
                 results[row] = items;
             }

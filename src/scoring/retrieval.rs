@@ -37,6 +37,8 @@ pub struct Scored {
     pub item_id: i64,
     /// `None` for fallback items listed without a score.
     pub score: Option<f64>,
+    /// The item's row in the matrix (`None` for fallback items).
+    pub index: Option<usize>,
 }
 
 impl Retrieval {
@@ -89,6 +91,15 @@ impl Retrieval {
         self.item_ids.len()
     }
 
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Row `index` of the item matrix (unit length under the cosine metric).
+    pub fn item_vector(&self, index: usize) -> &[f32] {
+        &self.matrix[index * self.dim..(index + 1) * self.dim]
+    }
+
     /// Whether the model was trained on this user (always, without a `[users]` query).
     pub fn knows(&self, user: i64) -> bool {
         self.known_users.as_ref().is_none_or(|k| k.contains(&user))
@@ -103,6 +114,7 @@ impl Retrieval {
             .map(|(item_id, score)| Scored {
                 item_id: *item_id,
                 score: *score,
+                index: None,
             })
             .collect()
     }
@@ -149,6 +161,7 @@ impl Retrieval {
             .map(|c| Scored {
                 item_id: self.item_ids[c.index],
                 score: Some(f64::from(c.score)),
+                index: Some(c.index),
             })
             .collect()
     }

@@ -58,6 +58,7 @@ pub struct ModelSpec {
     pub users: Option<UsersSpec>,
     pub exclude: Option<QuerySpec>,
     pub fallback: Option<QuerySpec>,
+    pub rerank: Option<RerankSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -188,6 +189,21 @@ pub struct UsersSpec {
     pub query: String,
 }
 
+/// Re-ranking of the retrieved candidates by a scorer model: `candidates` items are retrieved, the
+/// scorer sees one row per candidate (user embedding, item embedding, retrieval score: float32
+/// `[-1, 2 * dim + 1]`), and its scores order the final `k`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerankSpec {
+    pub model: String,
+    #[serde(default = "default_candidates")]
+    pub candidates: usize,
+}
+
+fn default_candidates() -> usize {
+    100
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuerySpec {
@@ -232,9 +248,10 @@ impl ModelSpec {
                     || self.users.is_some()
                     || self.exclude.is_some()
                     || self.fallback.is_some()
+                    || self.rerank.is_some()
                 {
                     return Err(Error::InvalidInput(
-                        "[items], [users], [exclude] and [fallback] are for kind = \"two_tower\""
+                        "[items], [users], [exclude], [fallback] and [rerank] are for kind = \"two_tower\""
                             .into(),
                     ));
                 }
@@ -265,6 +282,14 @@ impl ModelSpec {
             return Err(Error::InvalidInput(format!(
                 "the user tower's output must be float32 [-1, dim], not {}",
                 output.describe()
+            )));
+        }
+        if let Some(rerank) = &self.rerank
+            && !(1..=10_000).contains(&rerank.candidates)
+        {
+            return Err(Error::InvalidInput(format!(
+                "[rerank] candidates must be between 1 and 10000, got {}",
+                rerank.candidates
             )));
         }
         if self.items.is_none() {

@@ -54,7 +54,7 @@ def served(tmp_path_factory):
         ingest(conn, "item_embeddings", embeddings, "create")
         # The two-tower models read these tables at load: before they existed they failed.
         reloaded = {r["model"]: r["action"] for r in rows(conn, "RELOAD MODELS")}
-        assert reloaded == {"mf": "loaded", "mf_cosine": "loaded"}
+        assert reloaded == {"mf": "loaded", "mf_cosine": "loaded", "mf_reranked": "loaded"}
     yield server, models
     assert server.stop() == 0
 
@@ -68,7 +68,7 @@ def conn(served):
 
 def test_system_models_lists_every_model(conn):
     listed = {r["name"]: r for r in rows(conn, "SELECT * FROM system.models ORDER BY name")}
-    assert set(listed) == {"mf", "mf_cosine", "multi", "ranker"}
+    assert set(listed) == {"mf", "mf_cosine", "mf_reranked", "multi", "pair_ranker", "ranker"}
     assert all(r["status"] == "loaded" and r["error"] is None for r in listed.values())
     assert listed["ranker"]["kind"] == "scorer"
     assert listed["ranker"]["inputs"] == "features: float32[N, 8]"
@@ -171,6 +171,23 @@ def test_recommend_cosine_over_an_embedding_table(conn):
     assert [r["item_id"] for r in got] == ids
     np.testing.assert_allclose([r["score"] for r in got], scores, rtol=RTOL)
     assert all(-1.0 - 1e-6 <= r["score"] <= 1.0 + 1e-6 for r in got)
+
+
+def test_rerank_orders_the_candidates_by_the_scorer(conn):
+    ranker = session(TEST_MODELS / "pair_ranker" / "model.onnx")
+    users = session(TEST_MODELS / "mf" / "model.onnx")
+    items = np.load(TEST_MODELS / "mf_item_embeddings.npy")
+    for user in (2, 30):
+        ids, scores = expected_top(user, 20, exclude=seen_by(user))
+        vector = users.run(None, {"user_id": np.array([user], dtype=np.int64)})[0][0]
+        pairs = np.column_stack([np.tile(vector, (20, 1)), items[ids], scores]).astype(np.float32)
+        reranked = ranker.run(None, {"pair": pairs})[0][:, 0]
+        order = np.argsort(-reranked, kind="stable")[:5]
+        got = rows(conn, f"SELECT item_id, score FROM recommend('mf_reranked', {user}, 5) ORDER BY rank")
+        assert [r["item_id"] for r in got] == [ids[i] for i in order]
+        np.testing.assert_allclose([r["score"] for r in got], reranked[order], rtol=RTOL, atol=1e-6)
+    plan = rows(conn, "EXPLAIN SELECT * FROM recommend('mf_reranked', 2, 5)")
+    assert "rerank=pair_ranker version 1 of 20 candidates" in str(plan)
 
 
 def test_recommend_items_scores_a_batch_of_users(conn):
