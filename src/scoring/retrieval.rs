@@ -20,6 +20,12 @@ use crate::session::QuiverSession;
 /// Items per item-tower call while the matrix is built.
 const ITEM_TOWER_BATCH: usize = 8192;
 
+/// Matrices of at least this many values (4 MiB) are scanned on several threads.
+const PARALLEL_SCAN_VALUES: usize = 1 << 20;
+
+/// Most threads one scan uses.
+const MAX_SCAN_THREADS: usize = 4;
+
 #[derive(Debug)]
 pub struct Retrieval {
     item_ids: Vec<i64>,
@@ -133,13 +139,57 @@ impl Retrieval {
         Ok(vectors)
     }
 
-    /// The `k` best items for one user embedding, best first; ties go to the earlier item.
+    /// The `k` best items for one user embedding, best first; ties go to the earlier item. A large
+    /// matrix is scanned in slices on one thread per core, each keeping its own best `k`.
     pub fn top_k(&self, user: &[f32], k: usize, exclude: &HashSet<i64>) -> Vec<Scored> {
         if k == 0 {
             return Vec::new();
         }
+        let rows = self.item_ids.len();
+        let threads = if self.matrix.len() >= PARALLEL_SCAN_VALUES {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_SCAN_THREADS))
+        } else {
+            1
+        };
+        let mut best = if threads <= 1 {
+            self.scan(user, k, exclude, 0..rows)
+        } else {
+            let slice = rows.div_ceil(threads);
+            std::thread::scope(|scope| {
+                let scans: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let range = (t * slice).min(rows)..((t + 1) * slice).min(rows);
+                        scope.spawn(move || self.scan(user, k, exclude, range))
+                    })
+                    .collect();
+                scans
+                    .into_iter()
+                    .flat_map(|scan| scan.join().unwrap_or_default())
+                    .collect()
+            })
+        };
+        best.sort();
+        best.truncate(k);
+        best.into_iter()
+            .map(|c| Scored {
+                item_id: self.item_ids[c.index],
+                score: Some(f64::from(c.score)),
+                index: Some(c.index),
+            })
+            .collect()
+    }
+
+    /// The best `k` of the matrix rows in `range`, in no particular order.
+    fn scan(
+        &self,
+        user: &[f32],
+        k: usize,
+        exclude: &HashSet<i64>,
+        range: std::ops::Range<usize>,
+    ) -> Vec<Candidate> {
         let mut best: BinaryHeap<Candidate> = BinaryHeap::with_capacity(k + 1);
-        for (index, row) in self.matrix.chunks_exact(self.dim).enumerate() {
+        let rows = self.matrix[range.start * self.dim..range.end * self.dim].chunks_exact(self.dim);
+        for (index, row) in range.zip(rows) {
             let score = dot(user, row);
             if best.len() == k
                 && best
@@ -156,14 +206,7 @@ impl Retrieval {
                 best.pop();
             }
         }
-        best.into_sorted_vec()
-            .into_iter()
-            .map(|c| Scored {
-                item_id: self.item_ids[c.index],
-                score: Some(f64::from(c.score)),
-                index: Some(c.index),
-            })
-            .collect()
+        best.into_vec()
     }
 }
 
@@ -197,21 +240,18 @@ impl PartialEq for Candidate {
 
 impl Eq for Candidate {}
 
-/// Dot product with eight independent accumulators, so the compiler vectorizes it.
+/// Dot product over fixed-size chunks with eight independent accumulators: the compiler turns the
+/// inner loop into SIMD multiply-adds (slices of unknown length would keep bounds checks in it).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (a8, a_tail) = a.as_chunks::<8>();
+    let (b8, b_tail) = b.as_chunks::<8>();
     let mut acc = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
+    for (x, y) in a8.iter().zip(b8) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];
         }
     }
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
     acc.iter().sum::<f32>() + tail
 }
 
@@ -394,6 +434,32 @@ mod tests {
         assert!(got.windows(2).all(|w| w[0].score >= w[1].score));
         assert!(r.top_k(&user, 0, &exclude).is_empty());
         assert_eq!(r.top_k(&user, 1000, &HashSet::new()).len(), 100);
+    }
+
+    #[test]
+    fn parallel_scan_agrees_with_a_full_sort() {
+        let dim = 64;
+        let rows = PARALLEL_SCAN_VALUES / dim + 1001;
+        let matrix: Vec<f32> = (0..rows * dim)
+            .map(|i| ((i as u64 * 2_654_435_761) % 10_007) as f32 / 10_007.0 - 0.5)
+            .collect();
+        let r = retrieval(matrix.clone(), dim);
+        let user: Vec<f32> = (0..dim).map(|i| (i as f32 - 30.0) / 64.0).collect();
+        let mut all: Vec<(f32, usize)> = matrix
+            .chunks(dim)
+            .enumerate()
+            .map(|(i, row)| (dot(&user, row), i))
+            .collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let got: Vec<usize> = r
+            .top_k(&user, 25, &HashSet::new())
+            .iter()
+            .filter_map(|s| s.index)
+            .collect();
+        assert_eq!(
+            got,
+            all.iter().take(25).map(|(_, i)| *i).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -177,6 +177,15 @@ async fn predict_sql(session: &QuiverSession, rows: usize) {
         .register_schema("s", Arc::new(memory))
         .expect("schema");
     session.ctx().register_catalog("mem", Arc::new(catalog));
+    // One thread, as onnxruntime's figure: no repartitioning of the one in-memory partition.
+    let _: Vec<RecordBatch> = session
+        .ctx()
+        .sql("SET datafusion.execution.target_partitions = 1")
+        .await
+        .expect("set")
+        .collect()
+        .await
+        .expect("set");
     let sql = "SELECT sum(predict('mlp', features)) FROM mem.s.feats";
     let mut best = 0.0f64;
     for _ in 0..3 {
