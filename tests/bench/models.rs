@@ -207,6 +207,23 @@ async fn predict_sql(session: &QuiverSession, rows: usize) {
 }
 
 async fn recommend_in_process(session: &QuiverSession, requests: usize, users: usize) {
+    // The two phases of a call, without SQL: the user tower, then the scan of the item matrix.
+    let model = session.models().get("retrieval").expect("retrieval model");
+    let retrieval = model.retrieval().expect("two tower");
+    let (mut tower, mut scan) = (Vec::new(), Vec::new());
+    let none = std::collections::HashSet::new();
+    for i in 0..requests {
+        let user = ((i * 7919) % users) as i64;
+        let started = Instant::now();
+        let vector = retrieval.embed_users(&model.onnx, &[user]).expect("embed");
+        let embedded = Instant::now();
+        let top = retrieval.top_k(&vector, 10, &none);
+        scan.push(embedded.elapsed());
+        tower.push(embedded - started);
+        assert_eq!(top.len(), 10);
+    }
+    report("recommend phase: user tower (tract)", &mut tower);
+    report("recommend phase: top-10 scan of the item matrix", &mut scan);
     let mut latencies = Vec::with_capacity(requests);
     for i in 0..requests + requests / 10 {
         let user = (i * 7919) % users;
