@@ -307,7 +307,11 @@ fn scan(dir: &Path) -> Result<BTreeMap<String, Fingerprint>> {
         if name.starts_with('.') || !path.join("model.toml").is_file() {
             continue;
         }
-        let mut fingerprint: Fingerprint = std::fs::read_dir(&path)?
+        // A directory that vanished (a staging rename) or cannot be read is skipped this round.
+        let Ok(files) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        let mut fingerprint: Fingerprint = files
             .flatten()
             .filter_map(|f| {
                 let meta = f.metadata().ok()?;
@@ -405,10 +409,15 @@ pub fn watch(session: QuiverSession) -> tokio::task::JoinHandle<()> {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            if session.models().changed()
-                && let Err(e) = session.models().reload(&session).await
-            {
-                tracing::error!("reloading models failed: {e}");
+            if !session.models().changed() {
+                continue;
+            }
+            // A task of its own: a panic while loading is logged, and the watch goes on.
+            let loading = session.clone();
+            match tokio::spawn(async move { loading.models().reload(&loading).await }).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!("reloading models failed: {e}"),
+                Err(e) => tracing::error!("reloading models panicked: {e}"),
             }
         }
     })

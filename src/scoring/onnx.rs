@@ -210,15 +210,18 @@ pub fn pack_input(
         {
             flatten_list(spec, list, width, valid)?
         }
+        // Nulls are read after the cast: a value the input type cannot hold becomes NULL there.
         [scalar] if width == 1 => {
-            mark_nulls(scalar.logical_nulls().as_ref(), valid);
-            cast(scalar, &target)?
+            let column = cast(scalar, &target)?;
+            mark_nulls(column.logical_nulls().as_ref(), valid);
+            column
         }
         scalars => {
             let mut interleaved = Vec::with_capacity(scalars.len());
             for column in scalars {
+                let column = cast(column, &target)?;
                 mark_nulls(column.logical_nulls().as_ref(), valid);
-                interleaved.push(cast(column, &target)?);
+                interleaved.push(column);
             }
             interleave_columns(&interleaved, rows)?
         }
@@ -305,22 +308,24 @@ fn flatten_list(
         }
     };
     mark_value_nulls(&values, &offsets, valid);
+    // Lengths first, so a wrong row is reported before anything is allocated for the batch.
+    for (row, ok) in valid.iter().enumerate() {
+        let length = offsets[row + 1] - offsets[row];
+        if *ok && length != width {
+            return Err(Error::InvalidInput(format!(
+                "input '{}' takes {width} values per row, row {row} has {length}",
+                spec.name
+            )));
+        }
+    }
     let values = cast(&values, &DataType::Float64)?;
     let values = values.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
     let mut out = vec![0f64; valid.len() * width];
-    for (row, ok) in valid.iter_mut().enumerate() {
+    for (row, ok) in valid.iter().enumerate() {
         let (start, end) = (offsets[row], offsets[row + 1]);
-        if !*ok {
-            continue;
+        if *ok {
+            out[row * width..(row + 1) * width].copy_from_slice(&values.values()[start..end]);
         }
-        if end - start != width {
-            return Err(Error::InvalidInput(format!(
-                "input '{}' takes {width} values per row, row {row} has {}",
-                spec.name,
-                end - start
-            )));
-        }
-        out[row * width..(row + 1) * width].copy_from_slice(&values.values()[start..end]);
     }
     Ok(Arc::new(Float64Array::from(out)))
 }

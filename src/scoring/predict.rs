@@ -235,7 +235,11 @@ impl ScalarUDFImpl for Predict {
         let name = model_name(NAME, Some(name))?;
         let model = pinned_model(&self.registry, name, &call.return_field)?;
         let rows = call.number_rows;
-        let columns = ColumnarValue::values_to_arrays(&call.args[1..])?;
+        // Constant arguments become full-length columns: a batch has `rows` rows to score.
+        let columns = call.args[1..]
+            .iter()
+            .map(|a| a.to_array(rows))
+            .collect::<Result<Vec<_>>>()?;
         let types: Vec<DataType> = columns.iter().map(|c| c.data_type().clone()).collect();
         let ranges = bind_arguments(&model, &types)?;
         Ok(ColumnarValue::Array(score(

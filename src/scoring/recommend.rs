@@ -264,7 +264,13 @@ fn constant_int(function: &str, what: &str, expr: &Expr) -> Result<Option<i64>> 
                 other => plan_err!("{function}: {what} {other} is not an integer"),
             }
         }
-        Expr::Negative(inner) => Ok(constant_int(function, what, inner)?.map(|v| -v)),
+        Expr::Negative(inner) => match constant_int(function, what, inner)? {
+            Some(v) => match v.checked_neg() {
+                Some(v) => Ok(Some(v)),
+                None => plan_err!("{function}: {what} is out of range"),
+            },
+            None => Ok(None),
+        },
         other => {
             plan_err!("{function}: {what} must be an integer constant or a parameter, got {other}")
         }
@@ -656,7 +662,10 @@ impl ScalarUDFImpl for RecommendItems {
             &call.return_field,
         )?;
         let pipeline = Pipeline::resolve(&self.registry, model)?;
-        let columns = ColumnarValue::values_to_arrays(&call.args[1..])?;
+        let columns = call.args[1..]
+            .iter()
+            .map(|a| a.to_array(call.number_rows))
+            .collect::<Result<Vec<_>>>()?;
         let users = columns[0].as_primitive::<Int64Type>();
         let ks = columns[1].as_primitive::<Int64Type>();
         // Rows are grouped by k so each group's known users share one user-tower call.

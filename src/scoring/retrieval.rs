@@ -337,26 +337,48 @@ fn read_embeddings(rows: &RecordBatch, dim: usize) -> Result<(Vec<i64>, Vec<f32>
             "{what} returns item ids only: add the embedding column, or set [items] tower"
         )));
     };
-    let values: ArrayRef = match embeddings.data_type() {
-        DataType::List(_) => embeddings.as_list::<i32>().values().clone(),
-        DataType::LargeList(_) => embeddings.as_list::<i64>().values().clone(),
-        DataType::FixedSizeList(_, _) => embeddings.as_fixed_size_list().values().clone(),
+    // Every row must have `dim` values: checked per row, so a short row cannot shift the others.
+    let (offsets, values): (Vec<usize>, ArrayRef) = match embeddings.data_type() {
+        DataType::List(_) => {
+            let l = embeddings.as_list::<i32>();
+            (
+                l.offsets().iter().map(|o| *o as usize).collect(),
+                l.values().clone(),
+            )
+        }
+        DataType::LargeList(_) => {
+            let l = embeddings.as_list::<i64>();
+            (
+                l.offsets().iter().map(|o| *o as usize).collect(),
+                l.values().clone(),
+            )
+        }
+        DataType::FixedSizeList(_, size) => {
+            let l = embeddings.as_fixed_size_list();
+            let size = *size as usize;
+            (
+                (0..=l.len()).map(|i| i * size).collect(),
+                l.values().clone(),
+            )
+        }
         other => {
             return Err(Error::InvalidInput(format!(
                 "{what}: column 2 must be a list of floats (the embedding), it is {other}"
             )));
         }
     };
+    if let Some(row) = offsets.windows(2).position(|w| w[1] - w[0] != dim) {
+        return Err(Error::InvalidInput(format!(
+            "{what}: every embedding must have {dim} values (the user tower's output); item {} has {}",
+            ids.get(row).copied().unwrap_or_default(),
+            offsets[row + 1] - offsets[row]
+        )));
+    }
+    let start = offsets.first().copied().unwrap_or_default();
+    let values = values.slice(start, ids.len() * dim);
     if embeddings.null_count() > 0 || values.null_count() > 0 {
         return Err(Error::InvalidInput(format!(
             "{what}: embeddings must not be NULL or hold NULLs"
-        )));
-    }
-    if values.len() != ids.len() * dim {
-        return Err(Error::InvalidInput(format!(
-            "{what}: every embedding must have {dim} values (the user tower's output), got {} values for {} items",
-            values.len(),
-            ids.len()
         )));
     }
     let values = cast(&values, &DataType::Float32)?;

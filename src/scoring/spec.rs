@@ -97,7 +97,8 @@ impl TensorSpec {
             .iter()
             .skip(1)
             .map(|d| usize::try_from(*d).unwrap_or(0))
-            .product()
+            .try_fold(1usize, |w, d| w.checked_mul(d))
+            .unwrap_or(usize::MAX)
     }
 
     pub fn describe(&self) -> String {
@@ -131,9 +132,18 @@ impl TensorSpec {
                 self.shape
             ));
         }
+        if self.width() > MAX_WIDTH {
+            return bad(format!(
+                "shape {:?}: at most {MAX_WIDTH} values per row are supported",
+                self.shape
+            ));
+        }
         Ok(())
     }
 }
+
+/// Most values per row of one input or output: a batch of 8192 such rows is 2 GiB of float32.
+pub const MAX_WIDTH: usize = 1 << 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -267,7 +277,7 @@ impl ModelSpec {
                 "a two_tower model's user tower (model.onnx) takes one input, the user id".into(),
             ));
         };
-        if input.element != ElementType::Int64 || input.width() != 1 {
+        if input.element != ElementType::Int64 || input.shape != [-1] {
             return Err(Error::InvalidInput(format!(
                 "the user tower's input must be int64 [-1] (the user id), not {}",
                 input.describe()
