@@ -69,3 +69,21 @@ def embedding_tower(path: Path, table: np.ndarray, *, input_name: str = "user_id
         [numpy_helper.from_array(table.astype(np.float32), "table")],
     )
     _save(graph, path)
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Moves a model written in `staging` (a hidden directory Quiver skips) to `out`, replacing the
+    previous version, so the server's watch never sees a half-written model."""
+    if out.exists():
+        for f in out.iterdir():
+            f.unlink()
+        out.rmdir()
+    staging.rename(out)
+    print(f"wrote {out}")
+
+
+def staging_for(out: Path) -> Path:
+    """The hidden directory next to `out` a model is written into before `publish`."""
+    staging = out.with_name(f".{out.name}.staging")
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging

@@ -17,7 +17,7 @@ from pathlib import Path
 import adbc_driver_flightsql.dbapi as dbapi
 import numpy as np
 
-from onnx_export import mlp
+from onnx_export import mlp, publish, staging_for
 
 
 def read(uri: str, query: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -67,8 +67,7 @@ def main() -> None:
     x, y, names = read(args.uri, args.query)
     w, b, loss = train(x, y, epochs=args.epochs, lr=args.lr, l2=args.l2)
     print(f"{len(y)} rows, {len(names)} features ({', '.join(names)}), log loss {loss:.4f}")
-    staging = out.with_name(f".{out.name}.staging")
-    staging.mkdir(parents=True, exist_ok=True)
+    staging = staging_for(out)
     mlp(staging / "model.onnx", [(w.reshape(-1, 1), np.array([b]))])
     (staging / "model.toml").write_text(f'''version = "{args.version}"
 kind = "scorer"
@@ -76,12 +75,7 @@ description = "logistic regression on {', '.join(names)}"
 inputs = [{{ name = "features", type = "float32", shape = [-1, {len(names)}] }}]
 outputs = [{{ name = "score", type = "float32", shape = [-1, 1] }}]
 ''')
-    if out.exists():
-        for f in out.iterdir():
-            f.unlink()
-        out.rmdir()
-    staging.rename(out)
-    print(f"wrote {out}")
+    publish(staging, out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import adbc_driver_flightsql.dbapi as dbapi
 import numpy as np
 
-from onnx_export import embedding_tower
+from onnx_export import embedding_tower, publish, staging_for
 
 MAX_ID = 10_000_000
 
@@ -113,19 +113,12 @@ def main() -> None:
     print(f"{len(users)} (user, item) pairs, {len(np.unique(users))} users, {len(np.unique(items))} items")
     user_factors, item_factors = train(users, items, counts, dim=args.dim, epochs=args.epochs,
                                        reg=args.reg, alpha=args.alpha, seed=args.seed)
-    # Written to a temporary name, then renamed: the server's watch never loads a half-written model.
-    staging = out.with_name(f".{out.name}.staging")
-    staging.mkdir(parents=True, exist_ok=True)
+    staging = staging_for(out)
     embedding_tower(staging / "model.onnx", user_factors)
     embedding_tower(staging / "item_tower.onnx", item_factors, input_name="item_id")
     description = f"implicit ALS, {args.dim} dims, {args.epochs} epochs, from {args.table}"
     (staging / "model.toml").write_text(model_toml(args.table, args.dim, args.version, description))
-    if out.exists():
-        for f in out.iterdir():
-            f.unlink()
-        out.rmdir()
-    staging.rename(out)
-    print(f"wrote {out}")
+    publish(staging, out)
 
 
 if __name__ == "__main__":

@@ -99,23 +99,21 @@ impl Pipeline {
             (Some(_), Some(rerank)) => k.max(rerank.candidates),
             _ => k,
         };
-        let retrieved = recommend_many(model, users, candidates, exclude)?;
-        let Some(ranker) = &self.ranker else {
-            return Ok(retrieved);
-        };
+        // One user-tower call for the batch; each user's vector serves the scan and the re-ranker.
         let vectors = user_vectors(model, retrieval, users)?;
         let mut next = vectors.iter();
-        retrieved
-            .into_iter()
-            .zip(users)
-            .map(|(items, user)| {
-                let Some(items) = items else { return Ok(None) };
-                match user.filter(|u| retrieval.knows(*u)) {
-                    Some(_) => {
-                        let vector = next.next().map(Vec::as_slice).unwrap_or_default();
-                        rerank(ranker, retrieval, vector, items, k).map(Some)
-                    }
-                    None => Ok(Some(items.into_iter().take(k).collect())),
+        users
+            .iter()
+            .map(|user| {
+                let Some(user) = *user else { return Ok(None) };
+                if !retrieval.knows(user) {
+                    return Ok(Some(retrieval.fallback(k, exclude)));
+                }
+                let vector = next.next().map(Vec::as_slice).unwrap_or_default();
+                let top = retrieval.top_k(vector, candidates, exclude);
+                match &self.ranker {
+                    Some(ranker) => rerank(ranker, retrieval, vector, top, k).map(Some),
+                    None => Ok(Some(top)),
                 }
             })
             .collect()
@@ -203,44 +201,6 @@ fn rerank(
     });
     reranked.truncate(k);
     Ok(reranked)
-}
-
-/// The top `k` for each user in `users` (`None`: a NULL user, no result), known users embedded in one
-/// user-tower call.
-fn recommend_many(
-    model: &Model,
-    users: &[Option<i64>],
-    k: usize,
-    exclude: &HashSet<i64>,
-) -> Result<Vec<Option<Vec<Scored>>>> {
-    let retrieval = model.retrieval().map_err(|e| exec_datafusion_err!("{e}"))?;
-    let known: Vec<i64> = users
-        .iter()
-        .flatten()
-        .copied()
-        .filter(|u| retrieval.knows(*u))
-        .collect();
-    let vectors = if known.is_empty() {
-        Vec::new()
-    } else {
-        retrieval.embed_users(&model.onnx, &known).map_err(|e| {
-            exec_datafusion_err!("{}('{}'): user tower: {e}", TABLE_FUNCTION, model.name)
-        })?
-    };
-    let dim = model.onnx.outputs()[0].width();
-    let mut next = vectors.chunks_exact(dim.max(1));
-    Ok(users
-        .iter()
-        .map(|user| {
-            let user = (*user)?;
-            Some(if retrieval.knows(user) {
-                let vector = next.next().unwrap_or_default();
-                retrieval.top_k(vector, k, exclude)
-            } else {
-                retrieval.fallback(k, exclude)
-            })
-        })
-        .collect())
 }
 
 /// `k` as a count of items, with the limits named.
