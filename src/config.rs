@@ -2,12 +2,16 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use url::Url;
 
+use crate::auth::Auth;
 use crate::error::{Error, Result};
+use crate::flight::limits::Limits;
+use crate::server::{ServerOptions, TlsFiles};
 use crate::session::SessionOptions;
 
 /// Quiver: a SQL-first feature and recommendation server over Delta Lake, served with Arrow Flight SQL.
@@ -27,6 +31,24 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run one SQL statement against the warehouse without a server and print the result.
     Sql(SqlArgs),
+    /// Make entries for an auth file (`--auth-file`).
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Read a password on stdin and print its Argon2 hash, for a `[[users]]` entry.
+    HashPassword,
+    /// Print a new random API token and the `[[tokens]]` entry that accepts it.
+    NewToken {
+        /// Name the token is known by (in logs and errors).
+        #[arg(long)]
+        name: String,
+        /// `read` or `read_write`.
+        #[arg(long, default_value = "read")]
+        role: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -41,10 +63,58 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub query: QueryArgs,
 
+    #[command(flatten)]
+    pub security: SecurityArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
     /// Refresh every materialized feature view on this schedule (e.g. "5m", "1h"); each refresh is
     /// incremental where the sources only had appends. Unset: only `REFRESH FEATURE VIEW` refreshes.
     #[arg(long, env = "QUIVER_REFRESH_INTERVAL")]
     pub refresh_interval: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SecurityArgs {
+    /// Auth file (TOML): users with Argon2 password hashes and API tokens stored as SHA-256, each
+    /// with a role, `read` or `read_write`. Required unless --listen is a loopback address.
+    #[arg(long, env = "QUIVER_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+
+    /// Serve a non-loopback address without authentication: anyone who can reach the port can read
+    /// and write everything.
+    #[arg(long, env = "QUIVER_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// TLS certificate chain (PEM). With --tls-key, the server speaks only TLS (grpc+tls://).
+    #[arg(long, env = "QUIVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, env = "QUIVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Longest a query or DML statement may run, planning to last batch (e.g. "30s", "5m"); past it
+    /// the query is stopped with DeadlineExceeded. Unset: no limit.
+    #[arg(long, env = "QUIVER_QUERY_TIMEOUT")]
+    pub query_timeout: Option<String>,
+
+    /// Statements (queries, DML, ingest) running at once; one more is refused with
+    /// ResourceExhausted.
+    #[arg(long, env = "QUIVER_MAX_CONCURRENT_QUERIES", default_value_t = crate::flight::limits::DEFAULT_MAX_CONCURRENT_QUERIES)]
+    pub max_concurrent_queries: usize,
+
+    /// Largest gRPC message accepted or sent (one Arrow batch of an upload or a result).
+    #[arg(long, env = "QUIVER_MAX_MESSAGE_SIZE", default_value = "256MiB")]
+    pub max_message_size: String,
+
+    /// Largest upload (uncompressed Arrow data) one ingest call may send.
+    #[arg(long, env = "QUIVER_MAX_UPLOAD_SIZE", default_value = "16GiB")]
+    pub max_upload_size: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -70,20 +140,7 @@ impl QueryArgs {
     pub fn options(&self) -> Result<SessionOptions> {
         let memory_limit = match &self.memory_limit {
             None => None,
-            Some(raw) => {
-                let size: bytesize::ByteSize = raw.trim().parse().map_err(|e| Error::Config {
-                    setting: "--memory-limit",
-                    message: format!("'{raw}' is not a size like 512MiB or 2GiB: {e}"),
-                })?;
-                let bytes = usize::try_from(size.as_u64()).unwrap_or(usize::MAX);
-                if bytes == 0 {
-                    return Err(Error::Config {
-                        setting: "--memory-limit",
-                        message: "must be more than 0 bytes".into(),
-                    });
-                }
-                Some(bytes)
-            }
+            Some(raw) => Some(parse_size("--memory-limit", raw)?),
         };
         Ok(SessionOptions {
             memory_limit,
@@ -131,7 +188,97 @@ pub struct ServeConfig {
     pub warehouse: Url,
     pub listen: SocketAddr,
     pub session: SessionOptions,
+    pub server: ServerOptions,
     pub refresh_interval: Option<Duration>,
+}
+
+/// A size like "512MiB" in bytes, more than zero.
+fn parse_size(setting: &'static str, raw: &str) -> Result<usize> {
+    let size: bytesize::ByteSize = raw.trim().parse().map_err(|e| Error::Config {
+        setting,
+        message: format!("'{raw}' is not a size like 512MiB or 2GiB: {e}"),
+    })?;
+    let bytes = usize::try_from(size.as_u64()).unwrap_or(usize::MAX);
+    if bytes == 0 {
+        return Err(Error::Config {
+            setting,
+            message: "must be more than 0 bytes".into(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// A duration like "30s" or "5m", longer than zero.
+fn parse_duration(setting: &'static str, raw: &str) -> Result<Duration> {
+    let duration = humantime::parse_duration(raw.trim()).map_err(|e| Error::Config {
+        setting,
+        message: format!("'{raw}' is not a duration like 30s, 5m or 1h: {e}"),
+    })?;
+    if duration.is_zero() {
+        return Err(Error::Config {
+            setting,
+            message: "must be longer than 0s".into(),
+        });
+    }
+    Ok(duration)
+}
+
+impl SecurityArgs {
+    /// Auth and TLS for a server on `listen`. Without an auth file only a loopback address may be
+    /// served, unless --insecure-no-auth says otherwise.
+    pub fn validate(&self, listen: &SocketAddr) -> Result<(Arc<Auth>, Option<TlsFiles>)> {
+        let auth = match &self.auth_file {
+            Some(path) => Auth::from_file(path)?,
+            None if listen.ip().is_loopback() || self.insecure_no_auth => Auth::open()?,
+            None => {
+                return Err(Error::Config {
+                    setting: "--listen",
+                    message: format!(
+                        "{listen} is not a loopback address and no authentication is configured: \
+                         give --auth-file (QUIVER_AUTH_FILE), or pass --insecure-no-auth to let \
+                         anyone who can reach the port read and write everything"
+                    ),
+                });
+            }
+        };
+        if !auth.is_enabled() && !listen.ip().is_loopback() {
+            tracing::warn!(%listen, "serving WITHOUT authentication (--insecure-no-auth)");
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles::read(cert, key)?),
+            _ => None,
+        };
+        if tls.is_none() && auth.is_enabled() && !listen.ip().is_loopback() {
+            tracing::warn!(
+                %listen,
+                "authentication without TLS: passwords and tokens cross the network in clear text"
+            );
+        }
+        Ok((Arc::new(auth), tls))
+    }
+}
+
+impl LimitArgs {
+    pub fn validate(&self) -> Result<(Limits, usize)> {
+        let query_timeout = match &self.query_timeout {
+            None => None,
+            Some(raw) => Some(parse_duration("--query-timeout", raw)?),
+        };
+        if self.max_concurrent_queries == 0 {
+            return Err(Error::Config {
+                setting: "--max-concurrent-queries",
+                message: "must be at least 1".into(),
+            });
+        }
+        let max_message = parse_size("--max-message-size", &self.max_message_size)?;
+        let max_upload = parse_size("--max-upload-size", &self.max_upload_size)?;
+        let limits = Limits {
+            query_timeout,
+            max_concurrent_queries: self.max_concurrent_queries,
+            max_upload_bytes: max_upload as u64,
+        };
+        Ok((limits, max_message))
+    }
 }
 
 impl ServeArgs {
@@ -142,25 +289,20 @@ impl ServeArgs {
         })?;
         let refresh_interval = match &self.refresh_interval {
             None => None,
-            Some(raw) => {
-                let interval =
-                    humantime::parse_duration(raw.trim()).map_err(|e| Error::Config {
-                        setting: "--refresh-interval",
-                        message: format!("'{raw}' is not a duration like 30s, 5m or 1h: {e}"),
-                    })?;
-                if interval.is_zero() {
-                    return Err(Error::Config {
-                        setting: "--refresh-interval",
-                        message: "must be longer than 0s".into(),
-                    });
-                }
-                Some(interval)
-            }
+            Some(raw) => Some(parse_duration("--refresh-interval", raw)?),
         };
+        let (auth, tls) = self.security.validate(&listen)?;
+        let (limits, max_message_bytes) = self.limits.validate()?;
         Ok(ServeConfig {
             warehouse: self.warehouse.url()?,
             listen,
             session: self.query.options()?,
+            server: ServerOptions {
+                auth,
+                tls,
+                limits,
+                max_message_bytes,
+            },
             refresh_interval,
         })
     }

@@ -63,6 +63,26 @@ pub enum Error {
     #[error(transparent)]
     Io(#[from] std::io::Error),
 
+    /// No valid credentials came with the call.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+
+    /// The caller is known but its role does not allow this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+
+    /// A configured limit was reached (concurrent queries, upload size, memory).
+    #[error("resource limit: {0}")]
+    ResourceExhausted(String),
+
+    /// The query ran past `--query-timeout`.
+    #[error("{0}")]
+    Timeout(String),
+
+    /// The client cancelled the query (CancelFlightInfo).
+    #[error("{0}")]
+    Cancelled(String),
+
     /// A bug or an impossible state: reported as Internal and logged at error level.
     #[error("internal error: {0}")]
     Internal(String),
@@ -99,6 +119,11 @@ impl Error {
             Error::ObjectStore(e) => object_store_code(e),
             Error::Flight(e) => flight_code(e),
             Error::Io(_) => Code::Unavailable,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Timeout(_) => Code::DeadlineExceeded,
+            Error::Cancelled(_) => Code::Cancelled,
             Error::Internal(_) => Code::Internal,
         }
     }

@@ -6,6 +6,7 @@
 //! statements are planned and run as streams ([`query`]), and everything is served over Arrow Flight
 //! SQL and plain Arrow Flight ([`flight`], [`server`]).
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod executor;
@@ -31,7 +32,37 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => server::serve_from_config(args.validate()?).await,
         Command::Sql(args) => print_sql(args).await,
+        Command::Auth(command) => auth_command(command),
     }
+}
+
+/// `quiver auth ...`: entries for an auth file.
+fn auth_command(command: config::AuthCommand) -> Result<()> {
+    match command {
+        config::AuthCommand::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                return Err(error::Error::InvalidInput(
+                    "no password on stdin (e.g. `echo -n secret | quiver auth hash-password`)"
+                        .into(),
+                ));
+            }
+            println!("{}", auth::hash_password(password)?);
+        }
+        config::AuthCommand::NewToken { name, role } => {
+            if role != "read" && role != "read_write" {
+                return Err(error::Error::InvalidInput(format!(
+                    "--role must be read or read_write, got '{role}'"
+                )));
+            }
+            let (token, digest) = auth::new_token()?;
+            eprintln!("token (shown once, give it to the client): {token}");
+            println!("[[tokens]]\nname = {name:?}\nsha256 = \"{digest}\"\nrole = \"{role}\"");
+        }
+    }
+    Ok(())
 }
 
 /// `quiver sql`: one statement against the warehouse, printed as a table.

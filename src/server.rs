@@ -1,4 +1,5 @@
 //! The gRPC server: serves a pre-bound listener until a shutdown signal, then drains in-flight calls.
+//! Every call passes the guard layer (authentication, panics to Internal); TLS when configured.
 
 use std::future::Future;
 use std::io::Write;
@@ -9,14 +10,70 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::auth::Auth;
 use crate::config::ServeConfig;
 use crate::error::{Error, Result};
 use crate::executor::Executor;
+use crate::flight::guard::GuardLayer;
+use crate::flight::limits::Limits;
 use crate::flight::{QuiverFlight, QuiverFlightSql};
 use crate::session::QuiverSession;
 
-/// Largest gRPC message accepted or sent (one Arrow batch in an upload or a result).
-const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// How the server admits and bounds calls.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub auth: Arc<Auth>,
+    pub tls: Option<TlsFiles>,
+    pub limits: Limits,
+    pub max_message_bytes: usize,
+}
+
+impl ServerOptions {
+    /// No auth, no TLS, default limits: a local development server (and the tests' default).
+    pub fn local() -> Result<Self> {
+        Ok(Self {
+            auth: Arc::new(Auth::open()?),
+            tls: None,
+            limits: Limits::default(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        })
+    }
+}
+
+/// A PEM certificate chain and key, read at start so a bad path fails before serving.
+#[derive(Clone)]
+pub struct TlsFiles {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsFiles { .. }")
+    }
+}
+
+impl TlsFiles {
+    pub fn read(cert: &std::path::Path, key: &std::path::Path) -> Result<Self> {
+        let read = |setting: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| Error::Config {
+                setting,
+                message: format!("cannot read {}: {e}", path.display()),
+            })
+        };
+        Ok(Self::from_pem(
+            read("--tls-cert", cert)?,
+            read("--tls-key", key)?,
+        ))
+    }
+
+    pub fn from_pem(cert: Vec<u8>, key: Vec<u8>) -> Self {
+        Self { cert, key }
+    }
+}
+
+/// Default largest gRPC message accepted or sent (one Arrow batch in an upload or a result).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// How long in-flight calls may run on after a shutdown signal before they are cancelled.
@@ -38,24 +95,47 @@ pub async fn serve_from_config(config: ServeConfig) -> Result<()> {
     }
     crate::scoring::watch(session.clone());
     let shutdown = shutdown_signal()?;
-    tracing::info!(warehouse = %config.warehouse, %address, "serving");
+    let scheme = if config.server.tls.is_some() {
+        "grpc+tls"
+    } else {
+        "grpc"
+    };
+    tracing::info!(warehouse = %config.warehouse, %address, auth = config.server.auth.is_enabled(), "serving");
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "quiver listening on grpc://{address}")?;
+    writeln!(stdout, "quiver listening on {scheme}://{address}")?;
     stdout.flush()?;
-    serve(listener, session, shutdown).await
+    serve(listener, session, config.server, shutdown).await
 }
 
 /// Serves Flight SQL on `listener` until `shutdown` resolves; in-flight calls get [`DRAIN_TIMEOUT`].
 pub async fn serve(
     listener: TcpListener,
     session: QuiverSession,
+    options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let executor = Arc::new(Executor::new(0)?);
-    let service = QuiverFlight::new(QuiverFlightSql::new(session, executor)?);
+    let guard = GuardLayer::new(options.auth.clone());
+    let service = QuiverFlight::new(QuiverFlightSql::new(
+        session,
+        executor,
+        options.auth,
+        options.limits,
+    )?);
     let server = FlightServiceServer::new(service)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(options.max_message_bytes)
+        .max_encoding_message_size(options.max_message_bytes);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = options.tls {
+        install_crypto_provider();
+        let identity = tonic::transport::Identity::from_pem(tls.cert, tls.key);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| Error::Config {
+                setting: "--tls-cert",
+                message: format!("the certificate and key are not usable: {e}"),
+            })?;
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut drain_rx = stop_rx.clone();
@@ -64,11 +144,12 @@ pub async fn serve(
         tracing::info!("shutting down: no new connections, draining in-flight calls");
         let _ = stop_tx.send(true);
     };
-    let serving = tonic::transport::Server::builder()
+    let serving = builder
         // Uploads of Arrow batches are large: HTTP/2's default 64 KiB windows would stall each
         // stream on a round trip per window.
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .layer(guard)
         .add_service(server)
         .serve_with_incoming_shutdown(incoming(listener), signalled);
     let drain_deadline = async move {
@@ -82,6 +163,12 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// rustls has both of its providers compiled in (ring and aws-lc-rs, through different dependencies),
+/// so it picks none by itself; Quiver uses aws-lc-rs. Installing twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// The accepted connections, with Nagle's algorithm off: tonic's own `tcp_nodelay` applies only to

@@ -1,5 +1,8 @@
 //! Stateless prepared-statement handles and tickets: the SQL text and any bound parameters travel with
 //! the client, so no server keeps per-statement state and any replica can serve any call.
+//!
+//! Handles leave the server sealed: signed for the caller they were issued to ([`Auth::sign`]), so a
+//! client can neither edit the SQL or stored result inside one nor use somebody else's.
 
 use std::io::Cursor;
 
@@ -10,7 +13,17 @@ use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use prost::Message;
 
+use crate::auth::{Auth, Principal};
 use crate::error::{Error, Result};
+
+/// A handle as it travels: the encoded [`StatementHandle`] and its signature.
+#[derive(Clone, PartialEq, Message)]
+struct SealedHandle {
+    #[prost(bytes = "bytes", tag = "1")]
+    body: Bytes,
+    #[prost(bytes = "vec", tag = "2")]
+    tag: Vec<u8>,
+}
 
 /// What a prepared-statement handle and a statement ticket carry.
 #[derive(Clone, PartialEq, Message)]
@@ -55,12 +68,24 @@ impl StatementHandle {
         read_ipc(&self.result, "result in statement ticket").map(Some)
     }
 
-    pub fn encode(&self) -> Bytes {
-        Bytes::from(self.encode_to_vec())
+    /// The handle as sent to `principal`: encoded and signed.
+    pub fn seal(&self, auth: &Auth, principal: &Principal) -> Bytes {
+        let body = Bytes::from(self.encode_to_vec());
+        let tag = auth.sign(principal, &body);
+        Bytes::from(SealedHandle { body, tag }.encode_to_vec())
     }
 
-    pub fn decode_handle(bytes: &[u8]) -> Result<Self> {
-        Self::decode(bytes)
+    /// A handle sent back by `principal`: its signature checked, then decoded.
+    pub fn open(bytes: &[u8], auth: &Auth, principal: &Principal) -> Result<Self> {
+        let sealed = SealedHandle::decode(bytes)
+            .map_err(|e| Error::InvalidInput(format!("malformed statement handle: {e}")))?;
+        if sealed.tag.is_empty() {
+            return Err(Error::InvalidInput(
+                "malformed statement handle: it carries no signature".into(),
+            ));
+        }
+        auth.verify(principal, &sealed.body, &sealed.tag)?;
+        Self::decode(sealed.body)
             .map_err(|e| Error::InvalidInput(format!("malformed statement handle: {e}")))
     }
 
@@ -114,14 +139,30 @@ mod tests {
         let handle = StatementHandle::new("SELECT ?, ?")
             .with_parameters(&batch)
             .expect("params");
-        let back = StatementHandle::decode_handle(&handle.encode()).expect("decode");
+        let auth = Auth::open().expect("auth");
+        let me = Principal::anonymous();
+        let back = StatementHandle::open(&handle.seal(&auth, &me), &auth, &me).expect("open");
         assert_eq!(back.sql, "SELECT ?, ?");
         assert_eq!(back.parameter_batch().expect("batch"), Some(batch));
     }
 
     #[test]
     fn garbage_is_invalid_input() {
-        let err = StatementHandle::decode_handle(b"\xff\xff\xff").unwrap_err();
+        let auth = Auth::open().expect("auth");
+        let err =
+            StatementHandle::open(b"\xff\xff\xff", &auth, &Principal::anonymous()).unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)));
+    }
+
+    #[test]
+    fn an_edited_handle_is_refused() {
+        let auth = Auth::open().expect("auth");
+        let me = Principal::anonymous();
+        let sealed = StatementHandle::new("SELECT 1").seal(&auth, &me);
+        let mut sealed = SealedHandle::decode(sealed).expect("decode");
+        sealed.body = Bytes::from(StatementHandle::new("DROP TABLE t").encode_to_vec());
+        let forged = sealed.encode_to_vec();
+        let err = StatementHandle::open(&forged, &auth, &me).unwrap_err();
+        assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
     }
 }

@@ -1,12 +1,14 @@
 //! DoPut uploads: Flight SQL bulk ingest, plain-Flight uploads to a path, and parameter batches.
 
+use arrow_flight::FlightData;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{CommandStatementIngest, TableExistsOption, TableNotExistOption};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::concat_batches;
-use futures::TryStreamExt;
+use futures::{Stream, StreamExt, TryStreamExt};
 use std::pin::Pin;
+use tonic::Status;
 
 use crate::error::{Error, Result};
 use crate::flight::metadata::path_to_table;
@@ -20,6 +22,7 @@ pub async fn ingest_command(
     session: &QuiverSession,
     command: CommandStatementIngest,
     upload: PeekableFlightDataStream,
+    max_bytes: u64,
 ) -> Result<i64> {
     if command.transaction_id.is_some() {
         return Err(Error::Unsupported("ingest inside a transaction".into()));
@@ -44,7 +47,7 @@ pub async fn ingest_command(
         .as_deref()
         .filter(|s| !s.is_empty())
         .unwrap_or(DEFAULT_SCHEMA);
-    let data = decode_upload(upload).await?;
+    let data = decode_upload(bounded(upload, max_bytes)).await?;
     let rows = ingest(session, schema, &command.table, mode, data).await?;
     Ok(i64::try_from(rows).unwrap_or(i64::MAX))
 }
@@ -78,6 +81,7 @@ pub async fn ingest_path(
     session: &QuiverSession,
     mut upload: PeekableFlightDataStream,
     command_type: &str,
+    max_bytes: u64,
 ) -> Result<i64> {
     let first = Pin::new(&mut upload)
         .peek()
@@ -94,9 +98,30 @@ pub async fn ingest_path(
         )));
     }
     let (schema, table) = path_to_table(&descriptor.path)?;
-    let data = decode_upload(upload).await?;
+    let data = decode_upload(bounded(upload, max_bytes)).await?;
     let rows = ingest(session, &schema, &table, IngestMode::CreateAppend, data).await?;
     Ok(i64::try_from(rows).unwrap_or(i64::MAX))
+}
+
+/// The upload, failing with ResourceExhausted once it has carried more than `max_bytes` of Arrow data
+/// (`--max-upload-size`). The write it feeds is then abandoned before its commit: nothing is visible.
+fn bounded(
+    upload: PeekableFlightDataStream,
+    max_bytes: u64,
+) -> impl Stream<Item = Result<FlightData, Status>> + Send + 'static {
+    let mut seen: u64 = 0;
+    upload.map(move |message| {
+        let message = message?;
+        seen = seen.saturating_add((message.data_body.len() + message.data_header.len()) as u64);
+        if seen > max_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "upload larger than the server's limit of {} (--max-upload-size): split it into \
+                 several ingest calls",
+                bytesize::ByteSize(max_bytes)
+            )));
+        }
+        Ok(message)
+    })
 }
 
 /// Reads the parameter rows a client binds to a prepared statement (all batches, concatenated).

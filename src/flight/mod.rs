@@ -3,10 +3,13 @@
 //! `planner` turns commands into plans and results without gRPC types; `service` is the thin Flight
 //! SQL layer over it; `plain` is the outer service that also speaks plain Flight (pyarrow) and hands
 //! Flight SQL commands to `service`. `handle` holds the stateless statement handles, `stream` the
-//! batch encoding, `metadata` the catalog listings, `ingest` the uploads.
+//! batch encoding, `metadata` the catalog listings, `ingest` the uploads. Every call first passes
+//! `guard` (authentication, panics to Internal); statements are admitted and bounded by `limits`.
 
+pub mod guard;
 pub mod handle;
 pub mod ingest;
+pub mod limits;
 pub mod metadata;
 pub mod plain;
 pub mod planner;

@@ -19,7 +19,9 @@ use futures::stream::BoxStream;
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Principal;
 use crate::error::{Error, Result};
+use crate::flight::guard::principal;
 use crate::flight::handle::StatementHandle;
 use crate::flight::metadata::{path_to_table, table_arrow_schema};
 use crate::flight::planner;
@@ -63,11 +65,15 @@ fn sql_text(bytes: &[u8]) -> Result<String> {
 }
 
 /// The SQL a descriptor stands for: a table path, a Flight SQL statement command, or SQL text.
-fn descriptor_sql(descriptor: &FlightDescriptor) -> Result<String> {
+fn descriptor_sql(
+    descriptor: &FlightDescriptor,
+    sql: &QuiverFlightSql,
+    caller: &Principal,
+) -> Result<String, Status> {
     match descriptor.r#type() {
-        DescriptorType::Path => table_sql(&descriptor.path),
-        _ if is_flight_sql(&descriptor.cmd) => statement_of_command(&descriptor.cmd),
-        _ => sql_text(&descriptor.cmd),
+        DescriptorType::Path => Ok(table_sql(&descriptor.path)?),
+        _ if is_flight_sql(&descriptor.cmd) => statement_of_command(&descriptor.cmd, sql, caller),
+        _ => Ok(sql_text(&descriptor.cmd)?),
     }
 }
 
@@ -82,19 +88,26 @@ fn table_sql(path: &[String]) -> Result<String> {
 }
 
 impl QuiverFlight {
-    async fn plain_info(&self, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
-        let sql = descriptor_sql(&descriptor)?;
+    async fn plain_info(
+        &self,
+        descriptor: FlightDescriptor,
+        caller: Principal,
+    ) -> Result<FlightInfo, Status> {
+        let sql = descriptor_sql(&descriptor, &self.sql, &caller)?;
         let handle = StatementHandle::new(sql.clone());
+        let planning_caller = caller.clone();
         let (schema, handle) = self
             .sql
-            .run(move |session| async move { planner::plan_for_client(&session, handle).await })
+            .run_statement(true, move |session| async move {
+                planner::plan_for_client(&session, handle, &planning_caller).await
+            })
             .await?;
         // A query's ticket is its SQL text; a statement that already ran carries its result.
         let ticket = if handle.result.is_empty() {
             sql.into_bytes()
         } else {
             TicketStatementQuery {
-                statement_handle: handle.encode(),
+                statement_handle: self.sql.seal_handle(&caller, &handle),
             }
             .as_any()
             .encode_to_vec()
@@ -182,7 +195,10 @@ impl FlightService for QuiverFlight {
         if descriptor.r#type() == DescriptorType::Cmd && is_flight_sql(&descriptor.cmd) {
             return FlightService::get_flight_info(&self.sql, request).await;
         }
-        Ok(Response::new(self.plain_info(request.into_inner()).await?))
+        let caller = principal(&request)?;
+        Ok(Response::new(
+            self.plain_info(request.into_inner(), caller).await?,
+        ))
     }
 
     async fn poll_flight_info(
@@ -196,8 +212,9 @@ impl FlightService for QuiverFlight {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
+        let caller = principal(&request)?;
         let descriptor = request.into_inner();
-        let handle = StatementHandle::new(descriptor_sql(&descriptor)?);
+        let handle = StatementHandle::new(descriptor_sql(&descriptor, &self.sql, &caller)?);
         let schema = self
             .sql
             .run(move |session| async move {
@@ -214,8 +231,12 @@ impl FlightService for QuiverFlight {
         if is_flight_sql(&request.get_ref().ticket) {
             return FlightService::do_get(&self.sql, request).await;
         }
-        let sql = sql_text(&request.get_ref().ticket)?;
-        Ok(self.sql.stream_statement(StatementHandle::new(sql)))
+        let caller = principal(&request)?;
+        let ticket = &request.get_ref().ticket;
+        let sql = sql_text(ticket)?;
+        Ok(self
+            .sql
+            .stream_statement(StatementHandle::new(sql), caller, ticket))
     }
 
     async fn do_put(
@@ -253,7 +274,11 @@ impl FlightService for QuiverFlight {
 }
 
 /// The SQL inside a Flight SQL statement command, for GetSchema.
-fn statement_of_command(bytes: &[u8]) -> Result<String> {
+fn statement_of_command(
+    bytes: &[u8],
+    sql: &QuiverFlightSql,
+    caller: &Principal,
+) -> Result<String, Status> {
     let any =
         Any::decode(bytes).map_err(|e| Error::InvalidInput(format!("malformed command: {e}")))?;
     match Command::try_from(any)
@@ -261,12 +286,9 @@ fn statement_of_command(bytes: &[u8]) -> Result<String> {
     {
         Command::CommandStatementQuery(q) => Ok(q.query),
         Command::CommandPreparedStatementQuery(p) => {
-            Ok(StatementHandle::decode_handle(&p.prepared_statement_handle)?.sql)
+            Ok(sql.open_handle(caller, &p.prepared_statement_handle)?.sql)
         }
-        other => Err(Error::Unsupported(format!(
-            "GetSchema for {}",
-            other.type_url()
-        ))),
+        other => Err(Error::Unsupported(format!("GetSchema for {}", other.type_url())).into()),
     }
 }
 

@@ -11,6 +11,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
 use futures::TryStreamExt;
 
+use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::flight::handle::StatementHandle;
 use crate::query::statement::plan_sql_with;
@@ -60,8 +61,10 @@ pub async fn plan_handle(session: &QuiverSession, handle: &StatementHandle) -> R
 pub async fn plan_for_client(
     session: &QuiverSession,
     handle: StatementHandle,
+    caller: &Principal,
 ) -> Result<(SchemaRef, StatementHandle)> {
     let planned = plan_handle(session, &handle).await?;
+    authorize(&planned, caller)?;
     let schema = planned.schema();
     // An online lookup is answered now, from memory, and its rows travel in the ticket: DoGet then
     // has nothing to plan. Only small results: a ticket is one gRPC message.
@@ -83,11 +86,49 @@ pub async fn plan_for_client(
 }
 
 fn has_side_effects(planned: &Planned) -> bool {
+    write_kind(planned).is_some()
+}
+
+/// What a statement writes, named for error messages; `None` for a read-only statement.
+fn write_kind(planned: &Planned) -> Option<&'static str> {
+    use crate::query::Command;
     match planned {
-        Planned::Command(_) | Planned::Query(LogicalPlan::Dml(_)) => true,
+        Planned::Command(command) => Some(match command {
+            Command::CreateSchema { .. } => "CREATE SCHEMA",
+            Command::DropSchema { .. } => "DROP SCHEMA",
+            Command::CreateTable { .. } => "CREATE TABLE",
+            Command::CreateExternal { .. } => "CREATE EXTERNAL TABLE",
+            Command::DropTable { .. } => "DROP TABLE",
+            Command::RefreshFeatureViews { .. } => "REFRESH FEATURE VIEW",
+            Command::ReloadModels => "RELOAD MODELS",
+        }),
+        Planned::Query(LogicalPlan::Dml(dml)) => Some(dml_name(dml)),
         // EXPLAIN ANALYZE runs its statement.
-        Planned::Query(LogicalPlan::Analyze(a)) => matches!(a.input.as_ref(), LogicalPlan::Dml(_)),
-        Planned::Query(_) => false,
+        Planned::Query(LogicalPlan::Analyze(a)) => match a.input.as_ref() {
+            LogicalPlan::Dml(dml) => Some(dml_name(dml)),
+            _ => None,
+        },
+        Planned::Query(_) => None,
+    }
+}
+
+fn dml_name(dml: &DmlStatement) -> &'static str {
+    match dml.op {
+        WriteOp::Insert(_) => "INSERT",
+        WriteOp::Delete => "DELETE",
+        WriteOp::Update => "UPDATE",
+        WriteOp::Ctas => "CREATE TABLE AS",
+        WriteOp::Truncate => "TRUNCATE",
+        WriteOp::MergeInto(_) => "MERGE",
+        _ => "a write statement",
+    }
+}
+
+/// Read-only callers may run anything that does not write.
+pub fn authorize(planned: &Planned, caller: &Principal) -> Result<()> {
+    match write_kind(planned) {
+        Some(kind) => caller.authorize_write(kind),
+        None => Ok(()),
     }
 }
 
@@ -96,8 +137,10 @@ fn has_side_effects(planned: &Planned) -> bool {
 pub async fn execute_handle(
     session: &QuiverSession,
     handle: &StatementHandle,
+    caller: &Principal,
 ) -> Result<SendableRecordBatchStream> {
     let planned = plan_handle(session, handle).await?;
+    authorize(&planned, caller)?;
     execute(session, planned).await
 }
 
@@ -107,8 +150,10 @@ pub async fn execute_update(
     session: &QuiverSession,
     sql: &str,
     params: Option<RecordBatch>,
+    caller: &Principal,
 ) -> Result<i64> {
     let planned = plan_sql(session, sql).await?;
+    authorize(&planned, caller)?;
     let Some(params) = params.filter(|p| p.num_rows() > 0) else {
         return affected_rows(execute(session, planned).await?).await;
     };

@@ -17,20 +17,24 @@ use arrow_flight::sql::{
     TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, PutResult, SchemaAsIpc,
-    Ticket,
+    Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightDescriptor,
+    FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, PutResult,
+    SchemaAsIpc, Ticket,
 };
 use bytes::Bytes;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use futures::Stream;
 use prost::Message;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Auth, Principal};
 use crate::error::{Error, Result};
 use crate::executor::Executor;
+use crate::flight::guard::principal;
 use crate::flight::handle::StatementHandle;
 use crate::flight::ingest::{collect_parameters, ingest_command, ingest_path};
+use crate::flight::limits::{Admission, Limits};
 use crate::flight::stream::{
     FlightDataStream, batch_to_flight, batches_to_flight, execute_to_flight, wire_schema,
 };
@@ -39,6 +43,8 @@ use crate::session::QuiverSession;
 
 type ActionStream =
     Pin<Box<dyn Stream<Item = Result<arrow_flight::Result, Status>> + Send + 'static>>;
+type HandshakeStream =
+    Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send + 'static>>;
 type PutStream = Pin<Box<dyn Stream<Item = Result<PutResult, Status>> + Send + 'static>>;
 
 /// Flight's `CloseSessionResult` (arrow-flight 59 does not generate the session messages).
@@ -53,18 +59,57 @@ const CLOSE_SESSION_CLOSED: i32 = 1;
 pub struct QuiverFlightSql {
     session: QuiverSession,
     executor: Arc<Executor>,
+    auth: Arc<Auth>,
+    admission: Arc<Admission>,
     sql_info: Arc<SqlInfoData>,
     xdbc: Arc<XdbcTypeInfoData>,
 }
 
 impl QuiverFlightSql {
-    pub fn new(session: QuiverSession, executor: Arc<Executor>) -> Result<Self> {
+    pub fn new(
+        session: QuiverSession,
+        executor: Arc<Executor>,
+        auth: Arc<Auth>,
+        limits: Limits,
+    ) -> Result<Self> {
         Ok(Self {
             session,
             executor,
+            auth,
+            admission: Arc::new(Admission::new(limits)),
             sql_info: Arc::new(metadata::sql_info()?),
             xdbc: Arc::new(metadata::xdbc_type_info()?),
         })
+    }
+
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.auth
+    }
+
+    /// A handle sent back by `caller`, its signature checked.
+    pub fn open_handle(&self, caller: &Principal, bytes: &[u8]) -> Result<StatementHandle, Status> {
+        StatementHandle::open(bytes, &self.auth, caller).map_err(Status::from)
+    }
+
+    /// A handle for `caller`, signed.
+    pub fn seal_handle(&self, caller: &Principal, handle: &StatementHandle) -> Bytes {
+        handle.seal(&self.auth, caller)
+    }
+
+    /// Runs a statement (`timed`: under `--query-timeout`; uploads are not) on the executor within
+    /// the concurrency cap.
+    pub async fn run_statement<F, Fut, T>(&self, timed: bool, work: F) -> Result<T, Status>
+    where
+        F: FnOnce(QuiverSession) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let slot = self.admission.admit(timed)?;
+        let fut = work(self.session.clone());
+        self.executor
+            .run(async move { slot.bound(fut).await })
+            .await
+            .map_err(Status::from)
     }
 
     pub fn session(&self) -> &QuiverSession {
@@ -86,8 +131,13 @@ impl QuiverFlightSql {
         self.executor.run(fut).await.map_err(Status::from)
     }
 
-    /// Streams the result of the statement in `handle` (DoGet).
-    pub fn stream_statement(&self, handle: StatementHandle) -> Response<FlightDataStream> {
+    /// Streams the result of the statement in `handle` (DoGet of `ticket`).
+    pub fn stream_statement(
+        &self,
+        handle: StatementHandle,
+        caller: Principal,
+        ticket: &[u8],
+    ) -> Response<FlightDataStream> {
         // A result that came with the ticket (a statement that ran at GetFlightInfo, an online
         // lookup) is only decoded and sent: no planning, no executor.
         match handle.stored_result() {
@@ -100,9 +150,16 @@ impl QuiverFlightSql {
             }
             Ok(None) => {}
         }
+        let slot = match self.admission.admit_ticket(ticket) {
+            Ok(slot) => slot,
+            Err(e) => {
+                let status = e.to_status();
+                return Response::new(Box::pin(futures::stream::once(async { Err(status) })));
+            }
+        };
         let session = self.session.clone();
-        Response::new(execute_to_flight(&self.executor, async move {
-            planner::execute_handle(&session, &handle).await
+        Response::new(execute_to_flight(&self.executor, slot, async move {
+            planner::execute_handle(&session, &handle, &caller).await
         }))
     }
 
@@ -111,14 +168,43 @@ impl QuiverFlightSql {
         &self,
         handle: StatementHandle,
         descriptor: FlightDescriptor,
+        caller: &Principal,
     ) -> Result<FlightInfo, Status> {
+        let planning_caller = caller.clone();
         let (schema, handle) = self
-            .run(move |session| async move { planner::plan_for_client(&session, handle).await })
+            .run_statement(true, move |session| async move {
+                planner::plan_for_client(&session, handle, &planning_caller).await
+            })
             .await?;
         let ticket = TicketStatementQuery {
-            statement_handle: handle.encode(),
+            statement_handle: self.seal_handle(caller, &handle),
         };
         flight_info(descriptor, &schema, ticket.as_any().encode_to_vec())
+    }
+}
+
+impl QuiverFlightSql {
+    /// `CancelFlightInfo`: stops the DoGets of the info's tickets (and any that start later).
+    fn cancel_flight_info(&self, body: &[u8]) -> Result<Response<ActionStream>, Status> {
+        let request = CancelFlightInfoRequest::decode(body)
+            .map_err(|e| Error::InvalidInput(format!("malformed CancelFlightInfoRequest: {e}")))?;
+        let info = request.info.ok_or_else(|| {
+            Error::InvalidInput("CancelFlightInfoRequest carries no FlightInfo".into())
+        })?;
+        let mut running = false;
+        for endpoint in &info.endpoint {
+            if let Some(ticket) = &endpoint.ticket {
+                running |= self.admission.cancel_ticket(&ticket.ticket)?;
+            }
+        }
+        tracing::info!(running, "CancelFlightInfo");
+        let result = CancelFlightInfoResult {
+            status: CancelStatus::Cancelled as i32,
+        };
+        let body = arrow_flight::Result {
+            body: result.encode_to_vec().into(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(body)]))))
     }
 }
 
@@ -165,10 +251,6 @@ fn batch_response(
     Ok(Response::new(batch_to_flight(batch?)))
 }
 
-fn handle_from(bytes: &[u8]) -> Result<StatementHandle, Status> {
-    StatementHandle::decode_handle(bytes).map_err(Status::from)
-}
-
 #[tonic::async_trait]
 impl FlightSqlService for QuiverFlightSql {
     type FlightService = Self;
@@ -178,8 +260,13 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let caller = principal(&request)?;
         let info = self
-            .statement_info(StatementHandle::new(query.query), request.into_inner())
+            .statement_info(
+                StatementHandle::new(query.query),
+                request.into_inner(),
+                &caller,
+            )
             .await?;
         Ok(Response::new(info))
     }
@@ -189,9 +276,11 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let handle = handle_from(&query.prepared_statement_handle)?;
+        let caller = principal(&request)?;
+        let handle = self.open_handle(&caller, &query.prepared_statement_handle)?;
         Ok(Response::new(
-            self.statement_info(handle, request.into_inner()).await?,
+            self.statement_info(handle, request.into_inner(), &caller)
+                .await?,
         ))
     }
 
@@ -254,17 +343,21 @@ impl FlightSqlService for QuiverFlightSql {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        Ok(self.stream_statement(handle_from(&ticket.statement_handle)?))
+        let caller = principal(&request)?;
+        let handle = self.open_handle(&caller, &ticket.statement_handle)?;
+        Ok(self.stream_statement(handle, caller, &request.get_ref().ticket))
     }
 
     async fn do_get_prepared_statement(
         &self,
         query: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
-        Ok(self.stream_statement(handle_from(&query.prepared_statement_handle)?))
+        let caller = principal(&request)?;
+        let handle = self.open_handle(&caller, &query.prepared_statement_handle)?;
+        Ok(self.stream_statement(handle, caller, &request.get_ref().ticket))
     }
 
     async fn do_get_catalogs(
@@ -348,13 +441,14 @@ impl FlightSqlService for QuiverFlightSql {
     async fn do_put_statement_update(
         &self,
         command: CommandStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        let caller = principal(&request)?;
         if command.transaction_id.is_some() {
             return Err(Error::Unsupported("transactions".into()).into());
         }
-        self.run(move |session| async move {
-            planner::execute_update(&session, &command.query, None).await
+        self.run_statement(true, move |session| async move {
+            planner::execute_update(&session, &command.query, None, &caller).await
         })
         .await
     }
@@ -364,9 +458,13 @@ impl FlightSqlService for QuiverFlightSql {
         command: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
+        principal(&request)?.authorize_write("ingest")?;
         let upload = request.into_inner();
-        self.run(move |session| async move { ingest_command(&session, command, upload).await })
-            .await
+        let max_bytes = self.admission.limits().max_upload_bytes;
+        self.run_statement(false, move |session| async move {
+            ingest_command(&session, command, upload, max_bytes).await
+        })
+        .await
     }
 
     async fn do_put_prepared_statement_query(
@@ -374,7 +472,8 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        let handle = handle_from(&query.prepared_statement_handle)?;
+        let caller = principal(&request)?;
+        let handle = self.open_handle(&caller, &query.prepared_statement_handle)?;
         let upload = request.into_inner();
         // Decoding one parameter row is no query work: it stays on this thread (no executor hop on
         // the latency path of every prepared lookup).
@@ -383,7 +482,7 @@ impl FlightSqlService for QuiverFlightSql {
             None => handle,
         };
         Ok(DoPutPreparedStatementResult {
-            prepared_statement_handle: Some(bound.encode()),
+            prepared_statement_handle: Some(self.seal_handle(&caller, &bound)),
         })
     }
 
@@ -392,14 +491,15 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let handle = handle_from(&query.prepared_statement_handle)?;
+        let caller = principal(&request)?;
+        let handle = self.open_handle(&caller, &query.prepared_statement_handle)?;
         let upload = request.into_inner();
-        self.run(move |session| async move {
+        self.run_statement(true, move |session| async move {
             let params = match collect_parameters(upload).await? {
                 Some(params) => Some(params),
                 None => handle.parameter_batch()?,
             };
-            planner::execute_update(&session, &handle.sql, params).await
+            planner::execute_update(&session, &handle.sql, params, &caller).await
         })
         .await
     }
@@ -409,10 +509,12 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<PeekableFlightDataStream>,
         message: Any,
     ) -> Result<Response<PutStream>, Status> {
+        principal(&request)?.authorize_write("ingest")?;
         let upload = request.into_inner();
-        let rows =
-            self.run(move |session| async move {
-                ingest_path(&session, upload, &message.type_url).await
+        let max_bytes = self.admission.limits().max_upload_bytes;
+        let rows = self
+            .run_statement(false, move |session| async move {
+                ingest_path(&session, upload, &message.type_url, max_bytes).await
             })
             .await?;
         let result = DoPutUpdateResult { record_count: rows };
@@ -443,8 +545,9 @@ impl FlightSqlService for QuiverFlightSql {
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let caller = principal(&request)?;
         if query.transaction_id.is_some() {
             return Err(Error::Unsupported("transactions".into()).into());
         }
@@ -452,10 +555,20 @@ impl FlightSqlService for QuiverFlightSql {
             .run(move |session| async move { planner::prepare(&session, &query.query).await })
             .await?;
         Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: prepared.handle.encode(),
+            prepared_statement_handle: self.seal_handle(&caller, &prepared.handle),
             dataset_schema: schema_bytes(&wire_schema(&prepared.dataset_schema))?,
             parameter_schema: schema_bytes(&prepared.parameter_schema)?,
         })
+    }
+
+    async fn do_action_cancel_query(
+        &self,
+        _query: arrow_flight::sql::ActionCancelQueryRequest,
+        _request: Request<Action>,
+    ) -> Result<arrow_flight::sql::ActionCancelQueryResult, Status> {
+        Err(Status::unimplemented(
+            "CancelQuery is deprecated: send the CancelFlightInfo action with the FlightInfo",
+        ))
     }
 
     async fn do_action_close_prepared_statement(
@@ -471,7 +584,11 @@ impl FlightSqlService for QuiverFlightSql {
         &self,
         request: Request<Action>,
     ) -> Result<Response<ActionStream>, Status> {
+        principal(&request)?;
         let action = request.into_inner();
+        if action.r#type == "CancelFlightInfo" {
+            return self.cancel_flight_info(&action.body);
+        }
         if action.r#type == "CloseSession" {
             // Sessions hold no server state; closing one always succeeds.
             let result = CloseSessionResult {
@@ -486,6 +603,35 @@ impl FlightSqlService for QuiverFlightSql {
             "unknown action '{}'",
             action.r#type
         )))
+    }
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<HandshakeStream>, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let auth = self.auth.clone();
+        // Argon2 verification is deliberately slow: it runs on the blocking pool, not an IO thread.
+        let (caller, token) =
+            tokio::task::spawn_blocking(move || auth.login(authorization.as_deref()))
+                .await
+                .map_err(|e| Status::internal(format!("login task failed: {e}")))??;
+        tracing::info!(user = %caller.name, "logged in");
+        let bearer = format!("Bearer {token}");
+        let value = tonic::metadata::MetadataValue::try_from(bearer.as_str())
+            .map_err(|e| Status::internal(format!("token is not a header value: {e}")))?;
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload: Bytes::from(token),
+        };
+        let mut response: Response<HandshakeStream> =
+            Response::new(Box::pin(futures::stream::iter([Ok(reply)])));
+        response.metadata_mut().insert("authorization", value);
+        Ok(response)
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

@@ -22,6 +22,7 @@ use tonic::Status;
 
 use crate::error::{Error, Result};
 use crate::executor::Executor;
+use crate::flight::limits::{Slot, cancelled};
 
 pub type FlightDataStream =
     Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
@@ -29,15 +30,16 @@ pub type FlightDataStream =
 /// Batches in flight between the executor and the gRPC connection, per call.
 const CHANNEL_DEPTH: usize = 4;
 
-/// Runs `produce` on the executor and streams the batches it returns as Flight data.
-pub fn execute_to_flight<F>(executor: &Executor, produce: F) -> FlightDataStream
+/// Runs `produce` on the executor and streams the batches it returns as Flight data, within the
+/// statement's `slot` (its deadline and cancellation; the slot is released when the stream ends).
+pub fn execute_to_flight<F>(executor: &Executor, slot: Slot, produce: F) -> FlightDataStream
 where
     F: Future<Output = Result<SendableRecordBatchStream>> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_DEPTH);
     let watcher_tx = tx.clone();
     let producer = executor.spawn(async move {
-        let batches = match produce.await {
+        let batches = match slot.bound(produce).await {
             Ok(batches) => batches,
             Err(e) => {
                 let _ = tx.send(Err(e.to_status())).await;
@@ -49,12 +51,21 @@ where
         let mut encoded = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(batches);
+        let deadline = async {
+            match slot.deadline() {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
         loop {
             let item = tokio::select! {
                 item = encoded.next() => item,
                 // The client went away: dropping the stream cancels the query, even one that has
                 // not produced a batch yet.
                 () = tx.closed() => return,
+                () = &mut deadline => Some(Err(FlightError::ExternalError(Box::new(slot.timed_out())))),
+                () = slot.cancel.cancelled() => Some(Err(FlightError::ExternalError(Box::new(cancelled())))),
             };
             let Some(item) = item else { return };
             let failed = item.is_err();
@@ -138,6 +149,16 @@ where
 
 fn upload_error(e: FlightError) -> Error {
     match e {
+        // tonic refuses a message over --max-message-size while decoding it.
+        FlightError::Tonic(status) if status.message().contains("message length too large") => {
+            Error::ResourceExhausted(format!(
+                "upload message too large (--max-message-size): {}; send smaller batches",
+                status.message()
+            ))
+        }
+        FlightError::Tonic(status) if status.code() == tonic::Code::ResourceExhausted => {
+            Error::ResourceExhausted(status.message().to_string())
+        }
         FlightError::Tonic(status) => {
             Error::InvalidInput(format!("upload failed: {}", status.message()))
         }

@@ -4,11 +4,12 @@
 //! makes them visible is written last: a failure or a disconnect before it leaves only unreferenced
 //! files, never a half-visible write.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::datasource::provider_as_source;
+use datafusion::error::DataFusionError;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::logical_expr::LogicalPlanBuilder;
@@ -20,7 +21,7 @@ use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use futures::StreamExt;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::storage::table::OnceStream;
 
 /// How a write treats the data already in the table.
@@ -54,14 +55,25 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
         transactions,
     } = request;
     let rows = Arc::new(AtomicU64::new(0));
+    // delta-rs flattens an error from the input into a string; the original (a limit, a bad upload)
+    // is kept here so the client gets its status.
+    let input_error: Arc<Mutex<Option<DataFusionError>>> = Arc::default();
     let counted = {
         let rows = rows.clone();
+        let input_error = input_error.clone();
         let schema = data.schema();
-        let stream = data.map(move |batch| {
-            if let Ok(b) = &batch {
+        let stream = data.map(move |batch| match batch {
+            Ok(b) => {
                 rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                Ok(b)
             }
-            batch
+            Err(e) => {
+                let message = e.to_string();
+                if let Ok(mut slot) = input_error.lock() {
+                    slot.get_or_insert(e);
+                }
+                Err(DataFusionError::Execution(message))
+            }
         });
         Box::pin(RecordBatchStreamAdapter::new(schema, stream))
     };
@@ -89,6 +101,9 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
     if !partition_by.is_empty() {
         builder = builder.with_partition_columns(partition_by);
     }
-    builder.await?;
+    if let Err(e) = builder.await {
+        let original = input_error.lock().ok().and_then(|mut slot| slot.take());
+        return Err(original.map_or_else(|| e.into(), Error::DataFusion));
+    }
     Ok(rows.load(Ordering::Relaxed))
 }

@@ -91,6 +91,7 @@ fn main() {
         tokio::spawn(quiver::server::serve(
             listener,
             session.clone(),
+            quiver::server::ServerOptions::local().expect("server options"),
             std::future::pending(),
         ));
         (session, addr)

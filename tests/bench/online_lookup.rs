@@ -110,6 +110,7 @@ fn run(args: &Args, views: usize) {
         tokio::spawn(quiver::server::serve(
             listener,
             session,
+            quiver::server::ServerOptions::local().expect("server options"),
             std::future::pending(),
         ));
         addr

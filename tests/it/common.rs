@@ -9,6 +9,7 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use futures::TryStreamExt;
+use quiver::server::ServerOptions;
 use quiver::session::{QuiverSession, SessionOptions};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -35,6 +36,11 @@ impl TestServer {
     }
 
     pub async fn start_with(options: SessionOptions) -> Self {
+        Self::start_serving(options, ServerOptions::local().expect("options")).await
+    }
+
+    /// A server with its own auth, TLS and limits.
+    pub async fn start_serving(options: SessionOptions, server: ServerOptions) -> Self {
         let warehouse = tempfile::tempdir().expect("tempdir");
         let url = url::Url::from_directory_path(warehouse.path()).expect("url");
         let session = QuiverSession::open_with(url, options)
@@ -43,7 +49,7 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(quiver::server::serve(listener, session, async {
+        tokio::spawn(quiver::server::serve(listener, session, server, async {
             let _ = rx.await;
         }));
         Self {

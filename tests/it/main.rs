@@ -8,3 +8,4 @@ mod features;
 mod flight_sql;
 mod models;
 mod plain_flight;
+mod security;

@@ -36,7 +36,7 @@ class Server:
             env={**os.environ, **(env or {})},
         )
         line = self.proc.stdout.readline().strip()
-        if not line.startswith("quiver listening on grpc://"):
+        if not line.startswith("quiver listening on grpc"):
             self.proc.kill()
             raise RuntimeError(f"server did not start: {line!r} {self.proc.stderr.read()}")
         self.uri = line.removeprefix("quiver listening on ")

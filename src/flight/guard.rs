@@ -1,0 +1,117 @@
+//! The layer every RPC passes before it reaches the Flight service: it authenticates the caller
+//! (attaching a [`Principal`] to the request) and turns a panic in a handler into an Internal status,
+//! so one bug fails one call and the server keeps serving.
+//!
+//! Only the Flight handshake is let through without a bearer token: it is where a username and
+//! password are exchanged for one.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tonic::Status;
+use tonic::body::Body;
+
+use crate::auth::{Auth, Principal};
+
+const HANDSHAKE_PATH: &str = "/arrow.flight.protocol.FlightService/Handshake";
+
+/// The principal of a request, attached by [`GuardLayer`]. Fails closed: a request that did not pass
+/// the layer has no principal and is refused.
+pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no authenticated caller on this request"))
+}
+
+#[derive(Clone)]
+pub struct GuardLayer {
+    auth: Arc<Auth>,
+}
+
+impl GuardLayer {
+    pub fn new(auth: Arc<Auth>) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guard {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    auth: Arc<Auth>,
+}
+
+impl<S, ResBody> tower::Service<http::Request<Body>> for Guard<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        if request.uri().path() != HANDSHAKE_PATH {
+            let header = request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            match self.auth.authenticate(header) {
+                Ok(principal) => {
+                    request.extensions_mut().insert(principal);
+                }
+                Err(e) => {
+                    let status = e.to_status();
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
+            }
+        }
+        // The service that was polled ready is the one that must be called (tower's contract).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = request.uri().path().to_string();
+        Box::pin(async move {
+            match AssertUnwindSafe(inner.call(request)).catch_unwind().await {
+                Ok(result) => result.map(|response| response.map(Body::new)),
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    tracing::error!(rpc = %path, panic = %message, "handler panicked");
+                    let status = Status::internal(format!(
+                        "internal error: the server hit a bug handling {path} (it is logged); \
+                         the server is still serving"
+                    ));
+                    Ok(status.into_http())
+                }
+            }
+        })
+    }
+}
