@@ -80,7 +80,19 @@ pub async fn plan_for_client(
     if !has_side_effects(&planned) {
         return Ok((schema, handle));
     }
-    let batches: Vec<RecordBatch> = execute(session, planned).await?.try_collect().await?;
+    let mut first = Some(planned);
+    let batches: Vec<RecordBatch> = retry_conflicts(&handle.sql, || {
+        let planned = first.take();
+        let handle = &handle;
+        Box::pin(async move {
+            let planned = match planned {
+                Some(planned) => planned,
+                None => plan_handle(session, handle).await?,
+            };
+            Ok(execute(session, planned).await?.try_collect().await?)
+        })
+    })
+    .await?;
     let handle = handle.with_result(&schema, &batches)?;
     Ok((schema, handle))
 }
@@ -155,20 +167,71 @@ pub async fn execute_update(
     let planned = plan_sql(session, sql).await?;
     authorize(&planned, caller)?;
     let Some(params) = params.filter(|p| p.num_rows() > 0) else {
-        return affected_rows(execute(session, planned).await?).await;
+        let mut first = Some(planned);
+        return retry_conflicts(sql, || {
+            let planned = first.take();
+            Box::pin(async move {
+                let planned = match planned {
+                    Some(planned) => planned,
+                    None => plan_sql(session, sql).await?,
+                };
+                affected_rows(execute(session, planned).await?).await
+            })
+        })
+        .await;
     };
     if let Planned::Query(LogicalPlan::Dml(dml)) = &planned
         && matches!(dml.op, WriteOp::Insert(_))
     {
-        return insert_many(session, dml, &params).await;
+        return retry_conflicts(sql, || Box::pin(insert_many(session, dml, &params))).await;
     }
     let mut total = 0;
     // Other statements run once per row, each planned afresh so it sees the previous row's commit.
     for row in 0..params.num_rows() {
-        let bound = plan_sql(session, sql).await?.bind(&params, row)?;
-        total += affected_rows(execute(session, bound).await?).await?;
+        let params = &params;
+        total += retry_conflicts(sql, || {
+            Box::pin(async move {
+                let bound = plan_sql(session, sql).await?.bind(params, row)?;
+                affected_rows(execute(session, bound).await?).await
+            })
+        })
+        .await?;
     }
     Ok(total)
+}
+
+/// Attempts of one write statement before a lost Delta commit race is reported.
+const WRITE_ATTEMPTS: u32 = 5;
+
+/// Runs a write statement, again from planning when it lost a commit race with another writer
+/// (`Aborted`: nothing of it was committed, so running it again on the newer version is what a
+/// serial order would have done). After [`WRITE_ATTEMPTS`] the conflict is reported as `Aborted`.
+async fn retry_conflicts<'a, T>(
+    statement: &str,
+    mut attempt: impl FnMut() -> futures::future::BoxFuture<'a, Result<T>>,
+) -> Result<T> {
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(e) if e.code() == tonic::Code::Aborted && tries < WRITE_ATTEMPTS => {
+                // Exponential backoff with jitter, so racing writers do not meet again.
+                let jitter = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_nanos() % 20));
+                let wait = std::time::Duration::from_millis((10 << tries) + jitter);
+                tracing::info!(tries, ?wait, error = %e, "write conflict; running the statement again");
+                tokio::time::sleep(wait).await;
+                tries += 1;
+            }
+            Err(e) if e.code() == tonic::Code::Aborted => {
+                return Err(Error::Conflict {
+                    table: statement.chars().take(120).collect(),
+                    message: format!("{e} (gave up after {tries} attempts; retry the statement)"),
+                });
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Binds every parameter row into the INSERT's source, then inserts all rows in one statement.

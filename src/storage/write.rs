@@ -4,8 +4,9 @@
 //! makes them visible is written last: a failure or a disconnect before it leaves only unreferenced
 //! files, never a half-visible write.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::datasource::provider_as_source;
@@ -20,6 +21,8 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use futures::StreamExt;
+use futures::future::Either;
+use tokio::sync::RwLock;
 
 use crate::error::{Error, Result};
 use crate::storage::table::OnceStream;
@@ -45,15 +48,40 @@ pub struct WriteRequest {
     pub transactions: Vec<Transaction>,
 }
 
+/// Write coordination for tables this process writes. delta-rs's conflict checker treats an append
+/// as having read the whole table, so an append whose snapshot predates a concurrent DELETE fails
+/// even though the two commute. Inside one server they never race: appends share a table's lock and
+/// load the latest snapshot once they hold it; DELETE, UPDATE and replace take it alone. (Writers in
+/// other processes still meet Delta's optimistic concurrency: statements are retried, see
+/// `flight::planner`.)
+pub fn table_lock(table: &DeltaTable) -> Arc<RwLock<()>> {
+    static LOCKS: LazyLock<Mutex<HashMap<String, Arc<RwLock<()>>>>> = LazyLock::new(Mutex::default);
+    let key = table.table_url().to_string();
+    let mut locks = LOCKS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    locks.entry(key).or_default().clone()
+}
+
 /// Writes `request.data` as one Delta commit and returns the number of rows written.
 pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result<u64> {
     let WriteRequest {
-        table,
+        mut table,
         kind,
         partition_by,
         data,
         transactions,
     } = request;
+    let lock = table_lock(&table);
+    let _guard = match kind {
+        WriteKind::Create => None,
+        WriteKind::Append => {
+            let guard = lock.read_owned().await;
+            table.update_state().await?;
+            Some(Either::Left(guard))
+        }
+        WriteKind::Replace => Some(Either::Right(lock.write_owned().await)),
+    };
     let rows = Arc::new(AtomicU64::new(0));
     // delta-rs flattens an error from the input into a string; the original (a limit, a bad upload)
     // is kept here so the client gets its status.
