@@ -115,3 +115,48 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::{Layer, Service};
+
+    use super::*;
+
+    /// A handler with a bug.
+    #[derive(Clone)]
+    struct Panics;
+
+    impl Service<http::Request<Body>> for Panics {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            Box::pin(async { panic!("a bug in a handler") })
+        }
+    }
+
+    fn grpc_status(response: &http::Response<Body>) -> Option<&str> {
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_internal() {
+        let mut guard = GuardLayer::new(Arc::new(Auth::open().expect("auth"))).layer(Panics);
+        let request = http::Request::builder()
+            .uri("/arrow.flight.protocol.FlightService/DoGet")
+            .body(Body::empty())
+            .expect("request");
+        let response = guard.call(request).await.expect("a response, not a panic");
+        assert_eq!(grpc_status(&response), Some("13"));
+    }
+}

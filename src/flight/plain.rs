@@ -193,7 +193,9 @@ impl FlightService for QuiverFlight {
     ) -> Result<Response<FlightInfo>, Status> {
         let descriptor = request.get_ref();
         if descriptor.r#type() == DescriptorType::Cmd && is_flight_sql(&descriptor.cmd) {
-            return FlightService::get_flight_info(&self.sql, request).await;
+            return FlightService::get_flight_info(&self.sql, request)
+                .await
+                .map_err(malformed_message);
         }
         let caller = principal(&request)?;
         Ok(Response::new(
@@ -205,7 +207,9 @@ impl FlightService for QuiverFlight {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<PollInfo>, Status> {
-        FlightService::poll_flight_info(&self.sql, request).await
+        FlightService::poll_flight_info(&self.sql, request)
+            .await
+            .map_err(malformed_message)
     }
 
     async fn get_schema(
@@ -229,7 +233,9 @@ impl FlightService for QuiverFlight {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         if is_flight_sql(&request.get_ref().ticket) {
-            return FlightService::do_get(&self.sql, request).await;
+            return FlightService::do_get(&self.sql, request)
+                .await
+                .map_err(malformed_message);
         }
         let caller = principal(&request)?;
         let ticket = &request.get_ref().ticket;
@@ -243,7 +249,9 @@ impl FlightService for QuiverFlight {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        let response = FlightService::do_put(&self.sql, request).await?;
+        let response = FlightService::do_put(&self.sql, request)
+            .await
+            .map_err(malformed_message)?;
         Ok(response.map(|s| s.boxed()))
     }
 
@@ -251,7 +259,9 @@ impl FlightService for QuiverFlight {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        let response = FlightService::do_action(&self.sql, request).await?;
+        let response = FlightService::do_action(&self.sql, request)
+            .await
+            .map_err(malformed_message)?;
         Ok(response.map(|s| s.boxed()))
     }
 
@@ -271,6 +281,20 @@ impl FlightService for QuiverFlight {
             "DoExchange is not supported: use DoGet for queries and DoPut for uploads",
         ))
     }
+}
+
+/// arrow-flight's Flight SQL dispatch reports a command or action body it cannot decode as Internal
+/// (`ParseError(..)`); it is the client's malformed message, so InvalidArgument.
+fn malformed_message(status: Status) -> Status {
+    if status.code() == tonic::Code::Internal && status.message().starts_with("ParseError(") {
+        let status = Error::InvalidInput(format!(
+            "malformed Flight SQL message: {}",
+            status.message()
+        ))
+        .to_status();
+        return status;
+    }
+    status
 }
 
 /// The SQL inside a Flight SQL statement command, for GetSchema.

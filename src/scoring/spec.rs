@@ -226,10 +226,15 @@ impl ModelSpec {
         let path = dir.join("model.toml");
         let text = std::fs::read_to_string(&path)
             .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
-        let spec: ModelSpec = toml::from_str(&text)
-            .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
-        spec.validate(name)
-            .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
+        Self::parse(&text, name)
+            .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses and checks the text of a model.toml for the model `name`.
+    pub fn parse(text: &str, name: &str) -> Result<Self> {
+        let spec: ModelSpec =
+            toml::from_str(text).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        spec.validate(name)?;
         Ok(spec)
     }
 

@@ -6,6 +6,7 @@ mod common;
 mod feature_views;
 mod features;
 mod flight_sql;
+mod fuzz;
 mod models;
 mod plain_flight;
 mod security;
