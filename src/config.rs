@@ -168,6 +168,15 @@ pub struct WarehouseArgs {
     /// (s3://, gs://, az://...). Schemas are directories under it, tables are Delta tables in those.
     #[arg(long, env = "QUIVER_WAREHOUSE", default_value = "./warehouse")]
     pub warehouse: String,
+
+    /// Retries of a failed object-store request (5xx, timeout, connection reset) on S3/GCS/Azure,
+    /// with exponential backoff from 100 ms up to 15 s. 0: no retries.
+    #[arg(long, env = "QUIVER_STORE_MAX_RETRIES", default_value_t = 10)]
+    pub store_max_retries: usize,
+
+    /// Longest time spent retrying one object-store request (e.g. "3m").
+    #[arg(long, env = "QUIVER_STORE_RETRY_TIMEOUT", default_value = "3m")]
+    pub store_retry_timeout: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -312,6 +321,8 @@ impl WarehouseArgs {
     /// The warehouse root as a URL with a trailing slash. A plain path becomes an absolute `file://` URL
     /// and the directory is created if it does not exist.
     pub fn url(&self) -> Result<Url> {
+        let timeout = parse_duration("--store-retry-timeout", &self.store_retry_timeout)?;
+        crate::storage::stores::set_retry(self.store_max_retries, timeout);
         warehouse_url(&self.warehouse)
     }
 }

@@ -6,12 +6,17 @@
 //! delta-rs get their stores from the same function, so a table is reachable exactly when its
 //! warehouse is.
 //!
+//! Transient errors of the cloud stores (5xx, timeouts, connection resets) are retried with
+//! exponential backoff: `--store-max-retries` times within `--store-retry-timeout`
+//! ([`set_retry`], applied to every store built here).
+//!
 //! Delta commits need an atomic put-if-absent. object_store gives it on all three clouds (S3 through
 //! `If-None-Match`, on AWS since 2024 and on MinIO/R2; GCS and Azure natively), so delta-rs's default
 //! log store is safe there and no external lock table (DynamoDB) is needed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Once, OnceLock};
+use std::time::Duration;
 
 use deltalake::DeltaResult;
 use deltalake::logstore::{
@@ -25,11 +30,26 @@ use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStoreScheme, Result as StoreResult};
+use object_store::{BackoffConfig, ObjectStoreScheme, Result as StoreResult, RetryConfig};
 use url::Url;
 
 /// URL schemes served by the cloud builders below.
 const CLOUD_SCHEMES: &[&str] = &["s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss"];
+
+static RETRY: OnceLock<RetryConfig> = OnceLock::new();
+
+/// Sets how the cloud stores retry transient errors (once, at start; later calls are ignored).
+pub fn set_retry(max_retries: usize, timeout: Duration) {
+    let _ = RETRY.set(RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries,
+        retry_timeout: timeout,
+    });
+}
+
+fn retry() -> RetryConfig {
+    RETRY.get().cloned().unwrap_or_default()
+}
 
 /// Builds the store holding `url` and the path of `url` inside it.
 ///
@@ -46,7 +66,9 @@ pub fn open(
         ObjectStoreScheme::Memory => Arc::new(InMemory::new()),
         ObjectStoreScheme::AmazonS3 => {
             let builder = configure::<AmazonS3ConfigKey, _>(
-                AmazonS3Builder::from_env().with_url(url.as_str()),
+                AmazonS3Builder::from_env()
+                    .with_url(url.as_str())
+                    .with_retry(retry()),
                 options,
                 AmazonS3Builder::with_config,
             );
@@ -54,7 +76,9 @@ pub fn open(
         }
         ObjectStoreScheme::GoogleCloudStorage => {
             let builder = configure::<GoogleConfigKey, _>(
-                GoogleCloudStorageBuilder::from_env().with_url(url.as_str()),
+                GoogleCloudStorageBuilder::from_env()
+                    .with_url(url.as_str())
+                    .with_retry(retry()),
                 options,
                 GoogleCloudStorageBuilder::with_config,
             );
@@ -62,7 +86,9 @@ pub fn open(
         }
         ObjectStoreScheme::MicrosoftAzure => {
             let builder = configure::<AzureConfigKey, _>(
-                MicrosoftAzureBuilder::from_env().with_url(url.as_str()),
+                MicrosoftAzureBuilder::from_env()
+                    .with_url(url.as_str())
+                    .with_retry(retry()),
                 options,
                 MicrosoftAzureBuilder::with_config,
             );

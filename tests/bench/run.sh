@@ -6,9 +6,16 @@
 #                                                         client, 1 and 50 views (online_lookup.rs)
 #   tests/bench/run.sh models [--items N] [--rows N]      predict vs onnxruntime, recommend p50/p99,
 #                                                         recommend_items (models.rs, models_bench.py)
+#   tests/bench/run.sh load [--clients N] [--seconds N]   64 clients x 60 s of point queries, scans and
+#                                                         ingest against `quiver serve` (load.rs)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+if [ "${1:-}" = load ]; then
+    shift
+    cargo build --release --bin quiver --example load
+    exec "$CARGO_TARGET_DIR/release/examples/load" --server "$CARGO_TARGET_DIR/release/quiver" "$@"
+fi
 if [ "${1:-}" = online ]; then
     shift
     exec cargo run --release --example online_lookup -- "$@"

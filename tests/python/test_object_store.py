@@ -201,3 +201,99 @@ def test_unsupported_scheme_is_a_clear_error():
     )
     assert result.returncode != 0
     assert "cannot hold a warehouse" in result.stderr, result.stderr
+
+
+# --- Transient store errors -----------------------------------------------------------------------
+
+
+class FlakyProxy:
+    """An HTTP proxy in front of the S3 endpoint that answers every `fail_every`-th request with
+    503 Slow Down (as S3 does under load) and forwards the rest unchanged."""
+
+    def __init__(self, upstream: str, fail_every: int):
+        import http.client
+        import http.server
+        import threading
+        import urllib.parse
+
+        target = urllib.parse.urlparse(upstream)
+        proxy = self
+        self.requests = 0
+        self.failed = 0
+        lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                with lock:
+                    proxy.requests += 1
+                    fail = proxy.requests % fail_every == 0
+                    proxy.failed += fail
+                if fail:
+                    payload = b"<Error><Code>SlowDown</Code><Message>injected</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                upstream_conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                upstream_conn.request(self.command, self.path, body=body, headers=headers)
+                response = upstream_conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                upstream_conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_transient_store_errors_are_retried_with_backoff(s3, tmp_path):
+    env, client = s3
+    proxy = FlakyProxy(env["AWS_ENDPOINT"], fail_every=3)
+    flaky = {**env, "AWS_ENDPOINT": proxy.endpoint}
+    try:
+        srv = Server(f"s3://{BUCKET}/flaky", env=flaky)
+        try:
+            with dbapi.connect(srv.uri, autocommit=True) as c:
+                with c.cursor() as cur:
+                    cur.execute("CREATE TABLE s3_flaky AS SELECT * FROM (VALUES (1, 'a'), (2, 'b')) t(id, tag)")
+                ingest(c, "s3_flaky", pa.table({"id": [3], "tag": ["c"]}), "append")
+                assert rows(c, "SELECT id FROM s3_flaky ORDER BY id") == [{"id": 1}, {"id": 2}, {"id": 3}]
+        finally:
+            assert srv.stop() == 0
+        assert proxy.failed >= 3, f"the proxy injected only {proxy.failed} failures"
+
+        # With retries off, the same faults reach the client as Unavailable, naming the store error.
+        result = subprocess.run(
+            [_binary(), "sql", "SELECT count(*) FROM s3_flaky", "--warehouse", f"s3://{BUCKET}/flaky",
+             "--store-max-retries", "0"],
+            env={**os.environ, **flaky, "RUST_BACKTRACE": "0", "QUIVER_LOG": "off"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        failures_seen = result.returncode != 0
+        # Every third request fails: a statement of several requests cannot get through unretried.
+        assert failures_seen and ("503" in result.stderr or "Slow" in result.stderr), result.stderr
+    finally:
+        proxy.close()
