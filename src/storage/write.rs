@@ -21,7 +21,6 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use futures::StreamExt;
-use futures::future::Either;
 use tokio::sync::RwLock;
 
 use crate::error::{Error, Result};
@@ -48,12 +47,13 @@ pub struct WriteRequest {
     pub transactions: Vec<Transaction>,
 }
 
-/// Write coordination for tables this process writes. delta-rs's conflict checker treats an append
-/// as having read the whole table, so an append whose snapshot predates a concurrent DELETE fails
-/// even though the two commute. Inside one server they never race: appends share a table's lock and
-/// load the latest snapshot once they hold it; DELETE, UPDATE and replace take it alone. (Writers in
-/// other processes still meet Delta's optimistic concurrency: statements are retried, see
-/// `flight::planner`.)
+/// Write coordination for tables this process writes: one writer per table at a time, on the
+/// table's latest version. Without it, concurrent writers inside one server race for each commit
+/// version: delta-rs's conflict checker treats an append as having read the whole table (so an append
+/// racing a DELETE fails although the two commute), and many appends racing each other exhaust its
+/// 15 commit attempts (seen with 64 clients in `tests/bench/load.rs`). Readers never wait. Writers in
+/// other processes still meet Delta's optimistic concurrency: statements are retried (see
+/// `flight::planner`), an upload that loses is `Aborted`.
 pub fn table_lock(table: &DeltaTable) -> Arc<RwLock<()>> {
     static LOCKS: LazyLock<Mutex<HashMap<String, Arc<RwLock<()>>>>> = LazyLock::new(Mutex::default);
     let key = table.table_url().to_string();
@@ -72,16 +72,12 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
         data,
         transactions,
     } = request;
+    let table_name = table.table_url().to_string();
     let lock = table_lock(&table);
-    let _guard = match kind {
-        WriteKind::Create => None,
-        WriteKind::Append => {
-            let guard = lock.read_owned().await;
-            table.update_state().await?;
-            Some(Either::Left(guard))
-        }
-        WriteKind::Replace => Some(Either::Right(lock.write_owned().await)),
-    };
+    let _guard = lock.write().await;
+    if kind != WriteKind::Create {
+        table.update_state().await?;
+    }
     let rows = Arc::new(AtomicU64::new(0));
     // delta-rs flattens an error from the input into a string; the original (a limit, a bad upload)
     // is kept here so the client gets its status.
@@ -131,7 +127,21 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
     }
     if let Err(e) = builder.await {
         let original = input_error.lock().ok().and_then(|mut slot| slot.take());
-        return Err(original.map_or_else(|| e.into(), Error::DataFusion));
+        if let Some(original) = original {
+            return Err(Error::DataFusion(original));
+        }
+        return Err(match e {
+            deltalake::DeltaTableError::Transaction {
+                source: deltalake::kernel::transaction::TransactionError::MaxCommitAttempts(n),
+            } => Error::Conflict {
+                table: table_name,
+                message: format!(
+                    "other writers committed first {n} times in a row; nothing was written, send \
+                     the data again"
+                ),
+            },
+            other => other.into(),
+        });
     }
     Ok(rows.load(Ordering::Relaxed))
 }
