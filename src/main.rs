@@ -1,11 +1,19 @@
 //! The `quiver` binary: parse the command line, start tracing, hand over to the library.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = quiver::config::Cli::parse();
     quiver::telemetry::init(&cli.log);
-    quiver::run(cli).await?;
-    Ok(())
+    match quiver::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        // The message names the problem; a backtrace of a user error is noise.
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

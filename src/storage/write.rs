@@ -75,7 +75,8 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
     let table_name = table.table_url().to_string();
     let lock = table_lock(&table);
     let _guard = lock.write().await;
-    if kind != WriteKind::Create {
+    // A table handle that was never loaded is one being created: it has no version to catch up to.
+    if kind != WriteKind::Create && table.version().is_some() {
         table.update_state().await?;
     }
     let rows = Arc::new(AtomicU64::new(0));
