@@ -37,7 +37,7 @@ step "Rust tests (unit, integration, sqllogictest)"
 cargo test --workspace --all-targets
 
 step "Load (short): 16 clients x 5 s of queries, scans and ingest; fails on any error or lost write"
-"$CARGO_TARGET_DIR/debug/examples/load" --server "$CARGO_TARGET_DIR/debug/quiver" --clients 16 --seconds 5 --rows 20000
+cargo run --quiet --example load -- --server "$CARGO_TARGET_DIR/debug/quiver" --clients 16 --seconds 5 --rows 20000
 
 step "Python client tests"
 QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" "$VENV/bin/python" -m pytest tests/python -q -rs -p no:cacheprovider
