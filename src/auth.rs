@@ -340,21 +340,13 @@ impl Auth {
     /// Signs `body` for `principal`: statement handles carry this, so a client can neither alter one
     /// nor use one issued to somebody else.
     pub fn sign(&self, principal: &Principal, body: &[u8]) -> Vec<u8> {
-        let mut context = hmac::Context::with_key(&self.key);
-        context.update(b"handle\0");
-        context.update(principal.name.as_bytes());
-        context.update(b"\0");
-        context.update(body);
-        context.sign().as_ref().to_vec()
+        hmac::sign(&self.key, &handle_message(principal, body))
+            .as_ref()
+            .to_vec()
     }
 
     pub fn verify(&self, principal: &Principal, body: &[u8], tag: &[u8]) -> Result<()> {
-        let mut message = Vec::with_capacity(body.len() + principal.name.len() + 8);
-        message.extend_from_slice(b"handle\0");
-        message.extend_from_slice(principal.name.as_bytes());
-        message.push(0);
-        message.extend_from_slice(body);
-        hmac::verify(&self.key, &message, tag).map_err(|_| {
+        hmac::verify(&self.key, &handle_message(principal, body), tag).map_err(|_| {
             Error::PermissionDenied(format!(
                 "statement handle rejected: it was not issued by this server to '{}' (altered, \
                  issued to another user, or signed before a restart without {SECRET_ENV}); \
@@ -363,6 +355,17 @@ impl Auth {
             ))
         })
     }
+}
+
+/// What a handle's signature covers: the user it was issued to and the handle.
+fn handle_message(principal: &Principal, body: &[u8]) -> Vec<u8> {
+    [
+        &b"handle\0"[..],
+        principal.name.as_bytes(),
+        &b"\0"[..],
+        body,
+    ]
+    .concat()
 }
 
 fn token_payload(name: &str, expiry: u64) -> String {

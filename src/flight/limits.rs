@@ -152,15 +152,9 @@ impl Admission {
 impl Slot {
     /// Runs `work` until it finishes, the deadline passes, or the statement is cancelled.
     pub async fn bound<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
-        let deadline = async {
-            match self.deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             result = work => result,
-            () = deadline => Err(self.timed_out()),
+            () = self.expired() => Err(self.timed_out()),
             () = self.cancel.cancelled() => Err(cancelled()),
         }
     }
@@ -175,8 +169,12 @@ impl Slot {
         ))
     }
 
-    pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+    /// Resolves at the deadline; never without one.
+    pub async fn expired(&self) {
+        match self.deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
     }
 }
 

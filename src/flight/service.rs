@@ -144,18 +144,12 @@ impl QuiverFlightSql {
             Ok(Some((schema, batches))) => {
                 return Response::new(batches_to_flight(schema, batches));
             }
-            Err(e) => {
-                let status = e.to_status();
-                return Response::new(Box::pin(futures::stream::once(async { Err(status) })));
-            }
+            Err(e) => return Response::new(error_stream(e)),
             Ok(None) => {}
         }
         let slot = match self.admission.admit_ticket(ticket) {
             Ok(slot) => slot,
-            Err(e) => {
-                let status = e.to_status();
-                return Response::new(Box::pin(futures::stream::once(async { Err(status) })));
-            }
+            Err(e) => return Response::new(error_stream(e)),
         };
         let session = self.session.clone();
         Response::new(execute_to_flight(&self.executor, slot, async move {
@@ -206,6 +200,12 @@ impl QuiverFlightSql {
         };
         Ok(Response::new(Box::pin(futures::stream::iter([Ok(body)]))))
     }
+}
+
+/// A DoGet answer that is only an error.
+fn error_stream(e: Error) -> FlightDataStream {
+    let status = e.to_status();
+    Box::pin(futures::stream::once(async { Err(status) }))
 }
 
 /// A FlightInfo with one endpoint whose ticket is `ticket`, on this same server.

@@ -51,12 +51,7 @@ where
         let mut encoded = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(batches);
-        let deadline = async {
-            match slot.deadline() {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
-        };
+        let deadline = slot.expired();
         tokio::pin!(deadline);
         loop {
             let item = tokio::select! {

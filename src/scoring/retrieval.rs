@@ -419,6 +419,17 @@ fn flat_f32(tensor: &Tensor, expected: usize, what: &str) -> Result<Vec<f32>> {
 mod tests {
     use super::*;
 
+    /// The reference ranking: every row scored, sorted by score (then row) descending.
+    fn ranked(matrix: &[f32], dim: usize, user: &[f32]) -> Vec<(f32, usize)> {
+        let mut all: Vec<(f32, usize)> = matrix
+            .chunks(dim)
+            .enumerate()
+            .map(|(i, row)| (dot(user, row), i))
+            .collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        all
+    }
+
     fn retrieval(matrix: Vec<f32>, dim: usize) -> Retrieval {
         Retrieval {
             item_ids: (0..(matrix.len() / dim) as i64).map(|i| i * 10).collect(),
@@ -438,12 +449,7 @@ mod tests {
             .collect();
         let r = retrieval(matrix.clone(), dim);
         let user = [0.5f32, -1.0, 2.0];
-        let mut all: Vec<(f32, usize)> = matrix
-            .chunks(dim)
-            .enumerate()
-            .map(|(i, row)| (dot(&user, row), i))
-            .collect();
-        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let all = ranked(&matrix, dim, &user);
         let exclude: HashSet<i64> = [all[1].1 as i64 * 10].into();
         let got = r.top_k(&user, 5, &exclude);
         let want: Vec<i64> = all
@@ -467,12 +473,7 @@ mod tests {
             .collect();
         let r = retrieval(matrix.clone(), dim);
         let user: Vec<f32> = (0..dim).map(|i| (i as f32 - 30.0) / 64.0).collect();
-        let mut all: Vec<(f32, usize)> = matrix
-            .chunks(dim)
-            .enumerate()
-            .map(|(i, row)| (dot(&user, row), i))
-            .collect();
-        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let all = ranked(&matrix, dim, &user);
         let got: Vec<usize> = r
             .top_k(&user, 25, &HashSet::new())
             .iter()

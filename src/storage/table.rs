@@ -25,7 +25,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder};
 use url::Url;
 
 use crate::error::{Error, Result};
-use crate::storage::write::table_lock;
+use crate::storage::write::take_turn;
 
 /// Which snapshot of a table to read: the latest, or one chosen with `VERSION AS OF` / `TIMESTAMP AS OF`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,10 +218,7 @@ pub async fn update_rows(
     if assignments.is_empty() {
         return Ok(0);
     }
-    // Alone on the table in this process, on its latest version (see `write::table_lock`).
-    let lock = table_lock(&table);
-    let _guard = lock.write().await;
-    table.update_state().await?;
+    let _turn = take_turn(&mut table).await?;
     let mut builder = table.update();
     if let Some(predicate) = predicate {
         builder = builder.with_predicate(predicate);
@@ -235,9 +232,7 @@ pub async fn update_rows(
 
 /// Deletes the rows matching `predicate` (all rows if none), as one commit.
 pub async fn delete_rows(mut table: DeltaTable, predicate: Option<Expr>) -> Result<u64> {
-    let lock = table_lock(&table);
-    let _guard = lock.write().await;
-    table.update_state().await?;
+    let _turn = take_turn(&mut table).await?;
     // delta-rs cannot count rows it drops by removing whole files; count them first on the same snapshot.
     let counted = count_matching(&table, predicate.as_ref()).await?;
     let mut builder = table.delete();

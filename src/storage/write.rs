@@ -21,7 +21,7 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use futures::StreamExt;
-use tokio::sync::RwLock;
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::error::{Error, Result};
 use crate::storage::table::OnceStream;
@@ -54,13 +54,23 @@ pub struct WriteRequest {
 /// 15 commit attempts (seen with 64 clients in `tests/bench/load.rs`). Readers never wait. Writers in
 /// other processes still meet Delta's optimistic concurrency: statements are retried (see
 /// `flight::planner`), an upload that loses is `Aborted`.
-pub fn table_lock(table: &DeltaTable) -> Arc<RwLock<()>> {
-    static LOCKS: LazyLock<Mutex<HashMap<String, Arc<RwLock<()>>>>> = LazyLock::new(Mutex::default);
-    let key = table.table_url().to_string();
-    let mut locks = LOCKS
+///
+/// Returns once `table` is this process's writer: the guard ends the turn. A loaded table is brought
+/// to its latest version; a handle never loaded is a table being created and has none.
+pub async fn take_turn(table: &mut DeltaTable) -> Result<OwnedMutexGuard<()>> {
+    static TURNS: LazyLock<Mutex<HashMap<String, Arc<AsyncMutex<()>>>>> =
+        LazyLock::new(Mutex::default);
+    let turn = TURNS
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    locks.entry(key).or_default().clone()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .entry(table.table_url().to_string())
+        .or_default()
+        .clone();
+    let guard = turn.lock_owned().await;
+    if table.version().is_some() {
+        table.update_state().await?;
+    }
+    Ok(guard)
 }
 
 /// Writes `request.data` as one Delta commit and returns the number of rows written.
@@ -73,12 +83,7 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
         transactions,
     } = request;
     let table_name = table.table_url().to_string();
-    let lock = table_lock(&table);
-    let _guard = lock.write().await;
-    // A table handle that was never loaded is one being created: it has no version to catch up to.
-    if kind != WriteKind::Create && table.version().is_some() {
-        table.update_state().await?;
-    }
+    let _turn = take_turn(&mut table).await?;
     let rows = Arc::new(AtomicU64::new(0));
     // delta-rs flattens an error from the input into a string; the original (a limit, a bad upload)
     // is kept here so the client gets its status.

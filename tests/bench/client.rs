@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow_flight::FlightInfo;
+use arrow_flight::error::FlightError;
 use arrow_flight::sql::client::{FlightSqlServiceClient, PreparedStatement};
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use futures::TryStreamExt;
@@ -45,19 +47,25 @@ pub async fn lookup(
     let started = Instant::now();
     statement.set_parameters(binding(keys)).expect("bind");
     let info = statement.execute().await.expect("execute");
-    let mut rows = 0;
-    for endpoint in info.endpoint {
-        let ticket = endpoint.ticket.expect("ticket");
-        let batches: Vec<RecordBatch> = sql
-            .do_get(ticket)
-            .await
-            .expect("do_get")
-            .try_collect()
-            .await
-            .expect("batches");
-        rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
-    }
+    let batches = fetch(sql, info).await.expect("fetch");
+    let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
     (started.elapsed(), rows)
+}
+
+/// Every batch of every endpoint of `info`.
+pub async fn fetch(
+    sql: &mut FlightSqlServiceClient<Channel>,
+    info: FlightInfo,
+) -> Result<Vec<RecordBatch>, FlightError> {
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint
+            .ticket
+            .ok_or_else(|| FlightError::ProtocolError("endpoint without a ticket".into()))?;
+        let mut part: Vec<RecordBatch> = sql.do_get(ticket).await?.try_collect().await?;
+        batches.append(&mut part);
+    }
+    Ok(batches)
 }
 
 pub fn report(label: &str, latencies: &mut [Duration]) {

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use arrow_flight::sql::CommandStatementIngest;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch};
-use futures::TryStreamExt;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
@@ -143,18 +142,8 @@ async fn one_request(
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut rows = 0;
-            for endpoint in info.endpoint {
-                let batches: Vec<RecordBatch> = sql
-                    .do_get(endpoint.ticket.ok_or("no ticket")?)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .try_collect()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
-            }
-            Ok(rows as u64)
+            let batches = client::fetch(sql, info).await.map_err(|e| e.to_string())?;
+            Ok(batches.iter().map(RecordBatch::num_rows).sum::<usize>() as u64)
         }
         _ => {
             let ids =
@@ -306,14 +295,7 @@ fn main() {
             )
             .await;
         let Ok(info) = info else { return (0, 0) };
-        let ticket = info.endpoint[0].ticket.clone().expect("ticket");
-        let batches: Vec<RecordBatch> = sql
-            .do_get(ticket)
-            .await
-            .expect("get")
-            .try_collect()
-            .await
-            .expect("rows");
+        let batches = client::fetch(&mut sql, info).await.expect("count");
         let col = |i: usize| {
             batches[0]
                 .column(i)
