@@ -32,7 +32,10 @@ def read(uri: str, query: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         data.column(i).fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
         for i in range(1, data.num_columns)
     ])
-    return features, label, names
+    # Rows arrive in whatever order the query's parallel parts finished; sorted, the gradient sums add
+    # up in one order and the same data gives the same weights, bit for bit.
+    order = np.lexsort(np.column_stack([features, label]).T[::-1])
+    return features[order], label[order], names
 
 
 def train(x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float, l2: float):

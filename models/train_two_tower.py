@@ -29,6 +29,10 @@ def read_counts(uri: str, table: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     users = data["user_id"].to_numpy().astype(np.int64)
     items = data["item_id"].to_numpy().astype(np.int64)
     counts = data["n"].to_numpy().astype(np.float32)
+    # Rows arrive in whatever order the parallel aggregation finished; sorted, the sums in training
+    # add up in one order and the same data gives the same factors, bit for bit.
+    order = np.lexsort((items, users))
+    users, items, counts = users[order], items[order], counts[order]
     if len(users) == 0:
         raise SystemExit(f"{table} has no interactions to train on")
     if users.min() < 0 or items.min() < 0 or max(users.max(), items.max()) >= MAX_ID:

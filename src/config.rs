@@ -29,6 +29,11 @@ pub struct Cli {
 pub enum Command {
     /// Serve the warehouse over Arrow Flight SQL (and plain Arrow Flight).
     Serve(ServeArgs),
+    /// Serve a ready-to-query recommender demo: writes a synthetic shop (users, items, ~1M
+    /// interactions) into the warehouse unless it is there already, materializes the feature views and
+    /// serves the models of models/demo. Takes every `serve` flag.
+    #[command(mut_arg("models_dir", |a| a.default_value("./models/demo")))]
+    Demo(DemoArgs),
     /// Run one SQL statement against the warehouse without a server and print the result.
     Sql(SqlArgs),
     /// Make entries for an auth file (`--auth-file`).
@@ -147,6 +152,76 @@ impl QueryArgs {
             sql_dir: Some(self.sql_dir.clone()),
             models_dir: Some(self.models_dir.clone()),
         })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
+}
+
+/// The demo's data; equal settings give equal data. models/demo was trained on the defaults.
+#[derive(Debug, Clone, Args)]
+pub struct DatasetArgs {
+    /// Interaction events to generate (views, clicks, purchases).
+    #[arg(long, env = "QUIVER_DEMO_EVENTS", default_value_t = 1_000_000)]
+    pub events: u64,
+
+    /// Users in the demo shop.
+    #[arg(long, env = "QUIVER_DEMO_USERS", default_value_t = 10_000)]
+    pub users: u32,
+
+    /// Items in the demo shop.
+    #[arg(long, env = "QUIVER_DEMO_ITEMS", default_value_t = 2_000)]
+    pub items: u32,
+
+    /// Days the interactions span.
+    #[arg(long, env = "QUIVER_DEMO_DAYS", default_value_t = 90)]
+    pub days: u32,
+
+    /// When the interactions end (UTC): YYYY-MM-DD (midnight) or YYYY-MM-DDTHH:MM:SS. Default: now,
+    /// so the feature views' TTLs keep the demo's features served.
+    #[arg(long, env = "QUIVER_DEMO_END")]
+    pub end: Option<String>,
+
+    /// Seed of the generator.
+    #[arg(long, env = "QUIVER_DEMO_SEED", default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl DatasetArgs {
+    pub fn spec(&self) -> Result<crate::demo::dataset::Spec> {
+        let end = match &self.end {
+            // Whole seconds: the printed end, given back as --end, gives the same data.
+            None => chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 0)
+                .unwrap_or_default()
+                .naive_utc(),
+            Some(raw) => chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S")
+                .or_else(|_| {
+                    chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+                        .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
+                })
+                .map_err(|e| Error::Config {
+                    setting: "--end",
+                    message: format!(
+                        "'{raw}' is not a time like 2026-01-31 or 2026-01-31T12:00:00: {e}"
+                    ),
+                })?,
+        };
+        let spec = crate::demo::dataset::Spec {
+            users: self.users,
+            items: self.items,
+            events: self.events,
+            days: self.days,
+            end,
+            seed: self.seed,
+        };
+        spec.validate()?;
+        Ok(spec)
     }
 }
 

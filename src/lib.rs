@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod executor;
 pub mod features;
@@ -31,6 +32,7 @@ use crate::session::QuiverSession;
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => server::serve_from_config(args.validate()?).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Sql(args) => print_sql(args).await,
         Command::Auth(command) => auth_command(command),
     }

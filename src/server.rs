@@ -83,6 +83,16 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve_from_config(config: ServeConfig) -> Result<()> {
     let session =
         QuiverSession::open_with(config.warehouse.clone(), config.session.clone()).await?;
+    serve_session(config, session, |_| String::new()).await
+}
+
+/// Serves an opened session as `config` says; once listening, prints the address and then what
+/// `banner` makes of the server's URI.
+pub async fn serve_session(
+    config: ServeConfig,
+    session: QuiverSession,
+    banner: impl FnOnce(&str) -> String,
+) -> Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Config {
@@ -101,8 +111,10 @@ pub async fn serve_from_config(config: ServeConfig) -> Result<()> {
         "grpc"
     };
     tracing::info!(warehouse = %config.warehouse, %address, auth = config.server.auth.is_enabled(), "serving");
+    let uri = format!("{scheme}://{address}");
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "quiver listening on {scheme}://{address}")?;
+    writeln!(stdout, "quiver listening on {uri}")?;
+    write!(stdout, "{}", banner(&uri))?;
     stdout.flush()?;
     serve(listener, session, config.server, shutdown).await
 }

@@ -40,7 +40,7 @@ pub struct FeatureView {
     pub ttl: Option<Duration>,
     pub offline: bool,
     pub online: bool,
-    /// `@refresh full`: always recompute everything (for views where one entity's row depends on
+    /// `@refresh full`: recompute everything whenever a source changed (for views where one entity's row depends on
     /// other entities' rows, e.g. a rank over all items).
     pub full_refresh: bool,
     /// The query, from the first line after the header to the end of the file.

@@ -8,13 +8,13 @@
 //!
 //! A refresh compares each source's latest version with the recorded one and reads only the commits in
 //! between (the Delta log, not the data):
-//! - nothing new: **unchanged**, no commit;
+//! - nothing new: **unchanged**, no commit (`@refresh full` views too);
 //! - only appends (`add` actions with `dataChange`): **incremental**. The view runs over just the
 //!   added files to find which entities they touch, is recomputed for those entities only (the entity
 //!   filter is pushed down to the sources), and the table is rewritten as the other entities' rows plus
 //!   the recomputed ones, in one commit;
 //! - anything else (a delete, an overwrite, a schema change, a changed definition, a log entry already
-//!   cleaned up, the first refresh, `@refresh full`): **full**, the view recomputed from scratch.
+//!   cleaned up, the first refresh, any change under `@refresh full`): **full**, the view recomputed from scratch.
 //!
 //! Either commit is atomic: readers see the old rows or the new, never a mix.
 
@@ -250,9 +250,6 @@ pub async fn refresh(session: &QuiverSession, view: &Arc<ViewState>) -> Result<R
 /// Chooses full, incremental or unchanged from the state recorded in the view's table and the
 /// sources' logs.
 async fn decide(view: &FeatureView, sources: &[Source], target: &DeltaTable) -> Result<Plan> {
-    if view.full_refresh {
-        return Ok(Plan::Full("@refresh full".into()));
-    }
     let snapshot = target.snapshot()?;
     let log_store = target.log_store();
     let recorded = snapshot
@@ -272,6 +269,10 @@ async fn decide(view: &FeatureView, sources: &[Source], target: &DeltaTable) -> 
         };
         if recorded == source.version {
             continue;
+        }
+        if view.full_refresh {
+            // Recomputed whole whenever a source moved; never rewritten when none did.
+            return Ok(Plan::Full("@refresh full".into()));
         }
         if recorded > source.version {
             return Ok(Plan::Full(format!(

@@ -29,6 +29,8 @@ async fn example_views_refresh_and_serve_prepared_lookups() {
            (1, 10, 'click', now() - INTERVAL '2 days'), \
            (1, 11, 'purchase', now() - INTERVAL '1 hour'), \
            (2, 11, 'view',  now() - INTERVAL '5 hours')",
+        "CREATE TABLE items (item_id BIGINT, category VARCHAR)",
+        "INSERT INTO items VALUES (10, 'books'), (11, 'games')",
     ] {
         client
             .execute_update(statement.into(), None)
@@ -46,7 +48,7 @@ async fn example_views_refresh_and_serve_prepared_lookups() {
         .await
         .expect("refresh");
     let reports = fetch(&mut client, info).await;
-    assert_eq!(reports.iter().map(RecordBatch::num_rows).sum::<usize>(), 4);
+    assert_eq!(reports.iter().map(RecordBatch::num_rows).sum::<usize>(), 5);
 
     let mut one = client
         .prepare(
@@ -121,6 +123,25 @@ async fn example_views_refresh_and_serve_prepared_lookups() {
             "+--------------+-----------+",
             "| 2            | 0         |",
             "+--------------+-----------+",
+        ]
+    );
+
+    // A view over a join (interactions x items), recomputed whole: user 1's taste by category.
+    let taste = query(
+        &mut client,
+        "SELECT category, events, round(share, 4) AS share, ctr FROM features.user_category \
+         WHERE user_id = 1 ORDER BY category",
+    )
+    .await;
+    assert_eq!(
+        taste,
+        [
+            "+----------+--------+--------+-----+",
+            "| category | events | share  | ctr |",
+            "+----------+--------+--------+-----+",
+            "| books    | 2      | 0.6667 | 1.0 |",
+            "| games    | 1      | 0.3333 |     |",
+            "+----------+--------+--------+-----+",
         ]
     );
 
