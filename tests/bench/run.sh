@@ -8,6 +8,10 @@
 #                                                         recommend_items (models.rs, models_bench.py)
 #   tests/bench/run.sh load [--clients N] [--seconds N]   64 clients x 60 s of point queries, scans and
 #                                                         ingest against `quiver serve` (load.rs)
+#   tests/bench/run.sh peers [--events N] [--rows N] [--lookups N] [--repeat N] [--only a,b] [--out DIR]
+#                                                         Quiver side by side with pyarrow.flight, DuckDB,
+#                                                         Feast, onnxruntime and deltalake (peers.py);
+#                                                         its own venv: QUIVER_BENCH_VENV (./.venv-bench)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -19,6 +23,20 @@ fi
 if [ "${1:-}" = online ]; then
     shift
     exec cargo run --release --example online_lookup -- "$@"
+fi
+if [ "${1:-}" = peers ]; then
+    shift
+    cargo build --release --bin quiver
+    # A venv of its own (Feast, DuckDB, ...), reinstalled only when the pinned requirements change.
+    BENCH_VENV="${QUIVER_BENCH_VENV:-$PWD/.venv-bench}"
+    REQUIREMENTS="$PWD/tests/bench/peers-requirements.txt"
+    [ -x "$BENCH_VENV/bin/python" ] || python3 -m venv "$BENCH_VENV"
+    if ! cmp -s "$REQUIREMENTS" "$BENCH_VENV/.quiver-requirements" 2>/dev/null; then
+        "$BENCH_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
+        cp "$REQUIREMENTS" "$BENCH_VENV/.quiver-requirements"
+    fi
+    export QUIVER_BIN="$CARGO_TARGET_DIR/release/quiver"
+    exec "$BENCH_VENV/bin/python" tests/bench/peers.py "$@"
 fi
 VENV="${QUIVER_VENV:-$PWD/.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"

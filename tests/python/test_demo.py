@@ -83,6 +83,13 @@ def test_demo_serves_its_snippets_and_reuses_its_data(tmp_path):
             assert row["n"] == 30000 and 0 < row["users"] <= 500
             ranked = rows(conn, "SELECT rank FROM recommend('recs', 42, 10)")
             assert [r["rank"] for r in ranked] == list(range(1, 11))
+            # The README's retrieval-then-ranking query: ten candidates of the 50, by the ranker's score.
+            readme = (REPO / "README.md").read_text()
+            [ranking] = re.findall(r"```sql\n(SELECT r\.rank AS retrieval_rank.*?)```", readme, flags=re.S)
+            ranked = rows(conn, ranking)
+            assert len(ranked) == 10 and all(0 < r["p_click"] < 1 for r in ranked), ranked
+            assert [r["p_click"] for r in ranked] == sorted((r["p_click"] for r in ranked), reverse=True)
+            assert all(1 <= r["retrieval_rank"] <= 50 for r in ranked), ranked
             # The lookup in snippet 2 is answered from the online index.
             plan = rows(conn, "EXPLAIN SELECT * FROM features.user_activity WHERE user_id = 42")
             assert any("OnlineLookupExec" in r["plan"] for r in plan), plan
