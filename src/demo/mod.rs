@@ -29,18 +29,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let started = Instant::now();
     let session =
         QuiverSession::open_with(config.warehouse.clone(), config.session.clone()).await?;
-    println!(
-        "preparing the demo in {}: {} users, {} items, {} events over {} days up to {} UTC \
-         (--end {}), seed {}",
-        config.warehouse,
-        spec.users,
-        spec.items,
-        spec.events,
-        spec.days,
-        spec.end,
-        spec.end.format("%Y-%m-%dT%H:%M:%S"),
-        spec.seed
-    );
+    println!("preparing the demo in {}", config.warehouse);
     write_tables(&session, &spec).await?;
     materialize_views(&session).await?;
     load_models(&session, &spec).await?;
@@ -51,23 +40,38 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 /// Writes `users`, `items` and `interactions`, each as one Delta commit, skipping tables that exist:
 /// a second run on the same warehouse reuses the data.
 async fn write_tables(session: &QuiverSession, spec: &Spec) -> Result<()> {
+    let mut missing = Vec::new();
+    for table in ["users", "items", "interactions"] {
+        if !reuse(session, table).await? {
+            missing.push(table);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "  generating {}: {} users, {} items, {} events over {} days up to {} UTC (--end {}), \
+         seed {}",
+        missing.join(", "),
+        spec.users,
+        spec.items,
+        spec.events,
+        spec.days,
+        spec.end,
+        spec.end.format("%Y-%m-%dT%H:%M:%S"),
+        spec.seed
+    );
     let world = World::new(spec.clone())?;
-    let mut wrote = false;
-    if !reuse(session, "users").await? {
+    if missing.contains(&"users") {
         write_batch(session, "users", world.users()?).await?;
-        wrote = true;
     }
-    if !reuse(session, "items").await? {
+    if missing.contains(&"items") {
         write_batch(session, "items", world.items()?).await?;
-        wrote = true;
     }
-    if !reuse(session, "interactions").await? {
+    if missing.contains(&"interactions") {
         write_interactions(session, world).await?;
-        wrote = true;
     }
-    if wrote {
-        session.catalog().refresh().await?;
-    }
+    session.catalog().refresh().await?;
     Ok(())
 }
 
