@@ -183,7 +183,7 @@ pub struct DatasetArgs {
     #[arg(long, env = "QUIVER_DEMO_DAYS", default_value_t = 90)]
     pub days: u32,
 
-    /// When the interactions end (UTC): YYYY-MM-DD (midnight) or YYYY-MM-DDTHH:MM:SS. Default: now,
+    /// When the interactions end (UTC): YYYY-MM-DD (midnight), YYYY-MM-DDTHH:MM:SS or RFC 3339. Default: now,
     /// so the feature views' TTLs keep the demo's features served.
     #[arg(long, env = "QUIVER_DEMO_END")]
     pub end: Option<String>,
@@ -200,17 +200,12 @@ impl DatasetArgs {
             None => chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 0)
                 .unwrap_or_default()
                 .naive_utc(),
-            Some(raw) => chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S")
-                .or_else(|_| {
-                    chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d")
-                        .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
-                })
+            Some(raw) => crate::query::rewrite::parse_timestamp(raw)
                 .map_err(|e| Error::Config {
                     setting: "--end",
-                    message: format!(
-                        "'{raw}' is not a time like 2026-01-31 or 2026-01-31T12:00:00: {e}"
-                    ),
-                })?,
+                    message: e.to_string(),
+                })?
+                .naive_utc(),
         };
         let spec = crate::demo::dataset::Spec {
             users: self.users,

@@ -101,8 +101,11 @@ async fn reuse(session: &QuiverSession, table: &str) -> Result<bool> {
 async fn write_batch(session: &QuiverSession, table: &str, batch: RecordBatch) -> Result<()> {
     let rows = batch.num_rows();
     let started = Instant::now();
-    let stream = futures::stream::iter([Ok(batch.clone())]);
-    let data = Box::pin(RecordBatchStreamAdapter::new(batch.schema(), stream));
+    let schema = batch.schema();
+    let data = Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        futures::stream::iter([Ok(batch)]),
+    ));
     ingest(session, DEFAULT_SCHEMA, table, IngestMode::Create, data).await?;
     println!(
         "  {table}: {rows} rows written in {}",

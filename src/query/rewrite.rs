@@ -226,7 +226,7 @@ fn rewrite_time_travel(tokens: &mut Vec<Token>) -> Result<()> {
 }
 
 /// Accepts RFC 3339, `YYYY-MM-DD HH:MM:SS[.f]` (UTC) and `YYYY-MM-DD` (midnight UTC).
-fn parse_timestamp(s: &str) -> Result<DateTime<Utc>> {
+pub(crate) fn parse_timestamp(s: &str) -> Result<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }

@@ -122,6 +122,17 @@ def make_events(events: int, users: int, items: int) -> pa.Table:
     })
 
 
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within a minute."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Server:
     """`quiver serve` on a free loopback port, started as flight_bench.py starts it."""
 
@@ -151,13 +162,7 @@ class Server:
         return rss_kib(self.proc.pid, field_name)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 def quiver_version(binary: str) -> str:
@@ -482,11 +487,7 @@ class FeastHttpServer:
 
     def stop(self) -> None:
         self.conn.close()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        terminate(self.proc)
         self.log.close()
 
 
