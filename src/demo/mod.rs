@@ -40,9 +40,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 /// Writes `users`, `items` and `interactions`, each as one Delta commit, skipping tables that exist:
 /// a second run on the same warehouse reuses the data.
 async fn write_tables(session: &QuiverSession, spec: &Spec) -> Result<()> {
+    // Every table is checked before anything is written: a warehouse holding another `items`
+    // is refused whole, not half-filled.
     let mut missing = Vec::new();
-    for table in ["users", "items", "interactions"] {
-        if !reuse(session, table).await? {
+    for (table, schema) in [
+        ("users", World::users_schema()),
+        ("items", World::items_schema()),
+        ("interactions", World::interactions_schema()),
+    ] {
+        if !reuse(session, table, &schema).await? {
             missing.push(table);
         }
     }
@@ -75,8 +81,9 @@ async fn write_tables(session: &QuiverSession, spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-/// Whether `table` exists already; says so, with its row count.
-async fn reuse(session: &QuiverSession, table: &str) -> Result<bool> {
+/// Whether `table` exists already, with the demo's columns; says so, with its row count. A table
+/// of the same name with other columns is an error naming both.
+async fn reuse(session: &QuiverSession, table: &str, expected: &SchemaRef) -> Result<bool> {
     if session
         .warehouse()
         .locate(DEFAULT_SCHEMA, table)
@@ -84,6 +91,28 @@ async fn reuse(session: &QuiverSession, table: &str) -> Result<bool> {
         .is_none()
     {
         return Ok(false);
+    }
+    let found = crate::query::run_sql(session, &format!("SELECT * FROM {table} LIMIT 0"))
+        .await?
+        .schema();
+    let columns = |schema: &SchemaRef| {
+        schema
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if columns(&found) != columns(expected) {
+        return Err(Error::Config {
+            setting: "--warehouse",
+            message: format!(
+                "it has a table {table} ({}) that is not the demo's ({}): give the demo a \
+                 warehouse of its own",
+                columns(&found),
+                columns(expected)
+            ),
+        });
     }
     let sql = format!("SELECT count(*) FROM {table}");
     let batches: Vec<RecordBatch> = crate::query::run_sql(session, &sql)

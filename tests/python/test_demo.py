@@ -132,6 +132,21 @@ def test_bad_demo_flags_are_named(tmp_path):
     assert not (tmp_path / "w" / "public" / "interactions").exists()
 
 
+def test_a_warehouse_with_other_tables_of_the_demos_names_is_refused_untouched(tmp_path):
+    warehouse = tmp_path / "w"
+    made = subprocess.run([_binary(), "sql", "CREATE TABLE interactions (a INT)", "--warehouse", str(warehouse)],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    result = subprocess.run(
+        [_binary(), "demo", "--warehouse", str(warehouse), *SIZE, "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert result.returncode != 0, result.stdout
+    assert "table interactions (a Int32) that is not the demo's (user_id Int64" in result.stderr, result.stderr
+    for table in ["users", "items"]:
+        assert not (warehouse / "public" / table).exists(), f"{table} was written"
+
+
 def test_committed_demo_models_are_what_the_scripts_train(tmp_path):
     """models/demo is reproducible: the default demo data, trained by models/train_demo.py, gives the
     committed weights. The retrieval model learns from counts alone: equal bit for bit on one machine
