@@ -95,7 +95,9 @@ impl QuiverSession {
         quiver_udfs::register(&ctx);
         let models = Arc::new(ModelRegistry::new(session_options.models_dir.clone()));
         ctx.register_udf(scoring::predict::udf(models.clone()));
-        ctx.register_udf(scoring::recommend::recommend_items_udf(models.clone()));
+        ctx.register_udf(scoring::recommend_items::recommend_items_udf(
+            models.clone(),
+        ));
         ctx.register_udtf(
             scoring::recommend::TABLE_FUNCTION,
             Arc::new(scoring::recommend::Recommend {

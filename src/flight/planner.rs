@@ -19,7 +19,8 @@ use crate::query::statement::row_parameters;
 use crate::query::{Planned, execute, plan_sql};
 use crate::session::QuiverSession;
 
-/// Largest online-lookup result sent inside its ticket rather than computed again at DoGet.
+/// Largest result (an online lookup, a recommend call) sent inside its ticket rather than computed
+/// again at DoGet.
 const MAX_RESULT_IN_TICKET: usize = 256 * 1024;
 
 /// A statement prepared for a client: its handle and the schemas it reports.
@@ -76,6 +77,19 @@ pub async fn plan_for_client(
             let handle = handle.with_result(&schema, std::slice::from_ref(&batch))?;
             return Ok((schema, handle));
         }
+    }
+    // So is one recommend(...) call: a few rows, scored now on this (query) runtime.
+    if let Planned::Query(plan) = &planned
+        && crate::scoring::recommend::single_call(plan).is_some()
+    {
+        let batches: Vec<RecordBatch> = execute(session, planned).await?.try_collect().await?;
+        let size: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+        if size <= MAX_RESULT_IN_TICKET {
+            let handle = handle.with_result(&schema, &batches)?;
+            return Ok((schema, handle));
+        }
+        // Too large for a ticket (k in the thousands): DoGet scores it again and streams it.
+        return Ok((schema, handle));
     }
     if !has_side_effects(&planned) {
         return Ok((schema, handle));

@@ -440,6 +440,14 @@ pub async fn execute(
                     None,
                 )?));
             }
+            if let Some(call) = crate::scoring::recommend::single_call(&plan) {
+                let batch = call.run(&session.ctx().state()).await?;
+                return Ok(Box::pin(MemoryStream::try_new(
+                    vec![batch],
+                    Arc::new(plan.schema().as_arrow().clone()),
+                    None,
+                )?));
+            }
             let df = session.ctx().execute_logical_plan(plan).await?;
             Ok(df.execute_stream().await?)
         }

@@ -7,11 +7,14 @@
 //! to load is reported in `system.models` and the log, and its previous version keeps serving.
 //!
 //! SQL sees them as `predict(...)` ([`predict`]), `recommend(...)` and `recommend_items(...)`
-//! ([`recommend`], over the item index of [`retrieval`]) and the table `system.models` ([`system`]).
+//! ([`recommend`], [`recommend_items`], over the item index of [`retrieval`] and its int8 first pass
+//! [`quantized`]) and the table `system.models` ([`system`]).
 
 pub mod onnx;
 pub mod predict;
+pub mod quantized;
 pub mod recommend;
+pub mod recommend_items;
 pub mod retrieval;
 pub mod spec;
 pub mod system;

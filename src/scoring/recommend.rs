@@ -4,33 +4,28 @@
 //! (see [`Retrieval`]). A user the model does not know (outside its `[users]` query) gets the
 //! `[fallback]` list, or no rows without one. `recommend` also drops the items of the model's
 //! `[exclude]` query for that user, planned as a child of [`RecommendExec`] so EXPLAIN shows it;
-//! `recommend_items` is for batch scoring and does not exclude.
+//! `recommend_items` ([`crate::scoring::recommend_items`]) is for batch scoring and does not exclude.
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Builder, Int32Builder, Int64Builder, ListArray, RecordBatch,
-    StructArray,
+    ArrayRef, AsArray, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
 };
-use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Fields, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{
     ParamValues, Result, ScalarValue, exec_datafusion_err, exec_err, internal_err, plan_err,
 };
-use datafusion::datasource::{TableProvider, TableType};
+use datafusion::datasource::{TableProvider, TableType, source_as_provider};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{
-    ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -38,14 +33,13 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, collect,
 };
 
-use crate::scoring::predict::{model_name, pinned_field, pinned_model};
+use crate::scoring::predict::model_name;
 use crate::scoring::retrieval::{Retrieval, Scored};
 use crate::scoring::spec::ElementType;
 use crate::scoring::{Model, ModelRegistry};
 use tract_onnx::prelude::{IntoTValue, Tensor, tvec};
 
 pub const TABLE_FUNCTION: &str = "recommend";
-pub const NAME_ITEMS: &str = "recommend_items";
 
 /// Most items one call may ask for.
 pub const MAX_K: i64 = 10_000;
@@ -58,23 +52,16 @@ fn result_schema() -> SchemaRef {
     ]))
 }
 
-fn item_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("item_id", DataType::Int64, false),
-        Field::new("score", DataType::Float64, true),
-    ])
-}
-
 /// A two-tower model and, when its model.toml has `[rerank]`, the scorer that re-ranks its candidates;
 /// both pinned for one query.
 #[derive(Debug, Clone)]
-struct Pipeline {
+pub(crate) struct Pipeline {
     model: Arc<Model>,
     ranker: Option<Arc<Model>>,
 }
 
 impl Pipeline {
-    fn resolve(registry: &ModelRegistry, model: Arc<Model>) -> Result<Self> {
+    pub(crate) fn resolve(registry: &ModelRegistry, model: Arc<Model>) -> Result<Self> {
         model.retrieval().map_err(DataFusionError::Plan)?;
         let ranker = match &model.spec.rerank {
             Some(rerank) => Some(registry.get(&rerank.model).map_err(|e| {
@@ -87,7 +74,7 @@ impl Pipeline {
 
     /// The top `k` for each user in `users` (`None`: a NULL user, no result), known users embedded
     /// in one user-tower call, each list re-ranked when the model says so.
-    fn recommend(
+    pub(crate) fn recommend(
         &self,
         users: &[Option<i64>],
         k: usize,
@@ -204,7 +191,7 @@ fn rerank(
 }
 
 /// `k` as a count of items, with the limits named.
-fn item_count(function: &str, k: i64) -> Result<usize> {
+pub(crate) fn item_count(function: &str, k: i64) -> Result<usize> {
     if !(0..=MAX_K).contains(&k) {
         return plan_err!("{function}: k must be between 0 and {MAX_K}, got {k}");
     }
@@ -264,6 +251,68 @@ impl TableFunctionImpl for Recommend {
             None => None,
         };
         Ok(Arc::new(RecommendTable { pipeline, user, k }))
+    }
+}
+
+/// A plan that is one `recommend(...)` call, at most its columns picked or renamed.
+pub struct SingleCall {
+    table: Arc<dyn TableProvider>,
+    projection: Option<Vec<usize>>,
+    schema: SchemaRef,
+}
+
+/// The call in `plan`, when `plan` is nothing but one `recommend(...)` call. Such a plan is run
+/// directly, without DataFusion's optimizer and physical planner: the call is a handful of rows,
+/// and planning it took as long as scoring it. `None` for any other plan.
+pub fn single_call(plan: &LogicalPlan) -> Option<SingleCall> {
+    let schema = Arc::new(plan.schema().as_arrow().clone());
+    let (columns, mut node) = match plan {
+        LogicalPlan::Projection(projection) => (Some(&projection.expr), projection.input.as_ref()),
+        other => (None, other),
+    };
+    if let LogicalPlan::SubqueryAlias(alias) = node {
+        node = alias.input.as_ref();
+    }
+    let LogicalPlan::TableScan(scan) = node else {
+        return None;
+    };
+    if !scan.filters.is_empty() || scan.fetch.is_some() || scan.projection.is_some() {
+        return None;
+    }
+    let table = source_as_provider(&scan.source).ok()?;
+    table.downcast_ref::<RecommendTable>()?;
+    let projection = match columns {
+        None => None,
+        Some(exprs) => Some(
+            exprs
+                .iter()
+                .map(|e| match e.clone().unalias() {
+                    Expr::Column(c) => result_schema().index_of(&c.name).ok(),
+                    _ => None,
+                })
+                .collect::<Option<Vec<usize>>>()?,
+        ),
+    };
+    Some(SingleCall {
+        table,
+        projection,
+        schema,
+    })
+}
+
+impl SingleCall {
+    /// Scores the call; the rows carry the plan's own schema (its column names).
+    pub async fn run(&self, state: &SessionState) -> Result<RecordBatch> {
+        let plan = self
+            .table
+            .scan(state, self.projection.as_ref(), &[], None)
+            .await?;
+        let batches = collect(plan.clone(), state.task_ctx()).await?;
+        let batch = concat_batches(&plan.schema(), &batches)?;
+        Ok(RecordBatch::try_new(
+            self.schema.clone(),
+            batch.columns().to_vec(),
+        )?)
     }
 }
 
@@ -482,174 +531,4 @@ fn ranked_batch(scored: Vec<Scored>) -> Result<RecordBatch> {
         Arc::new(ranks.finish()),
     ];
     Ok(RecordBatch::try_new(result_schema(), columns)?)
-}
-
-static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
-    Documentation::builder(
-        datafusion::logical_expr::DocSection {
-            include: true,
-            label: "Quiver models",
-            description: Some("Scoring with the ONNX models of --models-dir"),
-        },
-        "The top k items for each user of a two_tower model, as a list of struct(item_id, score), \
-         best first (unnest-able). Unknown users (outside the model's [users] query) get the \
-         model's [fallback] list, or an empty list without one. NULL user: NULL. Unlike the \
-         recommend(...) table function it does not apply [exclude]. Users of one batch go through \
-         the user tower in one call.",
-        "recommend_items('model', user_id, k)",
-    )
-    .with_sql_example(
-        "```sql\nSELECT user_id, recommend_items('mf', user_id, 10) AS items FROM users;\n```",
-    )
-    .with_argument("model", "A two_tower model.")
-    .with_argument("user_id", "The user (integer).")
-    .with_argument("k", "How many items (0 to 10000).")
-    .build()
-});
-
-#[derive(Debug)]
-pub struct RecommendItems {
-    registry: Arc<ModelRegistry>,
-    signature: Signature,
-}
-
-impl PartialEq for RecommendItems {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.registry, &other.registry)
-    }
-}
-
-impl Eq for RecommendItems {}
-
-impl std::hash::Hash for RecommendItems {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        NAME_ITEMS.hash(state);
-    }
-}
-
-pub fn recommend_items_udf(registry: Arc<ModelRegistry>) -> ScalarUDF {
-    ScalarUDF::new_from_impl(RecommendItems {
-        registry,
-        // Volatile, not Stable: a constant call must not be folded at planning, which would run
-        // the model there (on the caller's thread) and give the result a schema of its own.
-        signature: Signature::user_defined(Volatility::Volatile),
-    })
-}
-
-/// Per row a list of struct(item_id, score), NULL where the row had no result.
-fn items_list(results: Vec<Option<Vec<Scored>>>) -> Result<ArrayRef> {
-    let mut ids = Int64Builder::new();
-    let mut scores = Float64Builder::new();
-    let mut lengths = Vec::with_capacity(results.len());
-    for items in &results {
-        let items = items.as_deref().unwrap_or_default();
-        for item in items {
-            ids.append_value(item.item_id);
-            scores.append_option(item.score);
-        }
-        lengths.push(items.len());
-    }
-    let valid: Vec<bool> = results.iter().map(Option::is_some).collect();
-    let entries = StructArray::try_new(
-        item_fields(),
-        vec![
-            Arc::new(ids.finish()) as ArrayRef,
-            Arc::new(scores.finish()),
-        ],
-        None,
-    )?;
-    Ok(Arc::new(ListArray::try_new(
-        Arc::new(Field::new("item", DataType::Struct(item_fields()), true)),
-        OffsetBuffer::from_lengths(lengths),
-        Arc::new(entries),
-        Some(NullBuffer::from(valid)),
-    )?))
-}
-
-fn items_type() -> DataType {
-    DataType::List(Arc::new(Field::new(
-        "item",
-        DataType::Struct(item_fields()),
-        true,
-    )))
-}
-
-impl ScalarUDFImpl for RecommendItems {
-    fn name(&self) -> &str {
-        NAME_ITEMS
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        let [model, user, k] = arg_types else {
-            return plan_err!(
-                "recommend_items('model', user_id, k) takes 3 arguments, got {}",
-                arg_types.len()
-            );
-        };
-        for (what, t) in [("user_id", user), ("k", k)] {
-            if !t.is_integer() && !t.is_null() {
-                return plan_err!("recommend_items: {what} must be an integer, it is {t}");
-            }
-        }
-        Ok(vec![model.clone(), DataType::Int64, DataType::Int64])
-    }
-
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(items_type())
-    }
-
-    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<Arc<Field>> {
-        let name = model_name(NAME_ITEMS, args.scalar_arguments.first().copied().flatten())?;
-        let model = self
-            .registry
-            .get(name)
-            .map_err(datafusion::error::DataFusionError::Plan)?;
-        Pipeline::resolve(&self.registry, model.clone())?;
-        Ok(pinned_field(NAME_ITEMS, items_type(), &model))
-    }
-
-    fn invoke_with_args(&self, call: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let Some(ColumnarValue::Scalar(name)) = call.args.first() else {
-            return exec_err!("recommend_items' first argument must be the model name");
-        };
-        let model = pinned_model(
-            &self.registry,
-            model_name(NAME_ITEMS, Some(name))?,
-            &call.return_field,
-        )?;
-        let pipeline = Pipeline::resolve(&self.registry, model)?;
-        let columns = call.args[1..]
-            .iter()
-            .map(|a| a.to_array(call.number_rows))
-            .collect::<Result<Vec<_>>>()?;
-        let users = columns[0].as_primitive::<Int64Type>();
-        let ks = columns[1].as_primitive::<Int64Type>();
-        // Rows are grouped by k so each group's known users share one user-tower call.
-        let mut k_values: Vec<i64> = ks.iter().flatten().collect();
-        k_values.sort_unstable();
-        k_values.dedup();
-        let mut results: Vec<Option<Vec<Scored>>> = vec![None; users.len()];
-        for k in k_values {
-            let rows: Vec<usize> = (0..users.len())
-                .filter(|r| ks.is_valid(*r) && ks.value(*r) == k)
-                .collect();
-            let group: Vec<Option<i64>> = rows
-                .iter()
-                .map(|r| users.is_valid(*r).then(|| users.value(*r)))
-                .collect();
-            let scored = pipeline.recommend(&group, item_count(NAME_ITEMS, k)?, &HashSet::new())?;
-            for (row, items) in rows.into_iter().zip(scored) {
-                results[row] = items;
-            }
-        }
-        Ok(ColumnarValue::Array(items_list(results)?))
-    }
-
-    fn documentation(&self) -> Option<&Documentation> {
-        Some(&DOCUMENTATION)
-    }
 }

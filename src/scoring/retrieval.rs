@@ -4,6 +4,7 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashSet};
 use std::path::Path;
+use std::sync::LazyLock;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
 use datafusion::arrow::compute::{cast, concat_batches};
@@ -14,6 +15,7 @@ use tract_onnx::prelude::{IntoTValue, TVec, Tensor, tvec};
 
 use crate::error::{Error, Result};
 use crate::scoring::onnx::OnnxModel;
+use crate::scoring::quantized::{QuantizedMatrix, survivors};
 use crate::scoring::spec::{ElementType, Metric, ModelSpec, TensorSpec};
 use crate::session::QuiverSession;
 
@@ -23,14 +25,18 @@ const ITEM_TOWER_BATCH: usize = 8192;
 /// Matrices of at least this many values (4 MiB) are scanned on several threads.
 const PARALLEL_SCAN_VALUES: usize = 1 << 20;
 
-/// Most threads one scan uses.
-const MAX_SCAN_THREADS: usize = 4;
+/// Threads one scan uses: one per core, at most 4. Read once: `available_parallelism` reads the
+/// cgroup's CPU quota from files on every call.
+static SCAN_THREADS: LazyLock<usize> =
+    LazyLock::new(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
 
 #[derive(Debug)]
 pub struct Retrieval {
     item_ids: Vec<i64>,
     /// `item_ids.len() × dim` embeddings, row-major; unit rows under the cosine metric.
     matrix: Vec<f32>,
+    /// The int8 copy the scan reads first (`None` for a matrix with non-finite values).
+    quantized: Option<QuantizedMatrix>,
     dim: usize,
     metric: Metric,
     known_users: Option<HashSet<i64>>,
@@ -83,14 +89,33 @@ impl Retrieval {
             }
             None => Vec::new(),
         };
-        Ok(Self {
+        Ok(Self::new(
             item_ids,
             matrix,
             dim,
-            metric: spec.metric,
+            spec.metric,
             known_users,
             fallback,
-        })
+        ))
+    }
+
+    fn new(
+        item_ids: Vec<i64>,
+        matrix: Vec<f32>,
+        dim: usize,
+        metric: Metric,
+        known_users: Option<HashSet<i64>>,
+        fallback: Vec<(i64, Option<f64>)>,
+    ) -> Self {
+        Self {
+            quantized: QuantizedMatrix::new(&matrix, dim),
+            item_ids,
+            matrix,
+            dim,
+            metric,
+            known_users,
+            fallback,
+        }
     }
 
     pub fn items(&self) -> usize {
@@ -139,34 +164,35 @@ impl Retrieval {
         Ok(vectors)
     }
 
-    /// The `k` best items for one user embedding, best first; ties go to the earlier item. A large
-    /// matrix is scanned in slices on one thread per core, each keeping its own best `k`.
+    /// The `k` best items for one user embedding, best first; ties go to the earlier item. The int8
+    /// copy of the matrix is scanned first and only the rows it cannot rule out are scored in float
+    /// (see [`crate::scoring::quantized`]); the result is the one a full float scan gives. A large
+    /// matrix is scanned in slices on one thread per core.
     pub fn top_k(&self, user: &[f32], k: usize, exclude: &HashSet<i64>) -> Vec<Scored> {
         if k == 0 {
             return Vec::new();
         }
-        let rows = self.item_ids.len();
-        let threads = if self.matrix.len() >= PARALLEL_SCAN_VALUES {
-            std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_SCAN_THREADS))
-        } else {
-            1
-        };
-        let mut best = if threads <= 1 {
-            self.scan(user, k, exclude, 0..rows)
-        } else {
-            let slice = rows.div_ceil(threads);
-            std::thread::scope(|scope| {
-                let scans: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let range = (t * slice).min(rows)..((t + 1) * slice).min(rows);
-                        scope.spawn(move || self.scan(user, k, exclude, range))
-                    })
-                    .collect();
-                scans
+        let keep = |index: usize| exclude.is_empty() || !exclude.contains(&self.item_ids[index]);
+        let quantized = self
+            .quantized
+            .as_ref()
+            .and_then(|q| Some((q, q.user(user)?)));
+        let mut best: Vec<Candidate> = match quantized {
+            Some((matrix, query)) => {
+                let parts = self.in_slices(|range| matrix.bounds(&query, k, range, keep));
+                survivors(parts, k)
                     .into_iter()
-                    .flat_map(|scan| scan.join().unwrap_or_default())
+                    .map(|index| Candidate {
+                        score: dot(user, self.item_vector(index)),
+                        index,
+                    })
                     .collect()
-            })
+            }
+            None => self
+                .in_slices(|range| self.scan(user, k, range, keep))
+                .into_iter()
+                .flatten()
+                .collect(),
         };
         best.sort();
         best.truncate(k);
@@ -179,13 +205,38 @@ impl Retrieval {
             .collect()
     }
 
-    /// The best `k` of the matrix rows in `range`, in no particular order.
+    /// `scan` over the rows, in one slice per thread for a large matrix (the first slice on this
+    /// thread).
+    fn in_slices<T: Send>(&self, scan: impl Fn(std::ops::Range<usize>) -> T + Sync) -> Vec<T> {
+        let rows = self.item_ids.len();
+        let threads = if self.matrix.len() >= PARALLEL_SCAN_VALUES {
+            *SCAN_THREADS
+        } else {
+            1
+        };
+        if threads <= 1 {
+            return vec![scan(0..rows)];
+        }
+        let slice = rows.div_ceil(threads);
+        let range = |t: usize| (t * slice).min(rows)..((t + 1) * slice).min(rows);
+        let scan = &scan;
+        std::thread::scope(|scope| {
+            let others: Vec<_> = (1..threads)
+                .map(|t| scope.spawn(move || scan(range(t))))
+                .collect();
+            let mut parts = vec![scan(range(0))];
+            parts.extend(others.into_iter().filter_map(|other| other.join().ok()));
+            parts
+        })
+    }
+
+    /// The best `k` of the matrix rows in `range` by their float scores, in no particular order.
     fn scan(
         &self,
         user: &[f32],
         k: usize,
-        exclude: &HashSet<i64>,
         range: std::ops::Range<usize>,
+        keep: impl Fn(usize) -> bool,
     ) -> Vec<Candidate> {
         let mut best: BinaryHeap<Candidate> = BinaryHeap::with_capacity(k + 1);
         let rows = self.matrix[range.start * self.dim..range.end * self.dim].chunks_exact(self.dim);
@@ -198,7 +249,7 @@ impl Retrieval {
             {
                 continue;
             }
-            if !exclude.is_empty() && exclude.contains(&self.item_ids[index]) {
+            if !keep(index) {
                 continue;
             }
             best.push(Candidate { score, index });
@@ -431,14 +482,14 @@ mod tests {
     }
 
     fn retrieval(matrix: Vec<f32>, dim: usize) -> Retrieval {
-        Retrieval {
-            item_ids: (0..(matrix.len() / dim) as i64).map(|i| i * 10).collect(),
+        Retrieval::new(
+            (0..(matrix.len() / dim) as i64).map(|i| i * 10).collect(),
             matrix,
             dim,
-            metric: Metric::Dot,
-            known_users: None,
-            fallback: vec![(7, Some(3.0)), (8, None)],
-        }
+            Metric::Dot,
+            None,
+            vec![(7, Some(3.0)), (8, None)],
+        )
     }
 
     #[test]
@@ -483,6 +534,65 @@ mod tests {
             got,
             all.iter().take(25).map(|(_, i)| *i).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn the_int8_first_pass_gives_the_float_scans_result() {
+        // Clustered rows with exact duplicates (ties), a wide range of magnitudes, exclusions, k
+        // from 1 to past the number of rows: the two-pass scan must equal the full float ranking.
+        let (rows, dim) = (3000, 16);
+        let mut seed = 3u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let mut matrix = Vec::with_capacity(rows * dim);
+        for row in 0..rows {
+            if row % 7 == 3 {
+                let copy = matrix[(row - 3) * dim..(row - 2) * dim].to_vec();
+                matrix.extend(copy);
+            } else {
+                let size = if row % 11 == 0 { 50.0 } else { 1.0 };
+                matrix.extend((0..dim).map(|_| next() * size));
+            }
+        }
+        let r = retrieval(matrix.clone(), dim);
+        assert!(r.quantized.is_some());
+        for (case, k) in [1, 5, 10, 64, 500, 4000].into_iter().enumerate() {
+            let user: Vec<f32> = (0..dim).map(|_| next() * 2.0).collect();
+            let all = ranked(&matrix, dim, &user);
+            let exclude: HashSet<i64> =
+                all.iter().take(case).map(|(_, i)| *i as i64 * 10).collect();
+            let want: Vec<(usize, f32)> = all
+                .iter()
+                .filter(|(_, i)| !exclude.contains(&(*i as i64 * 10)))
+                .take(k)
+                .map(|(s, i)| (*i, *s))
+                .collect();
+            let got: Vec<(usize, f32)> = r
+                .top_k(&user, k, &exclude)
+                .iter()
+                .map(|s| (s.index.expect("row"), s.score.expect("score") as f32))
+                .collect();
+            assert_eq!(got, want, "k = {k}");
+        }
+    }
+
+    #[test]
+    fn a_matrix_with_non_finite_values_is_scanned_in_float() {
+        let matrix = vec![1.0, 0.0, f32::INFINITY, 1.0, 0.5, 0.5];
+        let r = retrieval(matrix.clone(), 2);
+        assert!(r.quantized.is_none());
+        let user = [1.0, -1.0];
+        let got: Vec<usize> = r
+            .top_k(&user, 3, &HashSet::new())
+            .iter()
+            .filter_map(|s| s.index)
+            .collect();
+        let want: Vec<usize> = ranked(&matrix, 2, &user).iter().map(|(_, i)| *i).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

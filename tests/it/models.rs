@@ -3,10 +3,12 @@
 
 use std::sync::Arc;
 
+use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{Float32Type, Int32Type};
 use quiver::session::SessionOptions;
 use tonic::Code;
+use tonic::transport::Channel;
 
 use crate::common::{TestServer, code, fetch};
 
@@ -19,10 +21,8 @@ async fn with_test_models() -> TestServer {
     .await
 }
 
-#[tokio::test]
-async fn recommend_and_predict_from_the_rust_client() {
-    let server = with_test_models().await;
-    let mut client = server.sql_client().await;
+/// The tables the test models' `[items]`, `[exclude]` and `[fallback]` queries read.
+async fn create_items_and_interactions(client: &mut FlightSqlServiceClient<Channel>) {
     for statement in [
         "CREATE TABLE items AS SELECT CAST(value AS BIGINT) AS item_id FROM generate_series(0, 199)",
         "CREATE TABLE interactions AS SELECT CAST(value % 40 AS BIGINT) AS user_id, \
@@ -34,6 +34,13 @@ async fn recommend_and_predict_from_the_rust_client() {
             .await
             .expect(statement);
     }
+}
+
+#[tokio::test]
+async fn recommend_and_predict_from_the_rust_client() {
+    let server = with_test_models().await;
+    let mut client = server.sql_client().await;
+    create_items_and_interactions(&mut client).await;
 
     let mut recommend = client
         .prepare(
@@ -91,4 +98,53 @@ async fn recommend_and_predict_from_the_rust_client() {
         let error = client.execute(sql.into(), None).await.expect_err(sql);
         assert_eq!(code(&error), expected, "{sql}: {error}");
     }
+}
+
+/// A `recommend` call is scored at GetFlightInfo and its rows travel in the ticket, so DoGet has
+/// nothing to plan: the ticket grows with k. Renamed columns keep the names the query gave them, and
+/// a call joined with a table still goes through DataFusion (its ticket carries only the statement).
+#[tokio::test]
+async fn a_recommend_call_is_answered_at_get_flight_info() {
+    let server = with_test_models().await;
+    let mut client = server.sql_client().await;
+    create_items_and_interactions(&mut client).await;
+    let ticket_size = |info: &arrow_flight::FlightInfo| {
+        info.endpoint[0]
+            .ticket
+            .as_ref()
+            .map_or(0, |t| t.ticket.len())
+    };
+    let small = client
+        .execute("SELECT * FROM recommend('mf', 3, 2)".into(), None)
+        .await
+        .expect("k = 2");
+    let large_sql = "SELECT r.item_id AS id, r.rank FROM recommend('mf', 3, 150) r";
+    let large = client
+        .execute(large_sql.into(), None)
+        .await
+        .expect("k = 150");
+    let joined_sql = "SELECT r.item_id, i.item_id FROM recommend('mf', 3, 150) r \
+                      JOIN items i ON r.item_id = i.item_id";
+    let joined = client
+        .execute(joined_sql.into(), None)
+        .await
+        .expect("joined");
+    // 148 more rows of (item_id, score, rank) are well over 1 KB.
+    assert!(
+        ticket_size(&large) > ticket_size(&small) + 1000,
+        "{} vs {}",
+        ticket_size(&large),
+        ticket_size(&small)
+    );
+    assert!(ticket_size(&joined) < ticket_size(&large) / 2);
+    let batches = fetch(&mut client, large).await;
+    assert_eq!(batches[0].schema().field(0).name(), "id");
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(rows, 150);
+    let joined: usize = fetch(&mut client, joined)
+        .await
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
+    assert_eq!(joined, rows);
 }
