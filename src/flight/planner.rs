@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::flight::handle::StatementHandle;
 use crate::query::statement::plan_sql_with;
 use crate::query::statement::row_parameters;
-use crate::query::{Planned, execute, plan_sql};
+use crate::query::{Planned, direct_answer, execute, plan_sql};
 use crate::session::QuiverSession;
 
 /// Largest result (an online lookup, a recommend call) sent inside its ticket rather than computed
@@ -67,28 +67,18 @@ pub async fn plan_for_client(
     let planned = plan_handle(session, &handle).await?;
     authorize(&planned, caller)?;
     let schema = planned.schema();
-    // An online lookup is answered now, from memory, and its rows travel in the ticket: DoGet then
-    // has nothing to plan. Only small results: a ticket is one gRPC message.
+    // An online lookup or a lone recommend(...) call is answered now (on this, the query runtime),
+    // and its rows travel in the ticket: DoGet then has nothing to plan. Only small results: a
+    // ticket is one gRPC message; a larger one is answered again at DoGet and streamed.
     if let Planned::Query(plan) = &planned
-        && let Some(batch) = crate::features::table::direct_lookup(plan)
+        && let Some(batch) = direct_answer(session, plan).await
     {
         let batch = batch?;
-        if batch.get_array_memory_size() <= MAX_RESULT_IN_TICKET {
-            let handle = handle.with_result(&schema, std::slice::from_ref(&batch))?;
-            return Ok((schema, handle));
-        }
-    }
-    // So is one recommend(...) call: a few rows, scored now on this (query) runtime.
-    if let Planned::Query(plan) = &planned
-        && crate::scoring::recommend::single_call(plan).is_some()
-    {
-        let batches: Vec<RecordBatch> = execute(session, planned).await?.try_collect().await?;
-        let size: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-        if size <= MAX_RESULT_IN_TICKET {
-            let handle = handle.with_result(&schema, &batches)?;
-            return Ok((schema, handle));
-        }
-        // Too large for a ticket (k in the thousands): DoGet scores it again and streams it.
+        let handle = if batch.get_array_memory_size() <= MAX_RESULT_IN_TICKET {
+            handle.with_result(&schema, std::slice::from_ref(&batch))?
+        } else {
+            handle
+        };
         return Ok((schema, handle));
     }
     if !has_side_effects(&planned) {

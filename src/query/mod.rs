@@ -9,4 +9,6 @@ pub mod planner;
 pub mod rewrite;
 pub mod statement;
 
-pub use statement::{Command, Planned, execute, plan_sql, run_sql, schema_and_table};
+pub use statement::{
+    Command, Planned, direct_answer, execute, plan_sql, run_sql, schema_and_table,
+};

@@ -432,18 +432,9 @@ pub async fn execute(
             dml::run(&dml).await
         }
         Planned::Query(plan) => {
-            if let Some(batch) = crate::features::table::direct_lookup(&plan) {
-                let batch = batch?;
+            if let Some(batch) = direct_answer(session, &plan).await {
                 return Ok(Box::pin(MemoryStream::try_new(
-                    vec![batch],
-                    Arc::new(plan.schema().as_arrow().clone()),
-                    None,
-                )?));
-            }
-            if let Some(call) = crate::scoring::recommend::single_call(&plan) {
-                let batch = call.run(&session.ctx().state()).await?;
-                return Ok(Box::pin(MemoryStream::try_new(
-                    vec![batch],
+                    vec![batch?],
                     Arc::new(plan.schema().as_arrow().clone()),
                     None,
                 )?));
@@ -453,6 +444,19 @@ pub async fn execute(
         }
         Planned::Command(command) => ddl::run(session, command).await,
     }
+}
+
+/// The rows of a query that is answered without DataFusion's optimizer and physical planner: an
+/// online lookup (from the view's index) or one `recommend(...)` call. `None` for any other plan.
+pub async fn direct_answer(
+    session: &QuiverSession,
+    plan: &LogicalPlan,
+) -> Option<Result<RecordBatch>> {
+    if let Some(batch) = crate::features::table::direct_lookup(plan) {
+        return Some(batch.map_err(Into::into));
+    }
+    let call = crate::scoring::recommend::single_call(plan)?;
+    Some(call.run(&session.ctx().state()).await.map_err(Into::into))
 }
 
 /// Plans and executes one statement (the `quiver sql` command and tests).
