@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::features::FeatureStore;
 use crate::query::asof::AsofRelationPlanner;
 use crate::query::planner::QuiverPlanner;
+use crate::query::prepared::PreparedPlans;
 use crate::scoring::system::SystemSchema;
 use crate::scoring::{self, ModelRegistry};
 use crate::storage::{CATALOG, DEFAULT_SCHEMA, Warehouse, WarehouseCatalog};
@@ -30,6 +31,7 @@ pub struct QuiverSession {
     catalog: Arc<WarehouseCatalog>,
     features: Arc<FeatureStore>,
     models: Arc<ModelRegistry>,
+    prepared: Arc<PreparedPlans>,
 }
 
 /// Settings of query execution (`quiver serve` / `quiver sql` flags).
@@ -124,6 +126,7 @@ impl QuiverSession {
             catalog,
             features,
             models,
+            prepared: Arc::default(),
         };
         session.features.open_all(&session).await;
         // Models come last: a two-tower model reads its items with SQL, possibly from feature views.
@@ -133,6 +136,18 @@ impl QuiverSession {
 
     pub fn ctx(&self) -> &SessionContext {
         &self.ctx
+    }
+
+    /// Prepared statements answered without planning (online lookups, recommend calls).
+    pub fn prepared(&self) -> &PreparedPlans {
+        &self.prepared
+    }
+
+    /// Changes whenever a feature view is materialized again or models are reloaded: what was planned
+    /// at another generation may read a swapped-out index or model.
+    pub fn generation(&self) -> u64 {
+        // Both only grow, so their sum changes whenever either does.
+        self.features.generation() + self.models.generation()
     }
 
     pub fn state(&self) -> SessionState {

@@ -12,6 +12,7 @@ pub mod table;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -35,6 +36,8 @@ pub struct FeatureStore {
     views: BTreeMap<String, Arc<ViewState>>,
     /// Files that failed to load, by view name: reported again when the view is used.
     invalid: BTreeMap<String, DefinitionError>,
+    /// Bumped each time any view's materialized table or index is swapped.
+    generation: Arc<AtomicU64>,
 }
 
 /// One view: its definition and what is materialized of it.
@@ -44,6 +47,8 @@ pub struct ViewState {
     materialized: RwLock<Option<Arc<Materialized>>>,
     /// One refresh of a view at a time.
     refresh_lock: tokio::sync::Mutex<()>,
+    /// The store's [`FeatureStore::generation`].
+    generation: Arc<AtomicU64>,
 }
 
 /// The view's Delta table as of its last refresh (or start), and its online index.
@@ -92,6 +97,7 @@ impl FeatureStore {
                             definition: view,
                             materialized: RwLock::new(None),
                             refresh_lock: tokio::sync::Mutex::new(()),
+                            generation: store.generation.clone(),
                         }),
                     );
                 }
@@ -113,6 +119,12 @@ impl FeatureStore {
             "feature views"
         );
         Ok(store)
+    }
+
+    /// Changes each time a view is materialized again, so whatever was planned against the views
+    /// can tell it is out of date (see [`crate::query::prepared`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn views(&self) -> impl Iterator<Item = &Arc<ViewState>> {
@@ -205,6 +217,7 @@ impl ViewState {
         if let Ok(mut held) = self.materialized.write() {
             *held = Some(materialized);
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 

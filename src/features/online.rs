@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray};
-use datafusion::arrow::compute::{cast, interleave};
+use datafusion::arrow::compute::{CastOptions, cast, cast_with_options, interleave};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Result, ScalarValue, internal_err};
+use datafusion::common::{Result, ScalarValue, exec_datafusion_err, internal_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -155,7 +155,15 @@ impl OnlineIndex {
                 .map(|(k, &c)| {
                     let values = keys.iter().map(|key| key[k].clone());
                     let array = ScalarValue::iter_to_array(values)?;
-                    Ok(cast(&array, self.schema.field(c).data_type())?)
+                    // A key that is not a value of the column ('one' for a BIGINT key) is an error,
+                    // as it is in SQL, not a silent miss.
+                    let field = self.schema.field(c);
+                    let strict = CastOptions {
+                        safe: false,
+                        ..Default::default()
+                    };
+                    cast_with_options(&array, field.data_type(), &strict)
+                        .map_err(|e| exec_datafusion_err!("key {}: {e}", field.name()))
                 })
                 .collect::<Result<Vec<_>>>()?;
             let rows = self.converter.convert_columns(&arrays)?;

@@ -64,22 +64,25 @@ pub async fn plan_for_client(
     handle: StatementHandle,
     caller: &Principal,
 ) -> Result<(SchemaRef, StatementHandle)> {
+    // A prepared lookup or recommend call: planned once, then only bound and answered.
+    if let Some(params) = handle.parameter_batch()?.filter(|p| p.num_rows() == 1)
+        && let Some(direct) = session
+            .prepared()
+            .direct(session, &handle.sql, &params)
+            .await
+    {
+        let batch = direct.answer(session, &params).await?;
+        return with_answer(handle, direct.schema(), batch);
+    }
     let planned = plan_handle(session, &handle).await?;
     authorize(&planned, caller)?;
     let schema = planned.schema();
     // An online lookup or a lone recommend(...) call is answered now (on this, the query runtime),
-    // and its rows travel in the ticket: DoGet then has nothing to plan. Only small results: a
-    // ticket is one gRPC message; a larger one is answered again at DoGet and streamed.
+    // and its rows travel in the ticket: DoGet then has nothing to plan.
     if let Planned::Query(plan) = &planned
         && let Some(batch) = direct_answer(session, plan).await
     {
-        let batch = batch?;
-        let handle = if batch.get_array_memory_size() <= MAX_RESULT_IN_TICKET {
-            handle.with_result(&schema, std::slice::from_ref(&batch))?
-        } else {
-            handle
-        };
-        return Ok((schema, handle));
+        return with_answer(handle, schema, batch?);
     }
     if !has_side_effects(&planned) {
         return Ok((schema, handle));
@@ -98,6 +101,45 @@ pub async fn plan_for_client(
     })
     .await?;
     let handle = handle.with_result(&schema, &batches)?;
+    Ok((schema, handle))
+}
+
+/// GetFlightInfo of a prepared online lookup this server has planned before, answered on the
+/// calling thread: binding a key and reading the index is less work than handing the call to the
+/// query runtime. `None` for any other statement.
+pub fn answer_known_lookup(
+    session: &QuiverSession,
+    handle: &StatementHandle,
+) -> Option<Result<(SchemaRef, StatementHandle)>> {
+    if handle.parameters.is_empty() {
+        return None;
+    }
+    let direct = session
+        .prepared()
+        .current(session, &handle.sql)
+        .filter(|d| d.is_lookup())?;
+    let answer = || {
+        let params = handle
+            .parameter_batch()?
+            .filter(|p| p.num_rows() == 1)
+            .ok_or_else(|| Error::InvalidInput("a query binds one row of parameters".into()))?;
+        with_answer(handle.clone(), direct.schema(), direct.look_up(&params)?)
+    };
+    Some(answer())
+}
+
+/// The handle of a statement answered at GetFlightInfo, its rows inside when they are small: a
+/// ticket is one gRPC message, so a larger answer is computed again at DoGet and streamed.
+fn with_answer(
+    handle: StatementHandle,
+    schema: SchemaRef,
+    batch: RecordBatch,
+) -> Result<(SchemaRef, StatementHandle)> {
+    let handle = if batch.get_array_memory_size() <= MAX_RESULT_IN_TICKET {
+        handle.with_result(&schema, std::slice::from_ref(&batch))?
+    } else {
+        handle
+    };
     Ok((schema, handle))
 }
 

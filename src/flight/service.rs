@@ -164,12 +164,16 @@ impl QuiverFlightSql {
         descriptor: FlightDescriptor,
         caller: &Principal,
     ) -> Result<FlightInfo, Status> {
-        let planning_caller = caller.clone();
-        let (schema, handle) = self
-            .run_statement(true, move |session| async move {
-                planner::plan_for_client(&session, handle, &planning_caller).await
-            })
-            .await?;
+        let (schema, handle) = match planner::answer_known_lookup(&self.session, &handle) {
+            Some(answer) => answer?,
+            None => {
+                let planning_caller = caller.clone();
+                self.run_statement(true, move |session| async move {
+                    planner::plan_for_client(&session, handle, &planning_caller).await
+                })
+                .await?
+            }
+        };
         let ticket = TicketStatementQuery {
             statement_handle: self.seal_handle(caller, &handle),
         };

@@ -6,6 +6,7 @@ pub mod asof;
 pub mod ddl;
 pub mod dml;
 pub mod planner;
+pub mod prepared;
 pub mod rewrite;
 pub mod statement;
 

@@ -456,7 +456,11 @@ pub async fn direct_answer(
         return Some(batch.map_err(Into::into));
     }
     let call = crate::scoring::recommend::single_call(plan)?;
-    Some(call.run(&session.ctx().state()).await.map_err(Into::into))
+    Some(
+        call.run(&session.ctx().state(), None)
+            .await
+            .map_err(Into::into),
+    )
 }
 
 /// Plans and executes one statement (the `quiver sql` command and tests).

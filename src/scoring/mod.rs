@@ -98,6 +98,8 @@ pub struct ModelRegistry {
     slots: RwLock<BTreeMap<String, Slot>>,
     /// One reload at a time: the poll and `RELOAD MODELS` must not load the same files twice.
     reloading: tokio::sync::Mutex<()>,
+    /// Bumped each time the set of serving models is swapped.
+    generation: AtomicU64,
 }
 
 /// What a reload did, per model directory.
@@ -115,6 +117,12 @@ impl ModelRegistry {
             dir,
             ..Self::default()
         }
+    }
+
+    /// Changes each time models are loaded, so whatever was planned against them can tell it is
+    /// out of date (see [`crate::query::prepared`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The serving version of `name`, or an error naming the problem (unknown, or never loaded).
@@ -248,6 +256,7 @@ impl ModelRegistry {
         if let Ok(mut slots) = self.slots.write() {
             *slots = next;
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(outcomes)
     }
 

@@ -198,28 +198,65 @@ pub(crate) fn item_count(function: &str, k: i64) -> Result<usize> {
     Ok(k as usize)
 }
 
-/// An argument of the table function: a constant, or a parameter not bound yet (`None`).
-fn constant_int(function: &str, what: &str, expr: &Expr) -> Result<Option<i64>> {
+/// An integer argument of the call: known at planning, or the statement's parameter `$n`
+/// (`Parameter(n)`), known when the statement runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Argument {
+    Known(i64),
+    Parameter(usize),
+}
+
+/// An argument of the table function: a constant, or a parameter not bound yet.
+fn constant_int(function: &str, what: &str, expr: &Expr) -> Result<Argument> {
     match expr {
-        Expr::Placeholder(_) => Ok(None),
+        Expr::Placeholder(p) => match p.id.strip_prefix('$').map(str::parse::<usize>) {
+            Some(Ok(n)) if n > 0 => Ok(Argument::Parameter(n)),
+            _ => plan_err!(
+                "{function}: {what} is parameter {}, expected $1, $2, ...",
+                p.id
+            ),
+        },
         Expr::Literal(value, _) if value.is_null() => {
             plan_err!("{function}: {what} is NULL")
         }
         Expr::Literal(value, _) if value.data_type().is_integer() => {
             match value.cast_to(&DataType::Int64)? {
-                ScalarValue::Int64(Some(v)) => Ok(Some(v)),
+                ScalarValue::Int64(Some(v)) => Ok(Argument::Known(v)),
                 other => plan_err!("{function}: {what} {other} is not an integer"),
             }
         }
         Expr::Negative(inner) => match constant_int(function, what, inner)? {
-            Some(v) => match v.checked_neg() {
-                Some(v) => Ok(Some(v)),
+            Argument::Known(v) => match v.checked_neg() {
+                Some(v) => Ok(Argument::Known(v)),
                 None => plan_err!("{function}: {what} is out of range"),
             },
-            None => Ok(None),
+            // `-$1` is not a parameter of the call: its sign would be lost.
+            Argument::Parameter(_) => {
+                plan_err!(
+                    "{function}: {what} must be an integer constant or a parameter, got {expr}"
+                )
+            }
         },
         other => {
             plan_err!("{function}: {what} must be an integer constant or a parameter, got {other}")
+        }
+    }
+}
+
+impl Argument {
+    /// The value, taking a parameter from `params`.
+    fn value(self, what: &str, params: Option<&ParamValues>) -> Result<i64> {
+        let n = match self {
+            Argument::Known(v) => return Ok(v),
+            Argument::Parameter(n) => n,
+        };
+        let Some(params) = params else {
+            return plan_err!("{TABLE_FUNCTION}(...): a parameter of the call was not bound");
+        };
+        let bound = params.get_placeholders_with_values(&format!("${n}"))?;
+        match constant_int(TABLE_FUNCTION, what, &Expr::Literal(bound.value, None))? {
+            Argument::Known(v) => Ok(v),
+            Argument::Parameter(_) => internal_err!("a bound parameter is a parameter"),
         }
     }
 }
@@ -246,15 +283,16 @@ impl TableFunctionImpl for Recommend {
             .map_err(datafusion::error::DataFusionError::Plan)?;
         let pipeline = Pipeline::resolve(&self.registry, model)?;
         let user = constant_int(TABLE_FUNCTION, "user_id", user)?;
-        let k = match constant_int(TABLE_FUNCTION, "k", k)? {
-            Some(k) => Some(item_count(TABLE_FUNCTION, k)?),
-            None => None,
-        };
+        let k = constant_int(TABLE_FUNCTION, "k", k)?;
+        if let Argument::Known(k) = k {
+            item_count(TABLE_FUNCTION, k)?;
+        }
         Ok(Arc::new(RecommendTable { pipeline, user, k }))
     }
 }
 
 /// A plan that is one `recommend(...)` call, at most its columns picked or renamed.
+#[derive(Debug)]
 pub struct SingleCall {
     table: Arc<dyn TableProvider>,
     projection: Option<Vec<usize>>,
@@ -301,10 +339,23 @@ pub fn single_call(plan: &LogicalPlan) -> Option<SingleCall> {
 }
 
 impl SingleCall {
-    /// Scores the call; the rows carry the plan's own schema (its column names).
-    pub async fn run(&self, state: &SessionState) -> Result<RecordBatch> {
-        let plan = self
-            .table
+    /// The schema of the call's rows.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Scores the call, its parameters (`recommend('m', $1, 10)`) taken from `params`; the rows carry
+    /// the plan's own schema (its column names).
+    pub async fn run(
+        &self,
+        state: &SessionState,
+        params: Option<&ParamValues>,
+    ) -> Result<RecordBatch> {
+        let Some(call) = self.table.downcast_ref::<RecommendTable>() else {
+            return internal_err!("a single recommend call without its table");
+        };
+        let plan = call
+            .bind(params)?
             .scan(state, self.projection.as_ref(), &[], None)
             .await?;
         let batches = collect(plan.clone(), state.task_ctx()).await?;
@@ -320,8 +371,21 @@ impl SingleCall {
 #[derive(Debug)]
 struct RecommendTable {
     pipeline: Pipeline,
-    user: Option<i64>,
-    k: Option<usize>,
+    user: Argument,
+    k: Argument,
+}
+
+impl RecommendTable {
+    /// The call with its parameters replaced by their values.
+    fn bind(&self, params: Option<&ParamValues>) -> Result<RecommendTable> {
+        let k = self.k.value("k", params)?;
+        item_count(TABLE_FUNCTION, k)?;
+        Ok(RecommendTable {
+            pipeline: self.pipeline.clone(),
+            user: Argument::Known(self.user.value("user_id", params)?),
+            k: Argument::Known(k),
+        })
+    }
 }
 
 #[async_trait]
@@ -341,12 +405,13 @@ impl TableProvider for RecommendTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let (Some(user), Some(k)) = (self.user, self.k) else {
+        let (Argument::Known(user), Argument::Known(k)) = (self.user, self.k) else {
             return plan_err!(
                 "recommend('{}', ...): a parameter of the call was not bound",
                 self.pipeline.model.name
             );
         };
+        let k = item_count(TABLE_FUNCTION, k)?;
         let exclude = match (
             &self.pipeline.model.spec.exclude,
             state.as_any().downcast_ref::<SessionState>(),

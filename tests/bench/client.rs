@@ -6,11 +6,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_flight::FlightInfo;
+use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::client::{FlightSqlServiceClient, PreparedStatement};
+use arrow_flight::sql::{
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
+    CommandPreparedStatementQuery, DoPutPreparedStatementResult, ProstMessageExt,
+};
+use arrow_flight::{Action, FlightData, FlightDescriptor, FlightInfo};
+use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use futures::TryStreamExt;
+use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 
 /// The endpoint of an arrow-flight client to the server at `addr`.
@@ -50,6 +57,117 @@ pub async fn lookup(
     let batches = fetch(sql, info).await.expect("fetch");
     let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
     (started.elapsed(), rows)
+}
+
+/// A prepared statement driven by hand, so each of a request's three round trips can be timed:
+/// bind (DoPut), execute (GetFlightInfo), fetch (DoGet). The same messages as arrow-flight's
+/// `PreparedStatement`, which times them only together.
+pub struct Phased {
+    handle: Bytes,
+}
+
+impl Phased {
+    pub async fn prepare(sql: &mut FlightSqlServiceClient<Channel>, query: &str) -> Self {
+        let request = ActionCreatePreparedStatementRequest {
+            query: query.into(),
+            transaction_id: None,
+        };
+        let action = Action::new("CreatePreparedStatement", request.as_any().encode_to_vec());
+        let mut results = sql.do_action(action).await.expect("prepare");
+        let body = results
+            .message()
+            .await
+            .expect("prepare")
+            .expect("a result")
+            .body;
+        let result: ActionCreatePreparedStatementResult = Any::decode(body)
+            .expect("any")
+            .unpack()
+            .expect("unpack")
+            .expect("a prepared statement result");
+        Self {
+            handle: result.prepared_statement_handle,
+        }
+    }
+
+    /// `warmup + n` requests with the keys `next` gives, each answered with `rows` rows; reports the
+    /// latencies of the `n` last, round trip by round trip, as `label, bind (DoPut)` and so on.
+    pub async fn measure(
+        &self,
+        sql: &mut FlightSqlServiceClient<Channel>,
+        label: &str,
+        (warmup, n): (usize, usize),
+        rows: usize,
+        mut next: impl FnMut() -> Vec<i64>,
+    ) {
+        let mut phases = [Vec::new(), Vec::new(), Vec::new()];
+        for i in 0..warmup + n {
+            let (took, got) = self.lookup(sql, &next()).await;
+            assert_eq!(got, rows, "{label}");
+            if i >= warmup {
+                for (phase, took) in phases.iter_mut().zip(took) {
+                    phase.push(took);
+                }
+            }
+        }
+        for (name, latencies) in ["bind (DoPut)", "execute (GetFlightInfo)", "fetch (DoGet)"]
+            .iter()
+            .zip(phases.iter_mut())
+        {
+            report(&format!("{label}, {name}"), latencies);
+        }
+    }
+
+    /// One request; the time of each round trip and the rows.
+    pub async fn lookup(
+        &self,
+        sql: &mut FlightSqlServiceClient<Channel>,
+        keys: &[i64],
+    ) -> ([Duration; 3], usize) {
+        let t0 = Instant::now();
+        let command = |handle: Bytes| {
+            FlightDescriptor::new_cmd(
+                CommandPreparedStatementQuery {
+                    prepared_statement_handle: handle,
+                }
+                .as_any()
+                .encode_to_vec(),
+            )
+        };
+        let params = binding(keys);
+        let data: Vec<FlightData> = FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(command(self.handle.clone())))
+            .with_schema(params.schema())
+            .build(futures::stream::iter([Ok(params)]))
+            .try_collect()
+            .await
+            .expect("encode");
+        let put = sql
+            .do_put(futures::stream::iter(data))
+            .await
+            .expect("bind")
+            .message()
+            .await
+            .expect("bind")
+            .expect("a DoPut result");
+        let bound: DoPutPreparedStatementResult =
+            prost::Message::decode(&*put.app_metadata).expect("DoPut result");
+        let handle = bound
+            .prepared_statement_handle
+            .unwrap_or_else(|| self.handle.clone());
+        let t1 = Instant::now();
+        let info = sql
+            .inner_mut()
+            .get_flight_info(command(handle))
+            .await
+            .expect("execute")
+            .into_inner();
+        let t2 = Instant::now();
+        let batches = fetch(sql, info).await.expect("fetch");
+        let t3 = Instant::now();
+        let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+        ([t1 - t0, t2 - t1, t3 - t2], rows)
+    }
 }
 
 /// Every batch of every endpoint of `info`.

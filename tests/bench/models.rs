@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use client::{connect, lookup, report};
+use client::{Phased, connect, lookup, report};
 use datafusion::arrow::array::{FixedSizeListArray, Float32Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::{
@@ -272,6 +272,26 @@ fn recommend_flight(addr: std::net::SocketAddr, args: &Args) {
             "recommend top-10, Flight SQL prepared statement (Rust client)",
             &mut latencies,
         );
+        // The same request with each round trip timed on its own.
+        let phased = Phased::prepare(
+            &mut sql,
+            "SELECT item_id, score FROM recommend('retrieval', ?, 10)",
+        )
+        .await;
+        let mut i = 0;
+        let warmup = args.requests / 10;
+        phased
+            .measure(
+                &mut sql,
+                "  recommend",
+                (warmup, args.requests / 2),
+                10,
+                || {
+                    i += 1;
+                    vec![((i * 7919) % args.users) as i64]
+                },
+            )
+            .await;
     });
 }
 

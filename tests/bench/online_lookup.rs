@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 mod client;
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use client::{binding, connect, lookup, report};
+use client::{Phased, binding, connect, lookup, report};
 use datafusion::arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use quiver::session::{QuiverSession, SessionOptions};
@@ -178,6 +178,14 @@ fn run(args: &Args, views: usize) {
             }
         }
         report(&format!("1 key,    {views:>2} view(s)"), &mut latencies);
+        // The same request with each round trip timed on its own.
+        let phased =
+            Phased::prepare(&mut sql, "SELECT * FROM features.view_0 WHERE user_id = ?").await;
+        phased
+            .measure(&mut sql, "  1 key", (warmup, args.lookups / 4), 1, || {
+                vec![next_key()]
+            })
+            .await;
         let mut latencies = Vec::with_capacity(args.lookups / 10);
         for i in 0..(warmup + args.lookups) / 10 {
             let keys: Vec<i64> = (0..100).map(|_| next_key()).collect();

@@ -162,3 +162,73 @@ async fn example_views_refresh_and_serve_prepared_lookups() {
         .expect_err("unknown view");
     assert_eq!(code(&error), Code::NotFound);
 }
+
+/// The same prepared lookup, run again after a refresh, answers from the new index (the server keeps
+/// the statement's plan between requests and must drop it when the view changes). A key that is no
+/// BIGINT ('one') is InvalidArgument naming the key, and the handle still works with a right one.
+#[tokio::test]
+async fn a_prepared_lookup_follows_each_refresh() {
+    let server = TestServer::with_example_views().await;
+    let mut client = server.sql_client().await;
+    for statement in [
+        "CREATE TABLE interactions (user_id BIGINT, item_id BIGINT, event VARCHAR, ts TIMESTAMP)",
+        "INSERT INTO interactions VALUES (1, 10, 'view', now() - INTERVAL '1 hour')",
+        "CREATE TABLE items (item_id BIGINT, category VARCHAR)",
+        "INSERT INTO items VALUES (10, 'books')",
+        "REFRESH FEATURE VIEWS",
+    ] {
+        client
+            .execute_update(statement.into(), None)
+            .await
+            .expect(statement);
+    }
+    let mut lookup = client
+        .prepare(
+            "SELECT events_30d FROM features.user_activity WHERE user_id = ?".into(),
+            None,
+        )
+        .await
+        .expect("prepare");
+    let mut events = Vec::new();
+    for round in 0..3 {
+        if round > 0 {
+            for statement in [
+                "INSERT INTO interactions VALUES (1, 10, 'click', now() - INTERVAL '5 minutes')",
+                "REFRESH FEATURE VIEW user_activity",
+            ] {
+                client
+                    .execute_update(statement.into(), None)
+                    .await
+                    .expect(statement);
+            }
+        }
+        // Twice per round: the second request is the one answered from the kept plan.
+        for _ in 0..2 {
+            lookup.set_parameters(binding(&[1])).expect("bind");
+            let info = lookup.execute().await.expect("execute");
+            let batches = fetch(&mut client, info).await;
+            events.push(
+                batches[0]
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("events_30d")
+                    .value(0),
+            );
+        }
+    }
+    assert_eq!(events, [1, 1, 2, 2, 3, 3]);
+
+    let wrong = RecordBatch::try_from_iter([(
+        "0",
+        Arc::new(datafusion::arrow::array::StringArray::from(vec!["one"])) as Arc<dyn Array>,
+    )])
+    .expect("wrong key");
+    lookup.set_parameters(wrong).expect("bind");
+    let error = lookup.execute().await.expect_err("a string key");
+    assert_eq!(code(&error), Code::InvalidArgument, "{error}");
+    assert!(error.to_string().contains("key user_id"), "{error}");
+    lookup.set_parameters(binding(&[1])).expect("bind");
+    let info = lookup.execute().await.expect("execute");
+    assert_eq!(fetch(&mut client, info).await[0].num_rows(), 1);
+}

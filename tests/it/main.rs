@@ -9,4 +9,5 @@ mod flight_sql;
 mod fuzz;
 mod models;
 mod plain_flight;
+mod prepared;
 mod security;

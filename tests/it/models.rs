@@ -148,3 +148,70 @@ async fn a_recommend_call_is_answered_at_get_flight_info() {
         .sum();
     assert_eq!(joined, rows);
 }
+
+/// A prepared call with both user and k bound gives, request after request, the rows of the call
+/// with those arguments written out; bad arguments are InvalidArgument naming them, and the handle
+/// keeps working.
+#[tokio::test]
+async fn a_prepared_recommend_call_binds_user_and_k_on_every_request() {
+    let server = with_test_models().await;
+    let mut client = server.sql_client().await;
+    create_items_and_interactions(&mut client).await;
+    let mut recommend = client
+        .prepare(
+            "SELECT item_id, score FROM recommend('mf', ?, ?)".into(),
+            None,
+        )
+        .await
+        .expect("prepare");
+    let bind = |user: Arc<dyn Array>, k: i64| {
+        RecordBatch::try_from_iter([
+            ("0", user),
+            ("1", Arc::new(Int64Array::from(vec![k])) as Arc<dyn Array>),
+        ])
+        .expect("params")
+    };
+    for (user, k) in [(3i64, 4i64), (4, 2), (3, 4), (45, 3)] {
+        recommend
+            .set_parameters(bind(Arc::new(Int64Array::from(vec![user])), k))
+            .expect("bind");
+        let info = recommend.execute().await.expect("execute");
+        let prepared = fetch(&mut client, info).await;
+        let info = client
+            .execute(
+                format!("SELECT item_id, score FROM recommend('mf', {user}, {k})"),
+                None,
+            )
+            .await
+            .expect("literal");
+        let literal = fetch(&mut client, info).await;
+        assert_eq!(prepared, literal, "user {user}, k {k}");
+    }
+    for (user, k, message) in [
+        (
+            Arc::new(Int64Array::from(vec![3])) as Arc<dyn Array>,
+            20_000,
+            "k must be between 0 and 10000",
+        ),
+        (
+            Arc::new(datafusion::arrow::array::StringArray::from(vec!["x"])) as Arc<dyn Array>,
+            3,
+            "user_id must be an integer",
+        ),
+    ] {
+        recommend.set_parameters(bind(user, k)).expect("bind");
+        let error = recommend.execute().await.expect_err(message);
+        assert_eq!(code(&error), Code::InvalidArgument, "{error}");
+        assert!(error.to_string().contains(message), "{error}");
+    }
+    recommend
+        .set_parameters(bind(Arc::new(Int64Array::from(vec![3])), 1))
+        .expect("bind");
+    let info = recommend.execute().await.expect("execute");
+    let rows: usize = fetch(&mut client, info)
+        .await
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
+    assert_eq!(rows, 1);
+}

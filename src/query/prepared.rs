@@ -1,0 +1,162 @@
+//! Prepared statements answered without planning: an online lookup or one `recommend(...)` call,
+//! planned the first time it runs and from then on only bound and answered.
+//!
+//! A prepared statement's handle carries its SQL text (handles are stateless, see
+//! [`crate::flight::handle`]), so an application running `SELECT * FROM features.user_activity
+//! WHERE user_id = ?` once per request would have that text parsed and planned on every request:
+//! several times the work of the lookup itself. Here the unbound plan is kept by its text: for a
+//! statement [`super::direct_answer`] serves, what to bind and answer; for any other, a note that it
+//! is planned as usual. An entry holds for one generation of the session's feature views and models
+//! ([`QuiverSession::generation`]): after a refresh or a model reload the statement is planned again,
+//! so no answer comes from an index or a model that has been swapped out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::logical_expr::LogicalPlan;
+
+use crate::error::{Error, Result};
+use crate::features::table::direct_lookup;
+use crate::query::statement::row_parameters;
+use crate::query::{Planned, plan_sql};
+use crate::scoring::recommend::{SingleCall, single_call};
+use crate::session::QuiverSession;
+
+/// Statements kept at most; past it, entries of older generations go first, then all.
+pub const CAPACITY: usize = 1024;
+
+/// The session's prepared statements, by SQL text.
+#[derive(Debug, Default)]
+pub struct PreparedPlans {
+    entries: RwLock<HashMap<String, Entry>>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    generation: u64,
+    /// `None`: the statement is planned as usual.
+    direct: Option<Arc<Direct>>,
+}
+
+/// How a prepared statement is answered without planning.
+#[derive(Debug)]
+pub enum Direct {
+    /// An online lookup: its plan, bound to each request's keys and answered from the view's index.
+    Lookup(LogicalPlan),
+    /// One `recommend(...)` call; its parameters are bound when it is scored.
+    Recommend(SingleCall),
+}
+
+impl Direct {
+    /// The schema of the answer.
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            Direct::Lookup(plan) => Arc::new(plan.schema().as_arrow().clone()),
+            Direct::Recommend(call) => call.schema(),
+        }
+    }
+
+    /// Whether the answer is only index lookups: light enough for the thread that received the call,
+    /// where scoring a model is not.
+    pub fn is_lookup(&self) -> bool {
+        matches!(self, Direct::Lookup(_))
+    }
+
+    /// The answer for one row of parameters.
+    pub async fn answer(
+        &self,
+        session: &QuiverSession,
+        params: &RecordBatch,
+    ) -> Result<RecordBatch> {
+        match self {
+            Direct::Lookup(_) => self.look_up(params),
+            Direct::Recommend(call) => {
+                let values = row_parameters(params, 0)?;
+                Ok(call.run(&session.state(), Some(&values)).await?)
+            }
+        }
+    }
+
+    /// The answer of a [`Direct::Lookup`], without waiting on anything.
+    pub fn look_up(&self, params: &RecordBatch) -> Result<RecordBatch> {
+        let Direct::Lookup(plan) = self else {
+            return Err(Error::Internal("look_up on a recommend call".into()));
+        };
+        let bound = plan.clone().with_param_values(row_parameters(params, 0)?)?;
+        match direct_lookup(&bound) {
+            Some(batch) => Ok(batch?),
+            None => Err(Error::Internal(
+                "a prepared online lookup no longer binds to a lookup".into(),
+            )),
+        }
+    }
+}
+
+impl PreparedPlans {
+    /// How `sql` is answered with one row of `params`, if without planning; planned (unbound) the
+    /// first time and after the views or models changed. `None`: plan it as usual (also when it does
+    /// not plan or bind here: the usual path reports why).
+    pub async fn direct(
+        &self,
+        session: &QuiverSession,
+        sql: &str,
+        params: &RecordBatch,
+    ) -> Option<Arc<Direct>> {
+        // Read before planning: a swap during planning leaves the entry out of date, not wrong.
+        let generation = session.generation();
+        if let Some(entry) = self.entry(sql, generation) {
+            return entry.direct;
+        }
+        let direct = classify(session, sql, params).await.ok()?.map(Arc::new);
+        self.insert(sql, generation, direct.clone());
+        direct
+    }
+
+    /// The entry for `sql` if it is known and current, without planning anything.
+    pub fn current(&self, session: &QuiverSession, sql: &str) -> Option<Arc<Direct>> {
+        self.entry(sql, session.generation())?.direct
+    }
+
+    fn entry(&self, sql: &str, generation: u64) -> Option<Entry> {
+        let entries = self.entries.read().ok()?;
+        entries
+            .get(sql)
+            .filter(|e| e.generation == generation)
+            .cloned()
+    }
+
+    fn insert(&self, sql: &str, generation: u64, direct: Option<Arc<Direct>>) {
+        let Ok(mut entries) = self.entries.write() else {
+            return;
+        };
+        if entries.len() >= CAPACITY {
+            entries.retain(|_, e| e.generation == generation);
+            if entries.len() >= CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(sql.to_string(), Entry { generation, direct });
+    }
+}
+
+/// Plans `sql` without its parameters and tells whether it is answered directly. A statement that
+/// does not plan this way is planned as usual (`recommend(?, ...)` needs its model name bound
+/// first) until the views or models change. An error when its parameters do not bind: nothing is
+/// kept for it then, as the next request may bind others.
+async fn classify(
+    session: &QuiverSession,
+    sql: &str,
+    params: &RecordBatch,
+) -> Result<Option<Direct>> {
+    let Ok(Planned::Query(plan)) = plan_sql(session, sql).await else {
+        return Ok(None);
+    };
+    if let Some(call) = single_call(&plan) {
+        return Ok(Some(Direct::Recommend(call)));
+    }
+    // Whether a plan is a lookup depends on its shape, not on the keys bound into it.
+    let bound = plan.clone().with_param_values(row_parameters(params, 0)?)?;
+    Ok(direct_lookup(&bound).map(|_| Direct::Lookup(plan)))
+}
