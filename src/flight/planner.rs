@@ -71,7 +71,7 @@ pub async fn plan_for_client(
             .direct(session, &handle.sql, &params)
             .await
     {
-        let batch = direct.answer(session, &params).await?;
+        let batch = direct.answer(&params).await?;
         return with_answer(handle, direct.schema(), batch);
     }
     let planned = plan_handle(session, &handle).await?;

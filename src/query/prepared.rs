@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 
 use crate::error::{Error, Result};
@@ -45,8 +46,9 @@ struct Entry {
 pub enum Direct {
     /// An online lookup: its plan, bound to each request's keys and answered from the view's index.
     Lookup(LogicalPlan),
-    /// One `recommend(...)` call; its parameters are bound when it is scored.
-    Recommend(SingleCall),
+    /// One `recommend(...)` call; its parameters are bound when it is scored. With the session's
+    /// state as of planning: taking it afresh copies every function registry, per request.
+    Recommend(SingleCall, Box<SessionState>),
 }
 
 impl Direct {
@@ -54,7 +56,7 @@ impl Direct {
     pub fn schema(&self) -> SchemaRef {
         match self {
             Direct::Lookup(plan) => Arc::new(plan.schema().as_arrow().clone()),
-            Direct::Recommend(call) => call.schema(),
+            Direct::Recommend(call, _) => call.schema(),
         }
     }
 
@@ -65,16 +67,12 @@ impl Direct {
     }
 
     /// The answer for one row of parameters.
-    pub async fn answer(
-        &self,
-        session: &QuiverSession,
-        params: &RecordBatch,
-    ) -> Result<RecordBatch> {
+    pub async fn answer(&self, params: &RecordBatch) -> Result<RecordBatch> {
         match self {
             Direct::Lookup(_) => self.look_up(params),
-            Direct::Recommend(call) => {
+            Direct::Recommend(call, state) => {
                 let values = row_parameters(params, 0)?;
-                Ok(call.run(&session.state(), Some(&values)).await?)
+                Ok(call.run(state, Some(&values)).await?)
             }
         }
     }
@@ -154,7 +152,7 @@ async fn classify(
         return Ok(None);
     };
     if let Some(call) = single_call(&plan) {
-        return Ok(Some(Direct::Recommend(call)));
+        return Ok(Some(Direct::Recommend(call, Box::new(session.state()))));
     }
     // Whether a plan is a lookup depends on its shape, not on the keys bound into it.
     let bound = plan.clone().with_param_values(row_parameters(params, 0)?)?;

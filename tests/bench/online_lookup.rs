@@ -196,6 +196,27 @@ fn run(args: &Args, views: usize) {
             }
         }
         report(&format!("100 keys, {views:>2} view(s)"), &mut latencies);
+        let marks = vec!["?"; 100].join(", ");
+        let phased = Phased::prepare(
+            &mut sql,
+            &format!("SELECT * FROM features.view_0 WHERE user_id IN ({marks})"),
+        )
+        .await;
+        // 100 distinct keys from a random start.
+        let users = args.users as i64;
+        let mut keys = || {
+            let start = next_key();
+            (0..100).map(|j| (start + j * 997) % users).collect()
+        };
+        phased
+            .measure(
+                &mut sql,
+                "  100 keys",
+                (warmup / 10, args.lookups / 40),
+                100,
+                &mut keys,
+            )
+            .await;
     });
     server.shutdown_timeout(Duration::from_secs(1));
 }

@@ -38,7 +38,7 @@ async fn events_30d(session: &QuiverSession, user: i64) -> i64 {
         .await
         .expect("an online lookup is answered directly");
     assert!(direct.is_lookup());
-    let batch = direct.answer(session, &key(user)).await.expect("answer");
+    let batch = direct.answer(&key(user)).await.expect("answer");
     assert_eq!(batch.schema().field(1).name(), "events_30d");
     batch.column(1).as_primitive::<Int64Type>().value(0)
 }
@@ -109,12 +109,9 @@ async fn a_prepared_lookup_is_planned_once_per_generation_of_the_views() {
         .expect("key")
     };
     let direct = prepared.current(&session, LOOKUP).expect("kept");
-    let error = direct
-        .answer(&session, &key_text("one"))
-        .await
-        .expect_err("'one'");
+    let error = direct.answer(&key_text("one")).await.expect_err("'one'");
     assert!(error.to_string().contains("key user_id"), "{error}");
-    let batch = direct.answer(&session, &key_text("1")).await.expect("'1'");
+    let batch = direct.answer(&key_text("1")).await.expect("'1'");
     assert_eq!(batch.num_rows(), 1);
 
     // Parameters that do not bind are the usual path's error, and nothing is noted against the
@@ -131,14 +128,7 @@ async fn a_prepared_lookup_is_planned_once_per_generation_of_the_views() {
         .direct(&session, pair, &both)
         .await
         .expect("bound in full");
-    assert_eq!(
-        direct
-            .answer(&session, &both)
-            .await
-            .expect("answer")
-            .num_rows(),
-        2
-    );
+    assert_eq!(direct.answer(&both).await.expect("answer").num_rows(), 2);
 
     // Statements that need planning are kept as such, and answered by the usual path.
     let scan = "SELECT count(*) FROM interactions WHERE user_id = ?";
@@ -176,8 +166,8 @@ async fn a_prepared_recommend_call_binds_its_arguments_and_follows_reloads() {
             .direct(&session, sql, &params)
             .await
             .expect("a lone recommend call is answered directly");
-        assert!(matches!(*direct, Direct::Recommend(_)));
-        let answer = direct.answer(&session, &params).await.expect("answer");
+        assert!(matches!(*direct, Direct::Recommend(..)));
+        let answer = direct.answer(&params).await.expect("answer");
         // The same rows as the call with its arguments written out.
         let literal = run(
             &session,
@@ -205,7 +195,7 @@ async fn a_prepared_recommend_call_binds_its_arguments_and_follows_reloads() {
             ("1", Arc::new(Int64Array::from(vec![k])) as Arc<dyn Array>),
         ])
         .expect("params");
-        let error = direct.answer(&session, &params).await.expect_err(message);
+        let error = direct.answer(&params).await.expect_err(message);
         assert!(error.to_string().contains(message), "{error}");
     }
 
