@@ -41,11 +41,20 @@ pub async fn prepare(session: &QuiverSession, sql: &str) -> Result<Prepared> {
 
 /// Plans the statement in a handle with its bound parameters (one row, for queries).
 pub async fn plan_handle(session: &QuiverSession, handle: &StatementHandle) -> Result<Planned> {
-    match handle.parameter_batch()? {
-        None => plan_sql(session, &handle.sql).await,
+    plan_bound(session, &handle.sql, handle.parameter_batch()?).await
+}
+
+/// Plans `sql` with its bound parameters, if any.
+async fn plan_bound(
+    session: &QuiverSession,
+    sql: &str,
+    params: Option<RecordBatch>,
+) -> Result<Planned> {
+    match params {
+        None => plan_sql(session, sql).await,
         Some(params) if params.num_rows() == 1 => {
             let values = row_parameters(&params, 0)?;
-            plan_sql_with(session, &handle.sql, Some(&values))
+            plan_sql_with(session, sql, Some(&values))
                 .await?
                 .bind(&params, 0)
         }
@@ -64,17 +73,17 @@ pub async fn plan_for_client(
     handle: StatementHandle,
     caller: &Principal,
 ) -> Result<(SchemaRef, StatementHandle)> {
+    let params = handle.parameter_batch()?;
     // A prepared lookup or recommend call: planned once, then only bound and answered.
-    if let Some(params) = handle.parameter_batch()?.filter(|p| p.num_rows() == 1)
+    if let Some(params) = params.as_ref().filter(|p| p.num_rows() == 1)
         && let Some(direct) = session
             .prepared()
-            .direct(session, &handle.sql, &params)
+            .direct(session, &handle.sql, params)
             .await
     {
-        let batch = direct.answer(&params).await?;
-        return with_answer(handle, direct.schema(), batch);
+        return with_answer(handle, direct.answer(params).await?);
     }
-    let planned = plan_handle(session, &handle).await?;
+    let planned = plan_bound(session, &handle.sql, params).await?;
     authorize(&planned, caller)?;
     let schema = planned.schema();
     // An online lookup or a lone recommend(...) call is answered now (on this, the query runtime),
@@ -82,7 +91,7 @@ pub async fn plan_for_client(
     if let Planned::Query(plan) = &planned
         && let Some(batch) = direct_answer(session, plan).await
     {
-        return with_answer(handle, schema, batch?);
+        return with_answer(handle, batch?);
     }
     if !has_side_effects(&planned) {
         return Ok((schema, handle));
@@ -118,23 +127,23 @@ pub fn answer_known_lookup(
         .prepared()
         .current(session, &handle.sql)
         .filter(|d| d.is_lookup())?;
-    let answer = || {
-        let params = handle
-            .parameter_batch()?
-            .filter(|p| p.num_rows() == 1)
-            .ok_or_else(|| Error::InvalidInput("a query binds one row of parameters".into()))?;
-        with_answer(handle.clone(), direct.schema(), direct.look_up(&params)?)
-    };
-    Some(answer())
+    // Parameters that do not decode or are not one row take the usual path, which says why.
+    let params = handle.parameter_batch().ok()??;
+    if params.num_rows() != 1 {
+        return None;
+    }
+    let answer = direct.answer_now(&params)?;
+    Some(answer.and_then(|batch| with_answer(handle.clone(), batch)))
 }
 
-/// The handle of a statement answered at GetFlightInfo, its rows inside when they are small: a
-/// ticket is one gRPC message, so a larger answer is computed again at DoGet and streamed.
+/// The handle of a statement answered at GetFlightInfo (the answer's schema is the statement's), its
+/// rows inside when they are small: a ticket is one gRPC message, so a larger answer is computed
+/// again at DoGet and streamed.
 fn with_answer(
     handle: StatementHandle,
-    schema: SchemaRef,
     batch: RecordBatch,
 ) -> Result<(SchemaRef, StatementHandle)> {
+    let schema = batch.schema();
     let handle = if batch.get_array_memory_size() <= MAX_RESULT_IN_TICKET {
         handle.with_result(&schema, std::slice::from_ref(&batch))?
     } else {

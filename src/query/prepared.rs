@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 
@@ -52,14 +51,6 @@ pub enum Direct {
 }
 
 impl Direct {
-    /// The schema of the answer.
-    pub fn schema(&self) -> SchemaRef {
-        match self {
-            Direct::Lookup(plan) => Arc::new(plan.schema().as_arrow().clone()),
-            Direct::Recommend(call, _) => call.schema(),
-        }
-    }
-
     /// Whether the answer is only index lookups: light enough for the thread that received the call,
     /// where scoring a model is not.
     pub fn is_lookup(&self) -> bool {
@@ -69,7 +60,7 @@ impl Direct {
     /// The answer for one row of parameters.
     pub async fn answer(&self, params: &RecordBatch) -> Result<RecordBatch> {
         match self {
-            Direct::Lookup(_) => self.look_up(params),
+            Direct::Lookup(plan) => look_up(plan, params),
             Direct::Recommend(call, state) => {
                 let values = row_parameters(params, 0)?;
                 Ok(call.run(state, Some(&values)).await?)
@@ -77,18 +68,23 @@ impl Direct {
         }
     }
 
-    /// The answer of a [`Direct::Lookup`], without waiting on anything.
-    pub fn look_up(&self, params: &RecordBatch) -> Result<RecordBatch> {
-        let Direct::Lookup(plan) = self else {
-            return Err(Error::Internal("look_up on a recommend call".into()));
-        };
-        let bound = plan.clone().with_param_values(row_parameters(params, 0)?)?;
-        match direct_lookup(&bound) {
-            Some(batch) => Ok(batch?),
-            None => Err(Error::Internal(
-                "a prepared online lookup no longer binds to a lookup".into(),
-            )),
+    /// The answer without waiting on anything: an online lookup's. `None` for a recommend call.
+    pub fn answer_now(&self, params: &RecordBatch) -> Option<Result<RecordBatch>> {
+        match self {
+            Direct::Lookup(plan) => Some(look_up(plan, params)),
+            Direct::Recommend(..) => None,
         }
+    }
+}
+
+/// Binds a lookup's plan to one row of keys and reads the index.
+fn look_up(plan: &LogicalPlan, params: &RecordBatch) -> Result<RecordBatch> {
+    let bound = plan.clone().with_param_values(row_parameters(params, 0)?)?;
+    match direct_lookup(&bound) {
+        Some(batch) => Ok(batch?),
+        None => Err(Error::Internal(
+            "a prepared online lookup no longer binds to a lookup".into(),
+        )),
     }
 }
 

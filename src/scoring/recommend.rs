@@ -294,7 +294,7 @@ impl TableFunctionImpl for Recommend {
 /// A plan that is one `recommend(...)` call, at most its columns picked or renamed.
 #[derive(Debug)]
 pub struct SingleCall {
-    table: Arc<dyn TableProvider>,
+    call: RecommendTable,
     projection: Option<Vec<usize>>,
     schema: SchemaRef,
 }
@@ -318,7 +318,7 @@ pub fn single_call(plan: &LogicalPlan) -> Option<SingleCall> {
         return None;
     }
     let table = source_as_provider(&scan.source).ok()?;
-    table.downcast_ref::<RecommendTable>()?;
+    let call = table.downcast_ref::<RecommendTable>()?.clone();
     let projection = match columns {
         None => None,
         Some(exprs) => Some(
@@ -332,18 +332,13 @@ pub fn single_call(plan: &LogicalPlan) -> Option<SingleCall> {
         ),
     };
     Some(SingleCall {
-        table,
+        call,
         projection,
         schema,
     })
 }
 
 impl SingleCall {
-    /// The schema of the call's rows.
-    pub fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
     /// Scores the call, its parameters (`recommend('m', $1, 10)`) taken from `params`; the rows carry
     /// the plan's own schema (its column names).
     pub async fn run(
@@ -351,10 +346,8 @@ impl SingleCall {
         state: &SessionState,
         params: Option<&ParamValues>,
     ) -> Result<RecordBatch> {
-        let Some(call) = self.table.downcast_ref::<RecommendTable>() else {
-            return internal_err!("a single recommend call without its table");
-        };
-        let plan = call
+        let plan = self
+            .call
             .bind(params)?
             .scan(state, self.projection.as_ref(), &[], None)
             .await?;
@@ -368,7 +361,7 @@ impl SingleCall {
 }
 
 /// One call's result as a table: planned once its arguments are known.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct RecommendTable {
     pipeline: Pipeline,
     user: Argument,
