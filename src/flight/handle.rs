@@ -54,9 +54,17 @@ impl StatementHandle {
         Ok(self)
     }
 
-    /// Stores the result of a statement that already ran.
+    /// Binds parameters already encoded as an Arrow IPC stream (as a client uploaded them).
+    pub fn with_parameter_stream(mut self, stream: Bytes) -> Self {
+        self.parameters = stream;
+        self
+    }
+
+    /// Stores the result of a statement that already ran. Its parameters are left out: the ticket
+    /// only brings the result back.
     pub fn with_result(mut self, schema: &Schema, batches: &[RecordBatch]) -> Result<Self> {
         self.result = ipc_bytes(schema, batches)?;
+        self.parameters = Bytes::new();
         Ok(self)
     }
 
@@ -94,7 +102,10 @@ impl StatementHandle {
         if self.parameters.is_empty() {
             return Ok(None);
         }
-        let (schema, batches) = read_ipc(&self.parameters, "parameters in statement handle")?;
+        let (schema, mut batches) = read_ipc(&self.parameters, "parameters in statement handle")?;
+        if batches.len() == 1 {
+            return Ok(batches.pop());
+        }
         Ok(Some(datafusion::arrow::compute::concat_batches(
             &schema, &batches,
         )?))
@@ -144,6 +155,56 @@ mod tests {
         let back = StatementHandle::open(&handle.seal(&auth, &me), &auth, &me).expect("open");
         assert_eq!(back.sql, "SELECT ?, ?");
         assert_eq!(back.parameter_batch().expect("batch"), Some(batch));
+    }
+
+    /// Parameters are stored as the client's upload framed as an IPC stream, not encoded again.
+    #[tokio::test]
+    async fn an_uploaded_stream_is_stored_as_sent() {
+        use arrow_flight::encode::FlightDataEncoderBuilder;
+        use futures::TryStreamExt;
+
+        use crate::flight::ingest::bound_parameters;
+        let batch = RecordBatch::try_from_iter([
+            ("0", Arc::new(Int64Array::from(vec![7, 8])) as _),
+            ("1", Arc::new(StringArray::from(vec![Some("x"), None])) as _),
+        ])
+        .expect("batch");
+        // Bodies 8-byte aligned, as ADBC's Go driver sends them (arrow-rs pads to 64).
+        let eight = datafusion::arrow::ipc::writer::IpcWriteOptions::try_new(
+            8,
+            false,
+            datafusion::arrow::ipc::MetadataVersion::V5,
+        )
+        .expect("options");
+        let upload: Vec<_> = FlightDataEncoderBuilder::new()
+            .with_options(eight)
+            .build(futures::stream::iter([
+                Ok(batch.slice(0, 1)),
+                Ok(batch.slice(1, 1)),
+            ]))
+            .try_collect()
+            .await
+            .expect("encode");
+        let stream = bound_parameters(futures::stream::iter(upload.into_iter().map(Ok)))
+            .await
+            .expect("decoded")
+            .expect("rows");
+        let handle = StatementHandle::new("SELECT ?, ?").with_parameter_stream(stream);
+        let auth = Auth::open().expect("auth");
+        let me = Principal::anonymous();
+        let back = StatementHandle::open(&handle.seal(&auth, &me), &auth, &me).expect("open");
+        assert_eq!(back.parameter_batch().expect("batch"), Some(batch.clone()));
+        // An upload of a schema and no rows binds nothing.
+        let empty: Vec<_> = FlightDataEncoderBuilder::new()
+            .with_schema(batch.schema())
+            .build(futures::stream::empty())
+            .try_collect()
+            .await
+            .expect("encode");
+        let bound = bound_parameters(futures::stream::iter(empty.into_iter().map(Ok)))
+            .await
+            .expect("decoded");
+        assert_eq!(bound, None);
     }
 
     #[test]

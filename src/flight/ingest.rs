@@ -4,6 +4,7 @@ use arrow_flight::FlightData;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{CommandStatementIngest, TableExistsOption, TableNotExistOption};
+use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::concat_batches;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -12,7 +13,7 @@ use tonic::Status;
 
 use crate::error::{Error, Result};
 use crate::flight::metadata::path_to_table;
-use crate::flight::stream::{decode_optional_upload, decode_upload};
+use crate::flight::stream::{collect_upload, decode_optional_upload, decode_upload, ipc_stream};
 use crate::ingest::{IngestMode, ingest};
 use crate::session::QuiverSession;
 use crate::storage::{CATALOG, DEFAULT_SCHEMA};
@@ -125,7 +126,10 @@ fn bounded(
 }
 
 /// Reads the parameter rows a client binds to a prepared statement (all batches, concatenated).
-pub async fn collect_parameters(upload: PeekableFlightDataStream) -> Result<Option<RecordBatch>> {
+pub async fn collect_parameters<S>(upload: S) -> Result<Option<RecordBatch>>
+where
+    S: Stream<Item = Result<FlightData, Status>> + Send + 'static,
+{
     let Some(data) = decode_optional_upload(upload).await? else {
         return Ok(None);
     };
@@ -135,4 +139,19 @@ pub async fn collect_parameters(upload: PeekableFlightDataStream) -> Result<Opti
         return Ok(None);
     }
     Ok(Some(concat_batches(&schema, &batches)?))
+}
+
+/// The parameters a client binds to a prepared query, checked by decoding them, as the Arrow IPC
+/// stream it sent: the handle stores that stream rather than the rows encoded again. `None` when
+/// the upload binds no rows.
+pub async fn bound_parameters<S>(upload: S) -> Result<Option<Bytes>>
+where
+    S: Stream<Item = Result<FlightData, Status>> + Send,
+{
+    let messages = collect_upload(upload).await?;
+    let decoded = futures::stream::iter(messages.clone().into_iter().map(Ok));
+    if collect_parameters(decoded).await?.is_none() {
+        return Ok(None);
+    }
+    ipc_stream(&messages).map(Some)
 }

@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::flight::guard::principal;
 use crate::flight::handle::StatementHandle;
-use crate::flight::ingest::{collect_parameters, ingest_command, ingest_path};
+use crate::flight::ingest::{bound_parameters, collect_parameters, ingest_command, ingest_path};
 use crate::flight::limits::{Admission, Limits};
 use crate::flight::stream::{
     FlightDataStream, batch_to_flight, batches_to_flight, execute_to_flight, wire_schema,
@@ -481,8 +481,8 @@ impl FlightSqlService for QuiverFlightSql {
         let upload = request.into_inner();
         // Decoding one parameter row is no query work: it stays on this thread (no executor hop on
         // the latency path of every prepared lookup).
-        let bound = match collect_parameters(upload).await? {
-            Some(params) => handle.with_parameters(&params)?,
+        let bound = match bound_parameters(upload).await? {
+            Some(stream) => handle.with_parameter_stream(stream),
             None => handle,
         };
         Ok(DoPutPreparedStatementResult {

@@ -13,6 +13,8 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+use datafusion::arrow::ipc::MetadataVersion;
+use datafusion::arrow::ipc::writer::{EncodedData, IpcWriteOptions, write_message};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -140,6 +142,40 @@ where
     Ok(Some(Box::pin(RecordBatchStreamAdapter::new(
         schema, batches,
     ))))
+}
+
+/// An upload's messages as they came, collected (a parameter upload: small). A transport error is
+/// reported as [`decode_upload`] reports it.
+pub async fn collect_upload<S>(upload: S) -> Result<Vec<FlightData>>
+where
+    S: Stream<Item = Result<FlightData, Status>> + Send,
+{
+    upload
+        .map_err(|s| upload_error(FlightError::Tonic(Box::new(s))))
+        .try_collect()
+        .await
+}
+
+/// The Arrow IPC stream of an upload's messages, framed as they came rather than decoded and
+/// encoded again. Messages without an IPC header (a descriptor alone) are left out.
+pub fn ipc_stream(messages: &[FlightData]) -> Result<bytes::Bytes> {
+    // Bodies as clients send them are 8-byte aligned (ADBC's Go writer), not 64 as arrow-rs writes;
+    // padding at a body's end moves none of its buffers.
+    const ALIGNMENT: usize = 8;
+    let options = IpcWriteOptions::try_new(ALIGNMENT, false, MetadataVersion::V5)?;
+    let mut stream = Vec::new();
+    for message in messages.iter().filter(|m| !m.data_header.is_empty()) {
+        let mut body = message.data_body.to_vec();
+        body.resize(body.len().next_multiple_of(ALIGNMENT), 0);
+        let encoded = EncodedData {
+            ipc_message: message.data_header.to_vec(),
+            arrow_data: body,
+        };
+        write_message(&mut stream, encoded, &options)?;
+    }
+    // The end-of-stream marker: a continuation and a zero length.
+    stream.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+    Ok(stream.into())
 }
 
 fn upload_error(e: FlightError) -> Error {

@@ -395,3 +395,79 @@ async fn time_travel_by_version() {
         .await;
     assert!(write.is_err(), "old snapshots are read-only");
 }
+
+/// A parameter upload that is not Arrow IPC is refused at DoPut with InvalidArgument naming it, and
+/// the prepared statement binds and runs afterwards.
+#[tokio::test]
+async fn a_malformed_parameter_upload_is_invalid_argument() {
+    use arrow_flight::error::FlightError;
+    use arrow_flight::sql::{
+        ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
+        CommandPreparedStatementQuery, ProstMessageExt,
+    };
+    use arrow_flight::{Action, FlightData, FlightDescriptor};
+    use futures::TryStreamExt;
+    use prost::Message;
+
+    let server = TestServer::start().await;
+    let mut client = server.sql_client().await;
+    let request = ActionCreatePreparedStatementRequest {
+        query: "SELECT ? + 1 AS n".into(),
+        transaction_id: None,
+    };
+    let action = Action::new("CreatePreparedStatement", request.as_any().encode_to_vec());
+    let body = client
+        .do_action(action)
+        .await
+        .expect("prepare")
+        .message()
+        .await
+        .expect("prepare")
+        .expect("a result")
+        .body;
+    let prepared: ActionCreatePreparedStatementResult = Any::decode(body)
+        .expect("any")
+        .unpack()
+        .expect("unpack")
+        .expect("a prepared statement");
+    let descriptor = FlightDescriptor::new_cmd(
+        CommandPreparedStatementQuery {
+            prepared_statement_handle: prepared.prepared_statement_handle,
+        }
+        .as_any()
+        .encode_to_vec(),
+    );
+    let garbage = FlightData {
+        flight_descriptor: Some(descriptor),
+        data_header: vec![0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4].into(),
+        ..Default::default()
+    };
+    let refused = match client.do_put(futures::stream::iter([garbage])).await {
+        Ok(mut results) => results
+            .try_next()
+            .await
+            .map(|_| ())
+            .map_err(FlightError::from),
+        Err(e) => Err(e),
+    };
+    let err = refused.expect_err("garbage parameters");
+    assert_eq!(code(&err), Code::InvalidArgument, "{err}");
+    assert!(
+        err.to_string().contains("malformed Arrow data in upload"),
+        "{err}"
+    );
+    // The server keeps serving, and the same statement binds a real batch.
+    let mut prepared = client
+        .prepare("SELECT ? + 1 AS n".into(), None)
+        .await
+        .expect("prepare");
+    let binding =
+        RecordBatch::try_from_iter([("0", Arc::new(Int64Array::from(vec![41])) as Arc<dyn Array>)])
+            .expect("binding");
+    prepared.set_parameters(binding).expect("bind");
+    let info = prepared.execute().await.expect("execute");
+    assert_eq!(
+        pretty(&fetch(&mut client, info).await),
+        ["+----+", "| n  |", "+----+", "| 42 |", "+----+"]
+    );
+}
