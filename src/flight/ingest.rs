@@ -7,6 +7,7 @@ use arrow_flight::sql::{CommandStatementIngest, TableExistsOption, TableNotExist
 use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::SchemaRef;
 use futures::{Stream, StreamExt, TryStreamExt};
 use std::pin::Pin;
 use tonic::Status;
@@ -130,14 +131,9 @@ pub async fn collect_parameters<S>(upload: S) -> Result<Option<RecordBatch>>
 where
     S: Stream<Item = Result<FlightData, Status>> + Send + 'static,
 {
-    let Some(data) = decode_optional_upload(upload).await? else {
+    let Some((schema, batches)) = decode_parameters(upload).await? else {
         return Ok(None);
     };
-    let schema = data.schema();
-    let batches: Vec<RecordBatch> = data.try_collect().await?;
-    if batches.iter().all(|b| b.num_rows() == 0) {
-        return Ok(None);
-    }
     Ok(Some(concat_batches(&schema, &batches)?))
 }
 
@@ -150,8 +146,24 @@ where
 {
     let messages = collect_upload(upload).await?;
     let decoded = futures::stream::iter(messages.clone().into_iter().map(Ok));
-    if collect_parameters(decoded).await?.is_none() {
+    if decode_parameters(decoded).await?.is_none() {
         return Ok(None);
     }
     ipc_stream(&messages).map(Some)
+}
+
+/// The batches of a parameter upload; `None` when it binds no rows.
+async fn decode_parameters<S>(upload: S) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>>
+where
+    S: Stream<Item = Result<FlightData, Status>> + Send + 'static,
+{
+    let Some(data) = decode_optional_upload(upload).await? else {
+        return Ok(None);
+    };
+    let schema = data.schema();
+    let batches: Vec<RecordBatch> = data.try_collect().await?;
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        return Ok(None);
+    }
+    Ok(Some((schema, batches)))
 }
