@@ -102,10 +102,29 @@ impl OnnxModel {
     }
 
     /// One call of the model over a whole batch.
+    ///
+    /// Some tract operators panic on input the graph cannot take instead of returning an error: a
+    /// `Gather` (an embedding table) indexed past its end, e.g. a user id the tower was not trained
+    /// on. That is bad input, not a server fault, so a panic is the same `InvalidInput` as an error.
+    /// Unwinding through the call is safe: the plan is shared read-only, and each run has its own
+    /// state, dropped with the panic.
     pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
-        self.plan
-            .run(inputs)
-            .map_err(|e| Error::InvalidInput(format!("model evaluation failed: {e:#}")))
+        let run = std::panic::AssertUnwindSafe(|| self.plan.run(inputs));
+        match std::panic::catch_unwind(run) {
+            Ok(result) => {
+                result.map_err(|e| Error::InvalidInput(format!("model evaluation failed: {e:#}")))
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("the model panicked");
+                Err(Error::InvalidInput(format!(
+                    "model evaluation failed (an input out of the model's range?): {message}"
+                )))
+            }
+        }
     }
 }
 
@@ -437,5 +456,31 @@ pub fn result_column(
                 nulls,
             )?))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scoring::spec::ModelSpec;
+
+    #[test]
+    fn an_id_past_an_embedding_table_is_invalid_input_not_a_panic() {
+        // tests/models/mf's user tower is an embedding table of 50 users.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/models/mf");
+        let spec = ModelSpec::read(&dir, "mf").expect("model.toml");
+        let model =
+            OnnxModel::load(&dir.join("model.onnx"), &spec.inputs, &spec.outputs).expect("loads");
+        let known = Tensor::from_shape(&[1], &[3i64]).expect("tensor");
+        assert!(model.run(tvec![known.into_tvalue()]).is_ok());
+        let unknown = Tensor::from_shape(&[2], &[3i64, 1_000_000]).expect("tensor");
+        match model.run(tvec![unknown.into_tvalue()]) {
+            Err(Error::InvalidInput(message)) => {
+                assert!(message.starts_with("model evaluation failed"), "{message}")
+            }
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+        let again = Tensor::from_shape(&[1], &[3i64]).expect("tensor");
+        assert!(model.run(tvec![again.into_tvalue()]).is_ok());
     }
 }
