@@ -153,6 +153,7 @@ async fn create_table(
 /// Renews the cached name listing after a change. The change is committed by then, so a listing
 /// failure is logged rather than reported as the statement's error (a retry would then collide).
 async fn refresh_listing(session: &QuiverSession) {
+    session.catalog().forget_snapshots();
     if let Err(e) = session.catalog().refresh().await {
         tracing::warn!(error = %e, "could not refresh the table listing after a change");
     }

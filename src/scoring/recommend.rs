@@ -8,13 +8,13 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
     ArrayRef, AsArray, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
 };
-use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -45,11 +45,14 @@ pub const TABLE_FUNCTION: &str = "recommend";
 pub const MAX_K: i64 = 10_000;
 
 fn result_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("item_id", DataType::Int64, false),
-        Field::new("score", DataType::Float64, true),
-        Field::new("rank", DataType::Int32, false),
-    ]))
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("item_id", DataType::Int64, false),
+            Field::new("score", DataType::Float64, true),
+            Field::new("rank", DataType::Int32, false),
+        ]))
+    });
+    SCHEMA.clone()
 }
 
 /// A two-tower model and, when its model.toml has `[rerank]`, the scorer that re-ranks its candidates;
@@ -340,19 +343,24 @@ pub fn single_call(plan: &LogicalPlan) -> Option<SingleCall> {
 
 impl SingleCall {
     /// Scores the call, its parameters (`recommend('m', $1, 10)`) taken from `params`; the rows carry
-    /// the plan's own schema (its column names).
+    /// the plan's own schema (its column names). Without an `[exclude]` query there is no plan to
+    /// run: the user is scored here, as [`RecommendExec`] would, without building one.
     pub async fn run(
         &self,
         state: &SessionState,
         params: Option<&ParamValues>,
     ) -> Result<RecordBatch> {
-        let plan = self
-            .call
-            .bind(params)?
-            .scan(state, self.projection.as_ref(), &[], None)
-            .await?;
-        let batches = collect(plan.clone(), state.task_ctx()).await?;
-        let batch = concat_batches(&plan.schema(), &batches)?;
+        let call = self.call.bind(params)?;
+        let (user, k) = call.arguments()?;
+        let excluded = match call.exclusion_plan(state, user).await? {
+            Some(plan) => excluded_items(collect(plan, state.task_ctx()).await?)?,
+            None => HashSet::new(),
+        };
+        let batch = one_user(&call.pipeline, user, k, &excluded)?;
+        let batch = match &self.projection {
+            Some(p) => batch.project(p)?,
+            None => batch,
+        };
         Ok(RecordBatch::try_new(
             self.schema.clone(),
             batch.columns().to_vec(),
@@ -379,6 +387,36 @@ impl RecommendTable {
             k: Argument::Known(k),
         })
     }
+
+    /// The user and the count of a bound call.
+    fn arguments(&self) -> Result<(i64, usize)> {
+        let (Argument::Known(user), Argument::Known(k)) = (self.user, self.k) else {
+            return plan_err!(
+                "recommend('{}', ...): a parameter of the call was not bound",
+                self.pipeline.model.name
+            );
+        };
+        Ok((user, item_count(TABLE_FUNCTION, k)?))
+    }
+
+    /// The plan of the model's `[exclude]` query for `user`, if it has one.
+    async fn exclusion_plan(
+        &self,
+        state: &dyn Session,
+        user: i64,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(exclude) = &self.pipeline.model.spec.exclude else {
+            return Ok(None);
+        };
+        let Some(state) = state.as_any().downcast_ref::<SessionState>() else {
+            return internal_err!("recommend needs Quiver's session state");
+        };
+        let plan = state
+            .create_logical_plan(&exclude.query)
+            .await?
+            .with_param_values(ParamValues::from(vec![ScalarValue::Int64(Some(user))]))?;
+        Ok(Some(state.create_physical_plan(&plan).await?))
+    }
 }
 
 #[async_trait]
@@ -398,27 +436,8 @@ impl TableProvider for RecommendTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let (Argument::Known(user), Argument::Known(k)) = (self.user, self.k) else {
-            return plan_err!(
-                "recommend('{}', ...): a parameter of the call was not bound",
-                self.pipeline.model.name
-            );
-        };
-        let k = item_count(TABLE_FUNCTION, k)?;
-        let exclude = match (
-            &self.pipeline.model.spec.exclude,
-            state.as_any().downcast_ref::<SessionState>(),
-        ) {
-            (Some(exclude), Some(state)) => {
-                let plan = state
-                    .create_logical_plan(&exclude.query)
-                    .await?
-                    .with_param_values(ParamValues::from(vec![ScalarValue::Int64(Some(user))]))?;
-                Some(state.create_physical_plan(&plan).await?)
-            }
-            (Some(_), None) => return internal_err!("recommend needs Quiver's session state"),
-            (None, _) => None,
-        };
+        let (user, k) = self.arguments()?;
+        let exclude = self.exclusion_plan(state, user).await?;
         Ok(Arc::new(RecommendExec::new(
             self.pipeline.clone(),
             user,
@@ -548,8 +567,7 @@ impl ExecutionPlan for RecommendExec {
                 Some(plan) => excluded_items(collect(plan, context).await?)?,
                 None => HashSet::new(),
             };
-            let scored = pipeline.recommend(&[Some(user)], k, &excluded)?;
-            let batch = ranked_batch(scored.into_iter().flatten().next().unwrap_or_default())?;
+            let batch = one_user(&pipeline, user, k, &excluded)?;
             match projection {
                 Some(p) => Ok(batch.project(&p)?),
                 None => Ok(batch),
@@ -560,6 +578,17 @@ impl ExecutionPlan for RecommendExec {
             futures::stream::once(batch),
         )))
     }
+}
+
+/// One user's top `k` as rows of [`result_schema`].
+fn one_user(
+    pipeline: &Pipeline,
+    user: i64,
+    k: usize,
+    excluded: &HashSet<i64>,
+) -> Result<RecordBatch> {
+    let scored = pipeline.recommend(&[Some(user)], k, excluded)?;
+    ranked_batch(scored.into_iter().flatten().next().unwrap_or_default())
 }
 
 fn excluded_items(batches: Vec<RecordBatch>) -> Result<HashSet<i64>> {

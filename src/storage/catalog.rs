@@ -1,7 +1,7 @@
 //! The warehouse as DataFusion's catalog `quiver`: schemas are warehouse directories, tables Delta tables.
 //!
 //! Table lookups go to storage every time (a new version committed by another writer is seen by the next
-//! query). Only the name listings that DataFusion asks for synchronously (`information_schema`,
+//! query), reading only the commits since the table was last read ([`Snapshots`]). Only the name listings that DataFusion asks for synchronously (`information_schema`,
 //! `SHOW TABLES`) are cached, and [`WarehouseCatalog::refresh`] renews them before such a statement.
 
 use std::collections::BTreeMap;
@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::features::{FEATURES_SCHEMA, FeatureStore, FeatureViewTable};
 use crate::scoring::SYSTEM_SCHEMA;
 use crate::scoring::system::SystemSchema;
-use crate::storage::table::{AsOf, DeltaTableProvider, open_delta};
+use crate::storage::table::{AsOf, DeltaTableProvider, Snapshots};
 use crate::storage::warehouse::{TableLocation, Warehouse, valid_name};
 
 pub const CATALOG: &str = "quiver";
@@ -34,6 +34,7 @@ pub struct WarehouseCatalog {
     warehouse: Arc<Warehouse>,
     listing: Arc<RwLock<Listing>>,
     settings: Arc<SessionState>,
+    snapshots: Arc<Snapshots>,
     features: Arc<FeatureStore>,
     /// `system.models` and any other read-only table about the server.
     system: Arc<SystemSchema>,
@@ -52,6 +53,7 @@ impl WarehouseCatalog {
             warehouse,
             listing: Arc::default(),
             settings,
+            snapshots: Arc::default(),
             features,
             system,
         }
@@ -69,7 +71,13 @@ impl WarehouseCatalog {
         location: &TableLocation,
         as_of: &AsOf,
     ) -> Result<DeltaTableProvider> {
-        open_provider(name, location, as_of, &self.settings).await
+        open_provider(name, location, as_of, &self.settings, &self.snapshots).await
+    }
+
+    /// Forgets the tables' kept snapshots: after DDL, which may drop a table and create another in
+    /// its place.
+    pub fn forget_snapshots(&self) {
+        self.snapshots.clear();
     }
 
     /// Re-reads the schema and table names from storage.
@@ -109,6 +117,7 @@ impl CatalogProvider for WarehouseCatalog {
                 name: name.to_string(),
                 listing: self.listing.clone(),
                 settings: self.settings.clone(),
+                snapshots: self.snapshots.clone(),
                 features: self.features.clone(),
             }) as Arc<dyn SchemaProvider>
         })
@@ -121,6 +130,7 @@ pub struct WarehouseSchema {
     name: String,
     listing: Arc<RwLock<Listing>>,
     settings: Arc<SessionState>,
+    snapshots: Arc<Snapshots>,
     features: Arc<FeatureStore>,
 }
 
@@ -153,7 +163,14 @@ impl SchemaProvider for WarehouseSchema {
             return Ok(None);
         };
         let qualified = format!("{}.{table}", self.name);
-        let provider = open_provider(qualified, &location, &as_of, &self.settings).await?;
+        let provider = open_provider(
+            qualified,
+            &location,
+            &as_of,
+            &self.settings,
+            &self.snapshots,
+        )
+        .await?;
         Ok(Some(Arc::new(provider)))
     }
 
@@ -175,8 +192,9 @@ async fn open_provider(
     location: &TableLocation,
     as_of: &AsOf,
     settings: &Arc<SessionState>,
+    snapshots: &Snapshots,
 ) -> Result<DeltaTableProvider> {
-    let delta = open_delta(location.url(), as_of).await?;
+    let delta = snapshots.open(location.url(), as_of).await?;
     DeltaTableProvider::try_new(name, delta, as_of, settings).await
 }
 

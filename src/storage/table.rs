@@ -4,6 +4,7 @@
 //! operations lazily, when the plan executes, so `EXPLAIN` never writes. A table opened at an older
 //! version (time travel) is read-only.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -52,6 +53,82 @@ pub async fn open_delta(url: &Url, as_of: &AsOf) -> Result<DeltaTable> {
         check_not_before_creation(&table, ts).await?;
     }
     Ok(table)
+}
+
+/// Tables kept at most in [`Snapshots`]; past it, all are dropped and loaded again when next read.
+const MAX_SNAPSHOTS: usize = 1024;
+
+/// The latest snapshot of each table read, brought up to date at every open: only the commits since
+/// the kept version are read (when there are none, one listing of the log and one check that the
+/// kept commit still exists), instead of replaying the whole log and rebuilding its file list for
+/// every statement. Reads stay fresh: a commit another writer made is seen by the next open.
+///
+/// A table deleted and re-created at the same place has a log that starts again at version 0: a kept
+/// version whose commit file is gone is loaded afresh, and Quiver's own DDL forgets every table
+/// ([`Snapshots::clear`]).
+#[derive(Default)]
+pub struct Snapshots {
+    latest: Mutex<HashMap<Url, DeltaTable>>,
+}
+
+impl std::fmt::Debug for Snapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tables = self.latest.lock().map_or(0, |l| l.len());
+        f.debug_struct("Snapshots")
+            .field("tables", &tables)
+            .finish()
+    }
+}
+
+impl Snapshots {
+    /// The table at `as_of`; the latest version from the kept snapshot when there is one.
+    pub async fn open(&self, url: &Url, as_of: &AsOf) -> Result<DeltaTable> {
+        if *as_of != AsOf::Latest {
+            return open_delta(url, as_of).await;
+        }
+        let kept = self.latest.lock().ok().and_then(|l| l.get(url).cloned());
+        let table = match kept {
+            Some(kept) => match brought_up_to_date(kept).await {
+                Some(table) => table,
+                None => open_delta(url, as_of).await?,
+            },
+            None => open_delta(url, as_of).await?,
+        };
+        if let Ok(mut latest) = self.latest.lock() {
+            if latest.len() >= MAX_SNAPSHOTS && !latest.contains_key(url) {
+                latest.clear();
+            }
+            // Of two opens racing, the newer snapshot stays.
+            let newer = latest
+                .get(url)
+                .is_none_or(|kept| kept.version() < table.version());
+            if newer {
+                latest.insert(url.clone(), table.clone());
+            }
+        }
+        Ok(table)
+    }
+
+    /// Forgets every table: after DDL, which may drop a table and create another in its place.
+    pub fn clear(&self) {
+        if let Ok(mut latest) = self.latest.lock() {
+            latest.clear();
+        }
+    }
+}
+
+/// `table` with the commits since its version applied. `None` when that fails or its last commit
+/// is gone (the table was deleted, perhaps re-created): the caller loads it from scratch.
+async fn brought_up_to_date(mut table: DeltaTable) -> Option<DeltaTable> {
+    let kept = table.version()?;
+    table.update_incremental(None).await.ok()?;
+    if table.version() == Some(kept) {
+        let commit = deltalake::logstore::commit_uri_from_version(Some(kept));
+        object_store::ObjectStoreExt::head(&table.object_store(), &commit)
+            .await
+            .ok()?;
+    }
+    Some(table)
 }
 
 /// A version past the end of the log fails deep inside the Delta kernel; say which versions exist.

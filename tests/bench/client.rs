@@ -199,3 +199,88 @@ pub fn report(label: &str, latencies: &mut [Duration]) {
         ms(latencies[latencies.len() - 1])
     );
 }
+
+/// The server's share of one prepared request of `sql`, step by step as the service runs it,
+/// without the network: decode the DoPut upload and seal the bound handle; open it at
+/// GetFlightInfo, hop to the query runtime (timed alone: an empty task on `executor`, as the service
+/// hands over a statement that is not an online lookup), answer and seal the ticket; open the ticket
+/// at DoGet and encode its stored result. `keys(i)` are request `i`'s parameters.
+pub async fn server_steps(
+    session: &quiver::session::QuiverSession,
+    executor: &quiver::executor::Executor,
+    label: &str,
+    sql: &str,
+    mut keys: impl FnMut(u64) -> Vec<i64>,
+) {
+    use quiver::auth::{Auth, Principal};
+    use quiver::flight::handle::StatementHandle;
+    use quiver::flight::ingest::bound_parameters;
+    use quiver::flight::stream::batches_to_flight;
+    let auth = Auth::open().expect("auth");
+    let me = Principal::anonymous();
+    let sealed = StatementHandle::new(sql).seal(&auth, &me);
+    let names = [
+        "client encode",
+        "DoPut decode",
+        "DoPut seal",
+        "GetFlightInfo open",
+        "GetFlightInfo hop to the query runtime (empty task)",
+        "GetFlightInfo answer",
+        "GetFlightInfo seal",
+        "DoGet open+encode",
+    ];
+    let mut phases: Vec<Vec<Duration>> = names.iter().map(|_| Vec::new()).collect();
+    for i in 0..3000u64 {
+        let params = keys(i);
+        let mut t = [Instant::now(); 9];
+        let upload: Vec<_> = FlightDataEncoderBuilder::new()
+            .build(futures::stream::iter([Ok(binding(&params))]))
+            .try_collect()
+            .await
+            .expect("encode");
+        t[1] = Instant::now();
+        let stream = bound_parameters(futures::stream::iter(upload.into_iter().map(Ok)))
+            .await
+            .expect("decode")
+            .expect("a batch");
+        t[2] = Instant::now();
+        let handle = StatementHandle::open(&sealed, &auth, &me)
+            .expect("open")
+            .with_parameter_stream(stream);
+        let bound = handle.seal(&auth, &me);
+        t[3] = Instant::now();
+        let handle = StatementHandle::open(&bound, &auth, &me).expect("open");
+        let params = handle.parameter_batch().expect("params").expect("bound");
+        t[4] = Instant::now();
+        executor.run(async { Ok(()) }).await.expect("hop");
+        t[5] = Instant::now();
+        let direct = session
+            .prepared()
+            .direct(session, &handle.sql, &params)
+            .await
+            .expect("a direct answer");
+        let answer = direct.answer(&params).await.expect("answer");
+        t[6] = Instant::now();
+        let ticket = handle
+            .with_result(&answer.schema(), std::slice::from_ref(&answer))
+            .expect("result")
+            .seal(&auth, &me);
+        t[7] = Instant::now();
+        let handle = StatementHandle::open(&ticket, &auth, &me).expect("open");
+        let (schema, batches) = handle.stored_result().expect("stored").expect("result");
+        let sent: Vec<_> = batches_to_flight(schema, batches)
+            .try_collect()
+            .await
+            .expect("flight");
+        t[8] = Instant::now();
+        assert!(!sent.is_empty());
+        if i >= 1000 {
+            for (p, phase) in phases.iter_mut().enumerate() {
+                phase.push(t[p + 1] - t[p]);
+            }
+        }
+    }
+    for (name, latencies) in names.iter().zip(phases.iter_mut()) {
+        report(&format!("server steps, {label}: {name}"), latencies);
+    }
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 mod client;
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use client::{Phased, binding, connect, lookup, report};
+use client::{Phased, binding, connect, lookup, report, server_steps};
 use datafusion::arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use quiver::session::{QuiverSession, SessionOptions};
@@ -103,8 +103,18 @@ fn run(args: &Args, views: usize) {
             .await
             .expect("session");
         in_process(&session, users).await;
-        server_steps(&session, users, 1).await;
-        server_steps(&session, users, 100).await;
+        let executor = quiver::executor::Executor::new(0).expect("executor");
+        for keys in [1, 100] {
+            let marks = vec!["?"; keys].join(", ");
+            let sql = format!("SELECT * FROM features.view_0 WHERE user_id IN ({marks})");
+            let label = format!("{keys} key(s)");
+            server_steps(&session, &executor, &label, &sql, |i| {
+                (0..keys as u64)
+                    .map(|j| ((i * 7919 + j * 997) % users) as i64)
+                    .collect()
+            })
+            .await;
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -251,84 +261,5 @@ async fn in_process(session: &QuiverSession, users: u64) {
     }
     for (name, latencies) in ["plan", "bind", "execute"].iter().zip(phases.iter_mut()) {
         report(&format!("in-process {name}"), latencies);
-    }
-}
-
-/// The server's share of one prepared request, step by step as the service runs it, without the
-/// network: decode the DoPut upload and seal the bound handle; open it at GetFlightInfo, answer
-/// the lookup and seal the ticket; open the ticket at DoGet and encode its stored result.
-async fn server_steps(session: &QuiverSession, users: u64, keys: usize) {
-    use arrow_flight::encode::FlightDataEncoderBuilder;
-    use quiver::auth::{Auth, Principal};
-    use quiver::flight::handle::StatementHandle;
-    use quiver::flight::ingest::bound_parameters;
-    use quiver::flight::stream::batches_to_flight;
-    let marks = vec!["?"; keys].join(", ");
-    let sql = format!("SELECT * FROM features.view_0 WHERE user_id IN ({marks})");
-    let auth = Auth::open().expect("auth");
-    let me = Principal::anonymous();
-    let sealed = StatementHandle::new(sql.as_str()).seal(&auth, &me);
-    let names = [
-        "client encode",
-        "DoPut decode",
-        "DoPut seal",
-        "GetFlightInfo open",
-        "GetFlightInfo answer",
-        "GetFlightInfo seal",
-        "DoGet open+encode",
-    ];
-    let mut phases: Vec<Vec<Duration>> = names.iter().map(|_| Vec::new()).collect();
-    for i in 0..3000u64 {
-        let params: Vec<i64> = (0..keys as u64)
-            .map(|j| ((i * 7919 + j * 997) % users) as i64)
-            .collect();
-        let mut t = [Instant::now(); 8];
-        let upload: Vec<_> = FlightDataEncoderBuilder::new()
-            .build(futures::stream::iter([Ok(binding(&params))]))
-            .try_collect()
-            .await
-            .expect("encode");
-        t[1] = Instant::now();
-        let stream = bound_parameters(futures::stream::iter(upload.into_iter().map(Ok)))
-            .await
-            .expect("decode")
-            .expect("a batch");
-        t[2] = Instant::now();
-        let handle = StatementHandle::open(&sealed, &auth, &me)
-            .expect("open")
-            .with_parameter_stream(stream);
-        let bound = handle.seal(&auth, &me);
-        t[3] = Instant::now();
-        let handle = StatementHandle::open(&bound, &auth, &me).expect("open");
-        let params = handle.parameter_batch().expect("params").expect("bound");
-        t[4] = Instant::now();
-        let direct = session
-            .prepared()
-            .direct(session, &handle.sql, &params)
-            .await
-            .expect("a direct answer");
-        let answer = direct.answer(&params).await.expect("answer");
-        t[5] = Instant::now();
-        let ticket = handle
-            .with_result(&answer.schema(), std::slice::from_ref(&answer))
-            .expect("result")
-            .seal(&auth, &me);
-        t[6] = Instant::now();
-        let handle = StatementHandle::open(&ticket, &auth, &me).expect("open");
-        let (schema, batches) = handle.stored_result().expect("stored").expect("result");
-        let sent: Vec<_> = batches_to_flight(schema, batches)
-            .try_collect()
-            .await
-            .expect("flight");
-        t[7] = Instant::now();
-        assert!(!sent.is_empty());
-        if i >= 1000 {
-            for (p, phase) in phases.iter_mut().enumerate() {
-                phase.push(t[p + 1] - t[p]);
-            }
-        }
-    }
-    for (name, latencies) in names.iter().zip(phases.iter_mut()) {
-        report(&format!("server steps, {keys} key(s): {name}"), latencies);
     }
 }

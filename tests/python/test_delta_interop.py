@@ -12,6 +12,7 @@ Every table name starts with `dl_`: the server is shared by the whole session.
 import datetime
 import decimal
 import json
+import shutil
 import time
 
 import adbc_driver_manager
@@ -278,6 +279,48 @@ def test_deltalake_table_in_named_schema(adbc, server):
     objects = adbc.adbc_get_objects(depth="tables", db_schema_filter=schema).read_all().to_pylist()
     tables = [tb["table_name"] for tb in objects[0]["catalog_db_schemas"][0]["db_schema_tables"]]
     assert tables == [t]
+
+
+def test_each_read_sees_the_commits_since_the_last(adbc, server):
+    # Quiver keeps each table's latest snapshot and reads only the commits made since.
+    t = "dl_kept_snapshot"
+    path = path_of(server, t)
+    deltalake.write_deltalake(str(path), pa.table({"id": pa.array([1], pa.int64())}))
+    assert rows(adbc, f"SELECT count(*) AS n FROM {t}") == [{"n": 1}]
+    for i in range(2, 5):
+        deltalake.write_deltalake(str(path), pa.table({"id": pa.array([i], pa.int64())}), mode="append")
+        assert rows(adbc, f"SELECT sum(id) AS s FROM {t}") == [{"s": sum(range(1, i + 1))}]
+    # A new schema from another writer is read too.
+    deltalake.write_deltalake(
+        str(path), pa.table({"id": pa.array([9], pa.int64()), "extra": ["x"]}),
+        mode="overwrite", schema_mode="overwrite",
+    )
+    assert rows(adbc, f"SELECT * FROM {t}") == [{"id": 9, "extra": "x"}]
+
+
+def test_a_table_deleted_and_recreated_by_another_writer_is_read_afresh(adbc, server):
+    t = "dl_recreated"
+    path = path_of(server, t)
+    for i in range(3):  # versions 0..2
+        deltalake.write_deltalake(str(path), pa.table({"id": pa.array([i], pa.int64())}), mode="append")
+    assert rows(adbc, f"SELECT count(*) AS n FROM {t}") == [{"n": 3}]
+    # Deleted and written again: its log starts over at version 0, behind the snapshot Quiver kept.
+    shutil.rmtree(path)
+    deltalake.write_deltalake(str(path), pa.table({"id": pa.array([7], pa.int64()), "s": ["new"]}))
+    assert rows(adbc, f"SELECT * FROM {t}") == [{"id": 7, "s": "new"}]
+
+
+def test_a_table_dropped_and_created_again_through_sql_is_the_new_one(adbc):
+    t = "kept_then_dropped"
+    query(adbc, f"CREATE TABLE {t} AS SELECT 1::BIGINT AS id")
+    query(adbc, f"INSERT INTO {t} VALUES (2)")
+    assert rows(adbc, f"SELECT count(*) AS n FROM {t}") == [{"n": 2}]
+    query(adbc, f"DROP TABLE {t}")
+    # As many commits as before and more: the new log passes the old table's version.
+    query(adbc, f"CREATE TABLE {t} AS SELECT 10::BIGINT AS id")
+    for v in (20, 30):
+        query(adbc, f"INSERT INTO {t} VALUES ({v})")
+    assert rows(adbc, f"SELECT sum(id) AS s, count(*) AS n FROM {t}") == [{"s": 60, "n": 3}]
 
 
 def test_quiver_appends_to_deltalake_table(adbc, server):
