@@ -23,6 +23,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::SessionContext;
 use deltalake::{DeltaTable, DeltaTableBuilder};
+use object_store::{ObjectMeta, ObjectStoreExt};
 use url::Url;
 
 use crate::error::{Error, Result};
@@ -59,16 +60,24 @@ pub async fn open_delta(url: &Url, as_of: &AsOf) -> Result<DeltaTable> {
 const MAX_SNAPSHOTS: usize = 1024;
 
 /// The latest snapshot of each table read, brought up to date at every open: only the commits since
-/// the kept version are read (when there are none, one listing of the log and one check that the
-/// kept commit still exists), instead of replaying the whole log and rebuilding its file list for
-/// every statement. Reads stay fresh: a commit another writer made is seen by the next open.
+/// the kept version are read (when there are none, one listing of the log), instead of replaying the
+/// whole log and rebuilding its file list for every statement. Reads stay fresh: a commit another
+/// writer made is seen by the next open.
 ///
-/// A table deleted and re-created at the same place has a log that starts again at version 0: a kept
-/// version whose commit file is gone is loaded afresh, and Quiver's own DDL forgets every table
-/// ([`Snapshots::clear`]).
+/// A table deleted and written again at the same place has a new log starting over at version 0, in
+/// which the kept version may exist again: so each open first checks that the kept version's commit
+/// file is the one read then (its size, modification time and entity tag), and loads the table
+/// afresh when it is gone or another. Quiver's own DDL forgets every table ([`Snapshots::clear`]).
 #[derive(Default)]
 pub struct Snapshots {
-    latest: Mutex<HashMap<Url, DeltaTable>>,
+    latest: Mutex<HashMap<Url, Kept>>,
+}
+
+/// A table's snapshot and what its last commit file looked like when it was read.
+#[derive(Clone)]
+struct Kept {
+    table: DeltaTable,
+    commit: ObjectMeta,
 }
 
 impl std::fmt::Debug for Snapshots {
@@ -87,26 +96,28 @@ impl Snapshots {
             return open_delta(url, as_of).await;
         }
         let kept = self.latest.lock().ok().and_then(|l| l.get(url).cloned());
-        let table = match kept {
-            Some(kept) => match brought_up_to_date(kept).await {
-                Some(table) => table,
-                None => open_delta(url, as_of).await?,
-            },
-            None => open_delta(url, as_of).await?,
+        let updated = match kept {
+            Some(kept) => brought_up_to_date(kept).await,
+            None => None,
+        };
+        let kept = match updated {
+            Some(kept) => kept,
+            None => {
+                let table = open_delta(url, as_of).await?;
+                match last_commit(&table).await {
+                    Some(commit) => Kept { table, commit },
+                    // Nothing to check a kept copy against: not kept.
+                    None => return Ok(table),
+                }
+            }
         };
         if let Ok(mut latest) = self.latest.lock() {
             if latest.len() >= MAX_SNAPSHOTS && !latest.contains_key(url) {
                 latest.clear();
             }
-            // Of two opens racing, the newer snapshot stays.
-            let newer = latest
-                .get(url)
-                .is_none_or(|kept| kept.version() < table.version());
-            if newer {
-                latest.insert(url.clone(), table.clone());
-            }
+            latest.insert(url.clone(), kept.clone());
         }
-        Ok(table)
+        Ok(kept.table)
     }
 
     /// Forgets every table: after DDL, which may drop a table and create another in its place.
@@ -117,18 +128,34 @@ impl Snapshots {
     }
 }
 
-/// `table` with the commits since its version applied. `None` when that fails or its last commit
-/// is gone (the table was deleted, perhaps re-created): the caller loads it from scratch.
-async fn brought_up_to_date(mut table: DeltaTable) -> Option<DeltaTable> {
-    let kept = table.version()?;
-    table.update_incremental(None).await.ok()?;
-    if table.version() == Some(kept) {
-        let commit = deltalake::logstore::commit_uri_from_version(Some(kept));
-        object_store::ObjectStoreExt::head(&table.object_store(), &commit)
-            .await
-            .ok()?;
+/// The kept table with the commits since its version applied. `None` when its last commit file is
+/// gone or not the one read (the table was deleted, perhaps written again), or the update fails:
+/// the caller loads the table from scratch.
+async fn brought_up_to_date(kept: Kept) -> Option<Kept> {
+    let Kept { mut table, commit } = kept;
+    let now = last_commit(&table).await?;
+    let same = now.size == commit.size
+        && now.last_modified == commit.last_modified
+        && now.e_tag == commit.e_tag;
+    if !same {
+        return None;
     }
-    Some(table)
+    let version = table.version();
+    table.update_incremental(None).await.ok()?;
+    let commit = if table.version() == version {
+        now
+    } else {
+        last_commit(&table).await?
+    };
+    Some(Kept { table, commit })
+}
+
+/// What the commit file of the table's version looks like in storage; `None` if it is not there.
+async fn last_commit(table: &DeltaTable) -> Option<ObjectMeta> {
+    let path = deltalake::logstore::commit_uri_from_version(Some(table.version()?));
+    ObjectStoreExt::head(&table.object_store(), &path)
+        .await
+        .ok()
 }
 
 /// A version past the end of the log fails deep inside the Delta kernel; say which versions exist.

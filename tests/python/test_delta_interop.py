@@ -308,6 +308,14 @@ def test_a_table_deleted_and_recreated_by_another_writer_is_read_afresh(adbc, se
     shutil.rmtree(path)
     deltalake.write_deltalake(str(path), pa.table({"id": pa.array([7], pa.int64()), "s": ["new"]}))
     assert rows(adbc, f"SELECT * FROM {t}") == [{"id": 7, "s": "new"}]
+    # Again, to the kept version and past it: the kept version's commit exists, but is another.
+    shutil.rmtree(path)
+    deltalake.write_deltalake(str(path), pa.table({"k": ["a"]}))
+    assert rows(adbc, f"SELECT * FROM {t}") == [{"k": "a"}]
+    shutil.rmtree(path)
+    for k in ["b", "c"]:
+        deltalake.write_deltalake(str(path), pa.table({"k": [k]}), mode="append")
+    assert rows(adbc, f"SELECT k FROM {t} ORDER BY k") == [{"k": "b"}, {"k": "c"}]
 
 
 def test_a_table_dropped_and_created_again_through_sql_is_the_new_one(adbc):
