@@ -150,7 +150,8 @@ async fn create_table(
     write_stream(&session.state(), request).await
 }
 
-/// Renews the cached name listing after a change. The change is committed by then, so a listing
+/// Renews the cached name listing after a change, and forgets the kept table snapshots (a dropped
+/// table's place may hold a new one). The change is committed by then, so a listing
 /// failure is logged rather than reported as the statement's error (a retry would then collide).
 async fn refresh_listing(session: &QuiverSession) {
     session.catalog().forget_snapshots();

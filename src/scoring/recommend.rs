@@ -352,15 +352,12 @@ impl SingleCall {
     ) -> Result<RecordBatch> {
         let call = self.call.bind(params)?;
         let (user, k) = call.arguments()?;
-        let excluded = match call.exclusion_plan(state, user).await? {
-            Some(plan) => excluded_items(collect(plan, state.task_ctx()).await?)?,
-            None => HashSet::new(),
-        };
-        let batch = one_user(&call.pipeline, user, k, &excluded)?;
-        let batch = match &self.projection {
-            Some(p) => batch.project(p)?,
-            None => batch,
-        };
+        // A task context copies the session's function registries: only for a plan to run.
+        let exclude = call
+            .exclusion_plan(state, user)
+            .await?
+            .map(|plan| (plan, state.task_ctx()));
+        let batch = one_user(&call.pipeline, user, k, exclude, self.projection.as_deref()).await?;
         Ok(RecordBatch::try_new(
             self.schema.clone(),
             batch.columns().to_vec(),
@@ -563,15 +560,8 @@ impl ExecutionPlan for RecommendExec {
         let (exclude, projection) = (self.exclude.clone(), self.projection.clone());
         let schema = self.properties.eq_properties.schema().clone();
         let batch = async move {
-            let excluded = match exclude {
-                Some(plan) => excluded_items(collect(plan, context).await?)?,
-                None => HashSet::new(),
-            };
-            let batch = one_user(&pipeline, user, k, &excluded)?;
-            match projection {
-                Some(p) => Ok(batch.project(&p)?),
-                None => Ok(batch),
-            }
+            let exclude = exclude.map(|plan| (plan, context));
+            one_user(&pipeline, user, k, exclude, projection.as_deref()).await
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             schema,
@@ -580,15 +570,25 @@ impl ExecutionPlan for RecommendExec {
     }
 }
 
-/// One user's top `k` as rows of [`result_schema`].
-fn one_user(
+/// One user's top `k` as rows of [`result_schema`] (its `projection`), without the items the
+/// `exclude` plan returns when run in its context.
+async fn one_user(
     pipeline: &Pipeline,
     user: i64,
     k: usize,
-    excluded: &HashSet<i64>,
+    exclude: Option<(Arc<dyn ExecutionPlan>, Arc<TaskContext>)>,
+    projection: Option<&[usize]>,
 ) -> Result<RecordBatch> {
-    let scored = pipeline.recommend(&[Some(user)], k, excluded)?;
-    ranked_batch(scored.into_iter().flatten().next().unwrap_or_default())
+    let excluded = match exclude {
+        Some((plan, context)) => excluded_items(collect(plan, context).await?)?,
+        None => HashSet::new(),
+    };
+    let scored = pipeline.recommend(&[Some(user)], k, &excluded)?;
+    let batch = ranked_batch(scored.into_iter().flatten().next().unwrap_or_default())?;
+    match projection {
+        Some(p) => Ok(batch.project(p)?),
+        None => Ok(batch),
+    }
 }
 
 fn excluded_items(batches: Vec<RecordBatch>) -> Result<HashSet<i64>> {

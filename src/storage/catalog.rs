@@ -1,8 +1,9 @@
 //! The warehouse as DataFusion's catalog `quiver`: schemas are warehouse directories, tables Delta tables.
 //!
 //! Table lookups go to storage every time (a new version committed by another writer is seen by the next
-//! query), reading only the commits since the table was last read ([`Snapshots`]). Only the name listings that DataFusion asks for synchronously (`information_schema`,
-//! `SHOW TABLES`) are cached, and [`WarehouseCatalog::refresh`] renews them before such a statement.
+//! query), reading only the commits since the table was last read ([`Snapshots`]). Only the name
+//! listings that DataFusion asks for synchronously (`information_schema`, `SHOW TABLES`) are cached,
+//! and [`WarehouseCatalog::refresh`] renews them before such a statement.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};

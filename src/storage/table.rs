@@ -133,11 +133,9 @@ impl Snapshots {
 /// the caller loads the table from scratch.
 async fn brought_up_to_date(kept: Kept) -> Option<Kept> {
     let Kept { mut table, commit } = kept;
+    // Same path, size, modification time and entity tag: the commit file read then.
     let now = last_commit(&table).await?;
-    let same = now.size == commit.size
-        && now.last_modified == commit.last_modified
-        && now.e_tag == commit.e_tag;
-    if !same {
+    if now != commit {
         return None;
     }
     let version = table.version();
