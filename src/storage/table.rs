@@ -22,6 +22,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::SessionContext;
+use deltalake::logstore::ObjectStoreRef;
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use object_store::{ObjectMeta, ObjectStoreExt};
 use url::Url;
@@ -60,9 +61,9 @@ pub async fn open_delta(url: &Url, as_of: &AsOf) -> Result<DeltaTable> {
 const MAX_SNAPSHOTS: usize = 1024;
 
 /// The latest snapshot of each table read, brought up to date at every open: only the commits since
-/// the kept version are read (when there are none, one listing of the log), instead of replaying the
-/// whole log and rebuilding its file list for every statement. Reads stay fresh: a commit another
-/// writer made is seen by the next open.
+/// the kept version are read (when there are none, one look for the next commit's file), instead of
+/// replaying the whole log and rebuilding its file list for every statement. Reads stay fresh: a
+/// commit another writer made is seen by the next open.
 ///
 /// A table deleted and written again at the same place has a new log starting over at version 0, in
 /// which the kept version may exist again: so each open first checks that the kept version's commit
@@ -133,15 +134,23 @@ impl Snapshots {
 /// the caller loads the table from scratch.
 async fn brought_up_to_date(kept: Kept) -> Option<Kept> {
     let Kept { mut table, commit } = kept;
-    // Same path, size, modification time and entity tag: the commit file read then.
-    let now = last_commit(&table).await?;
-    if now != commit {
+    let version = table.version()?;
+    // Same path, size, modification time and entity tag: the commit file read then. And no commit
+    // after it: then there is nothing to update, without listing the log.
+    let store = table.object_store();
+    let (now, next) = futures::join!(
+        commit_file(&store, version),
+        commit_file(&store, version + 1)
+    );
+    if now.as_ref() != Some(&commit) {
         return None;
     }
-    let version = table.version();
+    if next.is_none() {
+        return Some(Kept { table, commit });
+    }
     table.update_incremental(None).await.ok()?;
-    let commit = if table.version() == version {
-        now
+    let commit = if table.version() == Some(version) {
+        commit
     } else {
         last_commit(&table).await?
     };
@@ -150,10 +159,14 @@ async fn brought_up_to_date(kept: Kept) -> Option<Kept> {
 
 /// What the commit file of the table's version looks like in storage; `None` if it is not there.
 async fn last_commit(table: &DeltaTable) -> Option<ObjectMeta> {
-    let path = deltalake::logstore::commit_uri_from_version(Some(table.version()?));
-    ObjectStoreExt::head(&table.object_store(), &path)
-        .await
-        .ok()
+    commit_file(&table.object_store(), table.version()?).await
+}
+
+/// What the commit file of `version` looks like in `store` (rooted at a table, as
+/// [`DeltaTable::object_store`] is); `None` if it is not there or cannot be read.
+pub async fn commit_file(store: &ObjectStoreRef, version: u64) -> Option<ObjectMeta> {
+    let path = deltalake::logstore::commit_uri_from_version(Some(version));
+    ObjectStoreExt::head(store, &path).await.ok()
 }
 
 /// A version past the end of the log fails deep inside the Delta kernel; say which versions exist.
@@ -201,6 +214,7 @@ pub struct DeltaTableProvider {
     name: String,
     table: DeltaTable,
     scan: Arc<dyn TableProvider>,
+    settings: Arc<SessionState>,
     read_only: bool,
 }
 
@@ -220,6 +234,7 @@ impl DeltaTableProvider {
             name,
             table,
             scan,
+            settings: settings.clone(),
             read_only: *as_of != AsOf::Latest,
         })
     }
@@ -231,6 +246,22 @@ impl DeltaTableProvider {
 
     pub fn delta_table(&self) -> &DeltaTable {
         &self.table
+    }
+
+    /// Whether this is the table's latest version (not a time travel snapshot).
+    pub fn is_latest(&self) -> bool {
+        !self.read_only
+    }
+
+    /// The same snapshot reading only `files` (paths as the log names them, e.g. the ones
+    /// [`crate::storage::changes::appended_files`] found).
+    pub async fn limited_to(&self, files: Vec<String>) -> Result<Arc<dyn TableProvider>> {
+        Ok(self
+            .table
+            .table_provider()
+            .with_session(self.settings.clone())
+            .with_file_paths(files)
+            .await?)
     }
 
     fn check_writable(&self, what: &str) -> DFResult<()> {
