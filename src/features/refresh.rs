@@ -23,23 +23,21 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::utils::disjunction;
-use datafusion::logical_expr::{
-    Expr, LogicalPlan, LogicalPlanBuilder, TableScan, TableScanBuilder, cast,
-};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::{col, lit};
 use deltalake::DeltaTable;
-use deltalake::kernel::{Action, Transaction};
-use deltalake::logstore::get_actions;
+use deltalake::kernel::Transaction;
 
 use super::{FEATURES_SCHEMA, FeatureView, ViewState};
 use crate::error::{Error, Result};
 use crate::session::QuiverSession;
+use crate::storage::changes::{appended_files, read_of, replace_read};
 use crate::storage::{AsOf, DeltaTableProvider, WriteKind, WriteRequest, open_delta, write_stream};
 
 /// More changed entities than this and an incremental refresh would filter on a list longer than a
@@ -280,7 +278,7 @@ async fn decide(view: &FeatureView, sources: &[Source], target: &DeltaTable) -> 
                 source.name, source.version
             )));
         }
-        match appended_files(source, recorded).await? {
+        match appended_files(&source.table, &source.name, recorded, source.version).await? {
             Ok(files) => changes.push((s, files)),
             Err(reason) => return Ok(Plan::Full(reason)),
         }
@@ -290,39 +288,6 @@ async fn decide(view: &FeatureView, sources: &[Source], target: &DeltaTable) -> 
     } else {
         Plan::Incremental(changes)
     })
-}
-
-/// The data files the source's commits after `since` added, if they only appended; otherwise why not.
-async fn appended_files(source: &Source, since: u64) -> Result<Result<Vec<String>, String>> {
-    let log_store = source.table.log_store();
-    let mut files = Vec::new();
-    for version in since + 1..=source.version {
-        let Some(bytes) = log_store.read_commit_entry(version).await? else {
-            return Ok(Err(format!(
-                "commit {version} of {} is no longer in its log",
-                source.name
-            )));
-        };
-        for action in get_actions(version, &bytes)? {
-            match action {
-                Action::Add(add) if add.data_change => files.push(add.path),
-                Action::Remove(remove) if remove.data_change => {
-                    return Ok(Err(format!(
-                        "{} had rows deleted or replaced at version {version}",
-                        source.name
-                    )));
-                }
-                Action::Metadata(_) => {
-                    return Ok(Err(format!(
-                        "{} changed its schema or settings at version {version}",
-                        source.name
-                    )));
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(Ok(files))
 }
 
 /// The entities whose rows the appended files can change: for each changed source and each place
@@ -452,13 +417,6 @@ fn sources_of(query: &LogicalPlan) -> Result<(Vec<Source>, Vec<String>)> {
     Ok((sources, untracked))
 }
 
-/// The name of the Delta table a scan reads, if it reads one.
-fn read_of(scan: &TableScan) -> Option<String> {
-    let provider = source_as_provider(&scan.source).ok()?;
-    let delta = provider.downcast_ref::<DeltaTableProvider>()?;
-    Some(delta.name().to_string())
-}
-
 /// How many times the query reads `source`.
 fn count_reads(query: &LogicalPlan, source: &str) -> Result<usize> {
     let mut count = 0;
@@ -471,35 +429,6 @@ fn count_reads(query: &LogicalPlan, source: &str) -> Result<usize> {
         Ok(TreeNodeRecursion::Continue)
     })?;
     Ok(count)
-}
-
-/// The query with its `occurrence`-th read of `source` (in traversal order) reading `provider`.
-fn replace_read(
-    query: LogicalPlan,
-    source: &str,
-    occurrence: usize,
-    provider: &Arc<dyn datafusion::catalog::TableProvider>,
-) -> Result<LogicalPlan> {
-    let mut seen = 0;
-    let replaced = query.transform_down_with_subqueries(|node| {
-        let LogicalPlan::TableScan(scan) = node else {
-            return Ok(Transformed::no(node));
-        };
-        if read_of(&scan).as_deref() != Some(source) {
-            return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
-        }
-        seen += 1;
-        if seen - 1 != occurrence {
-            return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
-        }
-        let scan = TableScanBuilder::new(scan.table_name, provider_as_source(provider.clone()))
-            .with_projection(scan.projection)
-            .with_filters(scan.filters)
-            .with_fetch(scan.fetch)
-            .build()?;
-        Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
-    })?;
-    Ok(replaced.data)
 }
 
 /// The query must output the entity and event time columns, the latter a timestamp.

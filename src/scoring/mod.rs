@@ -10,6 +10,7 @@
 //! ([`recommend`], [`recommend_items`], over the item index of [`retrieval`] and its int8 first pass
 //! [`quantized`]) and the table `system.models` ([`system`]).
 
+pub mod exclusion;
 pub mod onnx;
 pub mod predict;
 pub mod quantized;
@@ -32,6 +33,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::memory::MemoryStream;
 
 use crate::error::{Error, Result};
+use crate::scoring::exclusion::Exclusion;
 use crate::scoring::onnx::OnnxModel;
 use crate::scoring::retrieval::Retrieval;
 use crate::scoring::spec::{ModelKind, ModelSpec};
@@ -51,6 +53,8 @@ pub struct Model {
     pub onnx: OnnxModel,
     /// Two-tower models: the item index, known users and fallback.
     pub retrieval: Option<Retrieval>,
+    /// Two-tower models with `[exclude]`: its index, when the query can be indexed.
+    pub exclusion: Option<Exclusion>,
     pub loaded_at: DateTime<Utc>,
     /// Unique per load, so a planned query can find the version it was planned with.
     pub generation: u64,
@@ -358,12 +362,24 @@ async fn load(session: &QuiverSession, dir: &Path, name: &str) -> Result<Model> 
         ModelKind::Scorer => None,
         ModelKind::TwoTower => Some(Retrieval::load(session, &spec, &model_dir).await?),
     };
+    let exclusion = match (&retrieval, &spec.exclude) {
+        (Some(_), Some(exclude)) => {
+            let exclusion = Exclusion::new(exclude.query.clone());
+            // Built now so the first call does not wait for it; a failure waits for that call.
+            if let Err(e) = exclusion.bring_up_to_date(&session.state()).await {
+                tracing::info!(model = name, error = %e, "[exclude] index not built at load");
+            }
+            Some(exclusion)
+        }
+        _ => None,
+    };
     Ok(Model {
         name: name.to_string(),
         spec,
         dir: model_dir,
         onnx,
         retrieval,
+        exclusion,
         loaded_at: Utc::now(),
         generation: GENERATION.fetch_add(1, Ordering::Relaxed),
     })

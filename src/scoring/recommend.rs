@@ -3,7 +3,8 @@
 //! Both embed the user with the two-tower model's user tower and scan the item matrix for the top k
 //! (see [`Retrieval`]). A user the model does not know (outside its `[users]` query) gets the
 //! `[fallback]` list, or no rows without one. `recommend` also drops the items of the model's
-//! `[exclude]` query for that user, planned as a child of [`RecommendExec`] so EXPLAIN shows it;
+//! `[exclude]` query for that user: answered from the model's index of it ([`Exclusion`]) when the
+//! query can be indexed, else planned as a child of [`RecommendExec`]; EXPLAIN shows which.
 //! `recommend_items` ([`crate::scoring::recommend_items`]) is for batch scoring and does not exclude.
 
 use std::collections::HashSet;
@@ -352,12 +353,18 @@ impl SingleCall {
     ) -> Result<RecordBatch> {
         let call = self.call.bind(params)?;
         let (user, k) = call.arguments()?;
+        let excluded = call.excluded(state, user).await?;
         // A task context copies the session's function registries: only for a plan to run.
-        let exclude = call
-            .exclusion_plan(state, user)
-            .await?
-            .map(|plan| (plan, state.task_ctx()));
-        let batch = one_user(&call.pipeline, user, k, exclude, self.projection.as_deref()).await?;
+        let excluded = excluded
+            .items(&call.pipeline.model, user, || state.task_ctx())
+            .await?;
+        let batch = one_user(
+            &call.pipeline,
+            user,
+            k,
+            &excluded,
+            self.projection.as_deref(),
+        )?;
         Ok(RecordBatch::try_new(
             self.schema.clone(),
             batch.columns().to_vec(),
@@ -396,23 +403,56 @@ impl RecommendTable {
         Ok((user, item_count(TABLE_FUNCTION, k)?))
     }
 
-    /// The plan of the model's `[exclude]` query for `user`, if it has one.
-    async fn exclusion_plan(
-        &self,
-        state: &dyn Session,
-        user: i64,
-    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        let Some(exclude) = &self.pipeline.model.spec.exclude else {
-            return Ok(None);
+    /// Where the items of the model's `[exclude]` query for `user` come from: its index, brought
+    /// up to date now, or else the query's plan.
+    async fn excluded(&self, state: &dyn Session, user: i64) -> Result<Excluded> {
+        let model = &self.pipeline.model;
+        let Some(exclude) = &model.spec.exclude else {
+            return Ok(Excluded::Nothing);
         };
         let Some(state) = state.as_any().downcast_ref::<SessionState>() else {
             return internal_err!("recommend needs Quiver's session state");
         };
+        if let Some(exclusion) = &model.exclusion
+            && exclusion.bring_up_to_date(state).await?
+        {
+            return Ok(Excluded::Index);
+        }
         let plan = state
             .create_logical_plan(&exclude.query)
             .await?
             .with_param_values(ParamValues::from(vec![ScalarValue::Int64(Some(user))]))?;
-        Ok(Some(state.create_physical_plan(&plan).await?))
+        Ok(Excluded::Plan(state.create_physical_plan(&plan).await?))
+    }
+}
+
+/// Where a call's excluded items come from.
+#[derive(Debug, Clone)]
+enum Excluded {
+    Nothing,
+    /// The model's [`Exclusion`] index (brought up to date when the call was planned).
+    Index,
+    /// The `[exclude]` query for the user, run per call.
+    Plan(Arc<dyn ExecutionPlan>),
+}
+
+impl Excluded {
+    /// The items not to recommend to `user`; `context` runs the plan of a per-call query.
+    async fn items(
+        self,
+        model: &crate::scoring::Model,
+        user: i64,
+        context: impl FnOnce() -> Arc<TaskContext>,
+    ) -> Result<HashSet<i64>> {
+        match self {
+            Excluded::Nothing => Ok(HashSet::new()),
+            Excluded::Index => Ok(model
+                .exclusion
+                .as_ref()
+                .map(|e| e.items(user))
+                .unwrap_or_default()),
+            Excluded::Plan(plan) => excluded_items(collect(plan, context()).await?),
+        }
     }
 }
 
@@ -434,7 +474,7 @@ impl TableProvider for RecommendTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let (user, k) = self.arguments()?;
-        let exclude = self.exclusion_plan(state, user).await?;
+        let exclude = self.excluded(state, user).await?;
         Ok(Arc::new(RecommendExec::new(
             self.pipeline.clone(),
             user,
@@ -445,13 +485,14 @@ impl TableProvider for RecommendTable {
     }
 }
 
-/// Scores one user's top k, after collecting the items its `exclude` child returns.
+/// Scores one user's top k, without the items of the model's `[exclude]` index or of its `exclude`
+/// child (the query run per call).
 #[derive(Debug)]
 pub struct RecommendExec {
     pipeline: Pipeline,
     user: i64,
     k: usize,
-    exclude: Option<Arc<dyn ExecutionPlan>>,
+    exclude: Excluded,
     projection: Option<Vec<usize>>,
     properties: Arc<PlanProperties>,
 }
@@ -461,7 +502,7 @@ impl RecommendExec {
         pipeline: Pipeline,
         user: i64,
         k: usize,
-        exclude: Option<Arc<dyn ExecutionPlan>>,
+        exclude: Excluded,
         projection: Option<Vec<usize>>,
     ) -> Result<Self> {
         let schema = match &projection {
@@ -511,6 +552,10 @@ impl DisplayAs for RecommendExec {
                 ranker.name, ranker.spec.version, rerank.candidates
             )?;
         }
+        if let (Excluded::Index, Some(exclusion)) = (&self.exclude, &self.pipeline.model.exclusion)
+        {
+            write!(f, ", exclude={}", exclusion.describe())?;
+        }
         Ok(())
     }
 }
@@ -525,7 +570,10 @@ impl ExecutionPlan for RecommendExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        self.exclude.iter().collect()
+        match &self.exclude {
+            Excluded::Plan(plan) => vec![plan],
+            _ => Vec::new(),
+        }
     }
 
     fn apply_expressions(
@@ -543,7 +591,10 @@ impl ExecutionPlan for RecommendExec {
             self.pipeline.clone(),
             self.user,
             self.k,
-            children.into_iter().next(),
+            match children.into_iter().next() {
+                Some(plan) => Excluded::Plan(plan),
+                None => self.exclude.clone(),
+            },
             self.projection.clone(),
         )?))
     }
@@ -560,8 +611,8 @@ impl ExecutionPlan for RecommendExec {
         let (exclude, projection) = (self.exclude.clone(), self.projection.clone());
         let schema = self.properties.eq_properties.schema().clone();
         let batch = async move {
-            let exclude = exclude.map(|plan| (plan, context));
-            one_user(&pipeline, user, k, exclude, projection.as_deref()).await
+            let excluded = exclude.items(&pipeline.model, user, || context).await?;
+            one_user(&pipeline, user, k, &excluded, projection.as_deref())
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             schema,
@@ -570,20 +621,15 @@ impl ExecutionPlan for RecommendExec {
     }
 }
 
-/// One user's top `k` as rows of [`result_schema`] (its `projection`), without the items the
-/// `exclude` plan returns when run in its context.
-async fn one_user(
+/// One user's top `k` as rows of [`result_schema`] (its `projection`), without `excluded`.
+fn one_user(
     pipeline: &Pipeline,
     user: i64,
     k: usize,
-    exclude: Option<(Arc<dyn ExecutionPlan>, Arc<TaskContext>)>,
+    excluded: &HashSet<i64>,
     projection: Option<&[usize]>,
 ) -> Result<RecordBatch> {
-    let excluded = match exclude {
-        Some((plan, context)) => excluded_items(collect(plan, context).await?)?,
-        None => HashSet::new(),
-    };
-    let scored = pipeline.recommend(&[Some(user)], k, &excluded)?;
+    let scored = pipeline.recommend(&[Some(user)], k, excluded)?;
     let batch = ranked_batch(scored.into_iter().flatten().next().unwrap_or_default())?;
     match projection {
         Some(p) => Ok(batch.project(p)?),

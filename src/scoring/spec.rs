@@ -18,7 +18,8 @@
 //!
 //! A `two_tower` model's `model.onnx` is the user tower (one int64 input, the user id; one output, the
 //! embedding) and it adds sections whose queries run in Quiver's own SQL, once per model version (at load), except
-//! `exclude`, which runs per call with the user id as `$1`:
+//! `exclude`, which answers for the user id `$1` at each call (from an index of the table when it
+//! can: [`crate::scoring::exclusion`]):
 //!
 //! ```toml
 //! metric = "dot"                # dot | cosine

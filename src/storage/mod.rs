@@ -1,10 +1,12 @@
 //! Storage: Delta Lake tables in a warehouse on object storage, exposed to DataFusion as catalog `quiver`.
 //!
 //! `warehouse` lays out schemas and tables, `catalog` resolves SQL names to tables (with time travel),
-//! `table` reads and changes one table, `write` streams batches into one Delta commit, `stores` builds the
-//! object stores (local, S3, GCS, Azure) both the warehouse and delta-rs use.
+//! `table` reads and changes one table, `changes` reads what a table's commits since a version added,
+//! `write` streams batches into one Delta commit, `stores` builds the object stores (local, S3, GCS,
+//! Azure) both the warehouse and delta-rs use.
 
 pub mod catalog;
+pub mod changes;
 pub mod stores;
 pub mod table;
 pub mod warehouse;

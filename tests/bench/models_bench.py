@@ -1,6 +1,6 @@
 """The Python side of the models benchmark (tests/bench/run.sh models):
 
-    models_bench.py generate DIR [--items N] [--dim D] [--users N]   writes DIR/mlp, DIR/retrieval, DIR/retrieval_excluding
+    models_bench.py generate DIR [--items N] [--dim D] [--users N]   writes DIR/mlp, DIR/retrieval, DIR/retrieval_excluding[_per_call]
     models_bench.py baseline DIR [--rows N] [--requests N]            onnxruntime and numpy figures
 
 `mlp` is the 64 -> 256 -> 128 -> 1 MLP of the issue (ReLU, sigmoid output); `retrieval` a two-tower
@@ -51,16 +51,21 @@ outputs = [{{ name = "embedding", type = "float32", shape = [-1, {dim}] }}]
 query = "SELECT value AS item_id FROM generate_series(0, {items - 1})"
 tower = "item_tower.onnx"
 ''')
-    # The same model with an [exclude] query: the items the user interacted with, read per call
-    # from a Delta table the benchmark writes (bench.interactions).
-    (out / "retrieval_excluding").mkdir(parents=True, exist_ok=True)
-    for name in ["model.onnx", "item_tower.onnx"]:
-        (out / "retrieval_excluding" / name).write_bytes((out / "retrieval" / name).read_bytes())
-    (out / "retrieval_excluding" / "model.toml").write_text(
-        (out / "retrieval" / "model.toml").read_text() + '''[exclude]
-query = "SELECT item_id FROM bench.interactions WHERE user_id = $1"
-''')
-    print(f"generated mlp, retrieval and retrieval_excluding ({items} items x {dim} dims, "
+    # The same model with an [exclude] query: the items the user interacted with, in a Delta table
+    # the benchmark writes (bench.interactions). `retrieval_excluding` has the shape Quiver keeps an
+    # index of; `retrieval_excluding_per_call` asks the same with a GROUP BY, which runs per call.
+    exclude = {
+        "retrieval_excluding": "SELECT item_id FROM bench.interactions WHERE user_id = $1",
+        "retrieval_excluding_per_call":
+            "SELECT item_id FROM bench.interactions WHERE user_id = $1 GROUP BY item_id",
+    }
+    for model, query in exclude.items():
+        (out / model).mkdir(parents=True, exist_ok=True)
+        for name in ["model.onnx", "item_tower.onnx"]:
+            (out / model / name).write_bytes((out / "retrieval" / name).read_bytes())
+        (out / model / "model.toml").write_text(
+            (out / "retrieval" / "model.toml").read_text() + f'[exclude]\nquery = "{query}"\n')
+    print(f"generated mlp, retrieval, {', '.join(exclude)} ({items} items x {dim} dims, "
           f"{users} users) in {out}")
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 import pytest
+from deltalake import write_deltalake
 from conftest import REPO, Server
 from helpers import ingest, query, rows
 
@@ -290,3 +291,77 @@ def test_hot_reload_swaps_and_a_broken_model_keeps_the_old_version(served, conn)
     with pytest.raises(adbc_driver_manager.ProgrammingError) as error:
         rows(conn, f"SELECT predict('hot', {x}) AS s")
     assert "unknown model 'hot'" in str(error.value)
+
+
+def test_exclude_follows_every_commit_whether_indexed_or_run_per_call(tmp_path):
+    """`seen_indexed`'s [exclude] query has the shape Quiver answers from an index of the table;
+    `seen_per_call` asks the same with a GROUP BY, which runs per call. Both must agree after
+    appends, a delete, an overwrite, and the table dropped and created again."""
+    models = tmp_path / "models"
+    base = (TEST_MODELS / "mf" / "model.toml").read_text().split("[users]")[0]
+    for name, query_ in [
+        ("seen_indexed", "SELECT item_id FROM seen WHERE user_id = $1 AND kind <> 'view'"),
+        ("seen_per_call", "SELECT item_id FROM seen WHERE user_id = $1 AND kind <> 'view' GROUP BY item_id"),
+    ]:
+        shutil.copytree(TEST_MODELS / "mf", models / name)
+        (models / name / "model.toml").write_text(base + f'[exclude]\nquery = "{query_}"\n')
+    server = Server(tmp_path / "warehouse", args=["--models-dir", str(models)])
+
+    def seen(pairs):
+        users, items, kinds = zip(*pairs)
+        return pa.table({"user_id": pa.array(users, pa.int64()), "item_id": pa.array(items, pa.int64()),
+                         "kind": pa.array(kinds, pa.string())})
+
+    try:
+        with dbapi.connect(server.uri, autocommit=True) as conn:
+            ingest(conn, "items", pa.table({"item_id": pa.array(range(ITEMS), pa.int64())}), "create")
+            top = expected_top(3, 10)[0]
+            # User 3 clicked its two best items and only viewed the third; user 4 clicked the first.
+            ingest(conn, "seen", seen([(3, top[0], "click"), (3, top[1], "buy"), (3, top[2], "view"),
+                                       (4, top[0], "click")]), "create")
+            assert {r["action"] for r in rows(conn, "RELOAD MODELS")} == {"loaded"}
+
+            def check(excluded, what):
+                ids, _ = expected_top(3, 5, exclude=excluded)
+                for model in ("seen_indexed", "seen_per_call"):
+                    got = rows(conn, f"SELECT item_id FROM recommend('{model}', 3, 5) ORDER BY rank")
+                    assert [r["item_id"] for r in got] == ids, (model, what)
+                    with conn.cursor() as cur:
+                        cur.execute(f"SELECT item_id FROM recommend('{model}', ?, 5)", parameters=(3,))
+                        assert cur.fetch_arrow_table()["item_id"].to_pylist() == ids, (model, what)
+
+            def explained(model):
+                return str(rows(conn, f"EXPLAIN SELECT * FROM recommend('{model}', 3, 5)"))
+
+            check({top[0], top[1]}, "as created")
+            assert "exclude=index of public.seen by seen.user_id at version 0 (2 keys, 3 rows)" in explained("seen_indexed")
+            per_call = explained("seen_per_call")
+            assert "exclude=" not in per_call and "AggregateExec" in per_call
+
+            # Appends by Quiver's ingest and by another writer: read from their new files only.
+            ingest(conn, "seen", seen([(3, top[3], "click"), (5, top[4], "click")]), "append")
+            check({top[0], top[1], top[3]}, "after an append")
+            write_deltalake(str(tmp_path / "warehouse" / "public" / "seen"),
+                            seen([(3, top[4], "click"), (3, top[5], "view")]), mode="append")
+            check({top[0], top[1], top[3], top[4]}, "after another writer's append")
+            assert "at version 2 (3 keys, 6 rows)" in explained("seen_indexed")
+
+            # A delete: the index is built again.
+            rows(conn, f"DELETE FROM seen WHERE user_id = 3 AND item_id = {top[0]}")
+            check({top[1], top[3], top[4]}, "after a delete")
+
+            # An overwrite (ADBC replace): only the new rows count.
+            ingest(conn, "seen", seen([(3, top[6], "click")]), "replace")
+            check({top[6]}, "after an overwrite")
+
+            # Dropped: a clear error naming the table, then created again with other rows.
+            rows(conn, "DROP TABLE seen")
+            for model in ("seen_indexed", "seen_per_call"):
+                with pytest.raises(adbc_driver_manager.Error) as error:
+                    rows(conn, f"SELECT * FROM recommend('{model}', 3, 5)")
+                assert "seen" in str(error.value) and "not found" in str(error.value)
+            ingest(conn, "seen", seen([(3, top[2], "buy")]), "create")
+            check({top[2]}, "after the table was created again")
+            assert "at version 0 (1 keys, 1 rows)" in explained("seen_indexed")
+    finally:
+        assert server.stop() == 0
