@@ -37,7 +37,7 @@ use deltalake::kernel::Transaction;
 use super::{FEATURES_SCHEMA, FeatureView, ViewState};
 use crate::error::{Error, Result};
 use crate::session::QuiverSession;
-use crate::storage::changes::{appended_files, read_of, replace_read};
+use crate::storage::changes::{appended_files, limited_to, read_of, replace_read};
 use crate::storage::{AsOf, DeltaTableProvider, WriteKind, WriteRequest, open_delta, write_stream};
 
 /// More changed entities than this and an incremental refresh would filter on a list longer than a
@@ -302,12 +302,12 @@ async fn changed_entities(
     let mut branches = Vec::new();
     for (s, files) in changes {
         let source = &sources[*s];
-        let provider = source
-            .table
-            .table_provider()
-            .with_session(session.catalog().settings().clone())
-            .with_file_paths(files.clone())
-            .await?;
+        let provider = limited_to(
+            &source.table,
+            session.catalog().settings().clone(),
+            files.clone(),
+        )
+        .await?;
         let occurrences = count_reads(query, &source.name)?;
         for occurrence in 0..occurrences {
             let limited = replace_read(query.clone(), &source.name, occurrence, &provider)?;

@@ -20,7 +20,7 @@
 //! EXPLAIN shows which (`exclude=index of ...` or the child plan).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
@@ -38,8 +38,8 @@ use futures::TryStreamExt;
 use object_store::ObjectMeta;
 
 use crate::storage::DeltaTableProvider;
-use crate::storage::changes::{appended_files, replace_read};
-use crate::storage::table::commit_file;
+use crate::storage::changes::{appended_files, delta_read, limited_to, replace_read};
+use crate::storage::table::{LogState, commit_file, log_state};
 
 /// Rows (key, item pairs, before removing repeats) past which a table is not indexed: about 16
 /// bytes each in memory, plus a map entry per key.
@@ -85,11 +85,7 @@ struct Version {
 impl Version {
     /// Whether the table is still at this version: its commit file the one read, none after it.
     async fn is_latest(&self) -> bool {
-        let (commit, next) = futures::join!(
-            commit_file(&self.store, self.version),
-            commit_file(&self.store, self.version + 1)
-        );
-        commit.as_ref() == Some(&self.commit) && next.is_none()
+        log_state(&self.store, self.version, &self.commit).await == LogState::Unchanged
     }
 }
 
@@ -240,7 +236,7 @@ impl Exclusion {
             }
             match appended_files(table, &shape.table, previous.version, version).await? {
                 Ok(files) => {
-                    let limited = shape.delta.limited_to(files).await?;
+                    let limited = limited_to(table, Arc::new(state.clone()), files).await?;
                     let plan = replace_read(shape.rows_plan()?, &shape.table, 0, &limited)?;
                     return match read_rows(state, plan, MAX_INDEXED_ROWS).await? {
                         Some(rows) if self.fits(rows.len()) => Ok(Update::Append(at, rows)),
@@ -383,7 +379,7 @@ impl<'a> Shape<'a> {
         let LogicalPlan::TableScan(scan) = input else {
             return Err("it reads more than one table".into());
         };
-        let Some(delta) = delta_of(input) else {
+        let Some(delta) = delta_read(scan) else {
             return Err(format!(
                 "{} is not a warehouse Delta table",
                 scan.table_name
@@ -414,17 +410,6 @@ impl<'a> Shape<'a> {
         ])?
         .build()
     }
-}
-
-/// The Delta provider a table scan reads, borrowed from the plan.
-fn delta_of(scan: &LogicalPlan) -> Option<&DeltaTableProvider> {
-    let LogicalPlan::TableScan(scan) = scan else {
-        return None;
-    };
-    scan.source
-        .downcast_ref::<datafusion::datasource::DefaultTableSource>()?
-        .table_provider
-        .downcast_ref::<DeltaTableProvider>()
 }
 
 /// `K` of a condition `K = $1` or `$1 = K`.

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::Transformed;
-use datafusion::datasource::{provider_as_source, source_as_provider};
+use datafusion::datasource::{DefaultTableSource, provider_as_source};
+use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{LogicalPlan, TableScan, TableScanBuilder};
 use deltalake::DeltaTable;
 use deltalake::kernel::Action;
@@ -54,11 +55,31 @@ pub async fn appended_files(
     Ok(Ok(files))
 }
 
+/// The warehouse Delta table a scan reads, if it reads one.
+pub fn delta_read(scan: &TableScan) -> Option<&DeltaTableProvider> {
+    scan.source
+        .downcast_ref::<DefaultTableSource>()?
+        .table_provider
+        .downcast_ref::<DeltaTableProvider>()
+}
+
 /// The name (`schema.table`) of the Delta table a scan reads, if it reads one.
 pub fn read_of(scan: &TableScan) -> Option<String> {
-    let provider = source_as_provider(&scan.source).ok()?;
-    let delta = provider.downcast_ref::<DeltaTableProvider>()?;
-    Some(delta.name().to_string())
+    Some(delta_read(scan)?.name().to_string())
+}
+
+/// `table`'s snapshot reading only `files` (paths as the log names them, e.g. the ones
+/// [`appended_files`] found), with the scan options of `settings`.
+pub async fn limited_to(
+    table: &DeltaTable,
+    settings: Arc<SessionState>,
+    files: Vec<String>,
+) -> Result<Arc<dyn TableProvider>> {
+    Ok(table
+        .table_provider()
+        .with_session(settings)
+        .with_file_paths(files)
+        .await?)
 }
 
 /// `query` with its `occurrence`-th read of `source` (in traversal order) reading `provider`

@@ -135,18 +135,10 @@ impl Snapshots {
 async fn brought_up_to_date(kept: Kept) -> Option<Kept> {
     let Kept { mut table, commit } = kept;
     let version = table.version()?;
-    // Same path, size, modification time and entity tag: the commit file read then. And no commit
-    // after it: then there is nothing to update, without listing the log.
-    let store = table.object_store();
-    let (now, next) = futures::join!(
-        commit_file(&store, version),
-        commit_file(&store, version + 1)
-    );
-    if now.as_ref() != Some(&commit) {
-        return None;
-    }
-    if next.is_none() {
-        return Some(Kept { table, commit });
+    match log_state(&table.object_store(), version, &commit).await {
+        LogState::Replaced => return None,
+        LogState::Unchanged => return Some(Kept { table, commit }),
+        LogState::Advanced => {}
     }
     table.update_incremental(None).await.ok()?;
     let commit = if table.version() == Some(version) {
@@ -160,6 +152,30 @@ async fn brought_up_to_date(kept: Kept) -> Option<Kept> {
 /// What the commit file of the table's version looks like in storage; `None` if it is not there.
 async fn last_commit(table: &DeltaTable) -> Option<ObjectMeta> {
     commit_file(&table.object_store(), table.version()?).await
+}
+
+/// Where a table's log stands against a version read before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogState {
+    /// The version's commit file is the one read and no commit follows it.
+    Unchanged,
+    /// The version's commit file is the one read and later commits exist.
+    Advanced,
+    /// The version's commit file is gone or another (same path, size, modification time and entity
+    /// tag compared): the table was deleted, perhaps written again with a new log.
+    Replaced,
+}
+
+/// Where the log of the table in `store` stands against `version`, whose commit file looked like
+/// `commit` when read: two `head`s, made concurrently, without listing the log.
+pub async fn log_state(store: &ObjectStoreRef, version: u64, commit: &ObjectMeta) -> LogState {
+    let (now, next) = futures::join!(commit_file(store, version), commit_file(store, version + 1));
+    match (now, next) {
+        (Some(now), _) if now != *commit => LogState::Replaced,
+        (None, _) => LogState::Replaced,
+        (_, None) => LogState::Unchanged,
+        (_, Some(_)) => LogState::Advanced,
+    }
 }
 
 /// What the commit file of `version` looks like in `store` (rooted at a table, as
@@ -214,7 +230,6 @@ pub struct DeltaTableProvider {
     name: String,
     table: DeltaTable,
     scan: Arc<dyn TableProvider>,
-    settings: Arc<SessionState>,
     read_only: bool,
 }
 
@@ -234,7 +249,6 @@ impl DeltaTableProvider {
             name,
             table,
             scan,
-            settings: settings.clone(),
             read_only: *as_of != AsOf::Latest,
         })
     }
@@ -251,17 +265,6 @@ impl DeltaTableProvider {
     /// Whether this is the table's latest version (not a time travel snapshot).
     pub fn is_latest(&self) -> bool {
         !self.read_only
-    }
-
-    /// The same snapshot reading only `files` (paths as the log names them, e.g. the ones
-    /// [`crate::storage::changes::appended_files`] found).
-    pub async fn limited_to(&self, files: Vec<String>) -> Result<Arc<dyn TableProvider>> {
-        Ok(self
-            .table
-            .table_provider()
-            .with_session(self.settings.clone())
-            .with_file_paths(files)
-            .await?)
     }
 
     fn check_writable(&self, what: &str) -> DFResult<()> {
