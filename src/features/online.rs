@@ -7,15 +7,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, TimestampMicrosecondArray};
 use datafusion::arrow::compute::{CastOptions, cast, cast_with_options, interleave};
-use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Result, ScalarValue, exec_datafusion_err, internal_err};
+use datafusion::common::{Result, ScalarValue, exec_datafusion_err, internal_err, plan_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -24,6 +25,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
+use foldhash::fast::RandomState;
 
 /// Most key combinations one statement may look up in the index; beyond it the query scans Delta.
 pub const MAX_LOOKUP_KEYS: usize = 10_000;
@@ -37,13 +39,114 @@ struct Slot {
     event_us: Option<i64>,
 }
 
+/// Entities' slots by key: a key of one integer column by its value (most views: `user_id`,
+/// `item_id`), any other key by its bytes in Arrow's row format.
+enum Slots {
+    Integer(HashMap<i64, Slot, RandomState>),
+    Rows(RowConverter, HashMap<Box<[u8]>, Slot, RandomState>),
+}
+
+impl Slots {
+    /// For keys of `types`: by value when it is one integer type that fits in an i64.
+    fn for_types(types: &[&DataType]) -> Result<Self> {
+        Ok(match types {
+            [t] if t.is_signed_integer()
+                || matches!(t, DataType::UInt8 | DataType::UInt16 | DataType::UInt32) =>
+            {
+                Slots::Integer(HashMap::default())
+            }
+            _ => Slots::Rows(
+                RowConverter::new(types.iter().map(|&t| SortField::new(t.clone())).collect())?,
+                HashMap::default(),
+            ),
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Slots::Integer(slots) => slots.len(),
+            Slots::Rows(_, slots) => slots.len(),
+        }
+    }
+
+    /// Calls `each` with the slot of every row of `keys` (one array per key column, of the key
+    /// columns' types) that has one, and `None` for the others: rows with a NULL key never have one.
+    fn probe(&self, keys: &[ArrayRef], mut each: impl FnMut(usize, Option<&Slot>)) -> Result<()> {
+        let rows = keys.first().map_or(0, |k| k.len());
+        let valid = |row: usize| keys.iter().all(|k| k.is_valid(row));
+        match self {
+            Slots::Integer(slots) => {
+                let values = cast(&keys[0], &DataType::Int64)?;
+                let values = values.as_primitive::<Int64Type>();
+                for row in 0..rows {
+                    each(
+                        row,
+                        valid(row).then(|| slots.get(&values.value(row))).flatten(),
+                    );
+                }
+            }
+            Slots::Rows(converter, slots) => {
+                let converted = converter.convert_columns(keys)?;
+                for row in 0..rows {
+                    let slot = valid(row).then(|| slots.get(converted.row(row).as_ref()));
+                    each(row, slot.flatten());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Indexes the rows of `keys` at `batch`; where a key repeats, the row with the later event
+    /// time wins.
+    fn insert(
+        &mut self,
+        keys: &[ArrayRef],
+        batch: u32,
+        times: &TimestampMicrosecondArray,
+    ) -> Result<()> {
+        let valid = |row: usize| keys.iter().all(|k| k.is_valid(row));
+        let slot = |row: usize| Slot {
+            batch,
+            row: u32::try_from(row).unwrap_or(u32::MAX),
+            event_us: times.is_valid(row).then(|| times.value(row)),
+        };
+        let rows = times.len();
+        match self {
+            Slots::Integer(slots) => {
+                let values = cast(&keys[0], &DataType::Int64)?;
+                let values = values.as_primitive::<Int64Type>();
+                for row in (0..rows).filter(|&r| valid(r)) {
+                    keep_latest(slots, values.value(row), slot(row));
+                }
+            }
+            Slots::Rows(converter, slots) => {
+                let converted = converter.convert_columns(keys)?;
+                for row in (0..rows).filter(|&r| valid(r)) {
+                    keep_latest(slots, converted.row(row).as_ref().into(), slot(row));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn keep_latest<K: Hash + Eq>(slots: &mut HashMap<K, Slot, RandomState>, key: K, slot: Slot) {
+    slots
+        .entry(key)
+        .and_modify(|held| {
+            if slot.event_us > held.event_us {
+                *held = slot;
+            }
+        })
+        .or_insert(slot);
+}
+
 /// One version of a view's rows, by entity key.
 pub struct OnlineIndex {
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
     key_columns: Vec<usize>,
-    converter: RowConverter,
-    slots: HashMap<Box<[u8]>, Slot>,
+    slots: Slots,
     ttl: Option<Duration>,
     /// The Delta version of the view's table the rows come from.
     pub version: u64,
@@ -74,44 +177,23 @@ impl OnlineIndex {
             .map(|name| schema.index_of(name))
             .collect::<Result<Vec<_>, _>>()?;
         let time_column = schema.index_of(event_time)?;
-        let converter = RowConverter::new(
-            key_columns
-                .iter()
-                .map(|&c| SortField::new(schema.field(c).data_type().clone()))
-                .collect(),
-        )?;
-        let mut slots: HashMap<Box<[u8]>, Slot> = HashMap::new();
+        let types: Vec<&DataType> = key_columns
+            .iter()
+            .map(|&c| schema.field(c).data_type())
+            .collect();
+        let mut slots = Slots::for_types(&types)?;
         for (b, batch) in batches.iter().enumerate() {
             let keys: Vec<ArrayRef> = key_columns
                 .iter()
                 .map(|&c| batch.column(c).clone())
                 .collect();
-            let rows = converter.convert_columns(&keys)?;
             let times = micros(batch.column(time_column))?;
-            for row in 0..batch.num_rows() {
-                if keys.iter().any(|k| k.is_null(row)) {
-                    continue;
-                }
-                let slot = Slot {
-                    batch: u32::try_from(b).unwrap_or(u32::MAX),
-                    row: u32::try_from(row).unwrap_or(u32::MAX),
-                    event_us: times.is_valid(row).then(|| times.value(row)),
-                };
-                slots
-                    .entry(rows.row(row).as_ref().into())
-                    .and_modify(|held| {
-                        if slot.event_us > held.event_us {
-                            *held = slot;
-                        }
-                    })
-                    .or_insert(slot);
-            }
+            slots.insert(&keys, u32::try_from(b).unwrap_or(u32::MAX), &times)?;
         }
         Ok(Self {
             schema,
             batches,
             key_columns,
-            converter,
             slots,
             ttl,
             version,
@@ -123,7 +205,7 @@ impl OnlineIndex {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.slots.len() == 0
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -166,14 +248,13 @@ impl OnlineIndex {
                         .map_err(|e| exec_datafusion_err!("key {}: {e}", field.name()))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let rows = self.converter.convert_columns(&arrays)?;
             let oldest = self.ttl.map(|ttl| {
                 now_us.saturating_sub(i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX))
             });
-            let mut seen = HashSet::with_capacity(keys.len());
-            for row in rows.iter() {
-                let Some(slot) = self.slots.get(row.as_ref()) else {
-                    continue;
+            let mut seen = HashSet::with_capacity_and_hasher(keys.len(), RandomState::default());
+            self.slots.probe(&arrays, |_, slot| {
+                let Some(slot) = slot else {
+                    return;
                 };
                 let fresh = match oldest {
                     None => true,
@@ -182,7 +263,7 @@ impl OnlineIndex {
                 if fresh && seen.insert((slot.batch, slot.row)) {
                     found.push((slot.batch as usize, slot.row as usize));
                 }
-            }
+            })?;
         }
         let output = columns
             .iter()
@@ -217,21 +298,52 @@ fn micros(column: &ArrayRef) -> Result<TimestampMicrosecondArray> {
     }
 }
 
-/// The values a filter allows for one column, if it is `column = literal`, `literal = column`,
-/// `column IN (literals)` or an `OR` of those on one column (DataFusion turns short IN lists into
-/// ORs). NULL literals match nothing.
-pub fn key_values(filter: &Expr) -> Option<(String, Vec<ScalarValue>)> {
+/// A value a key filter allows: a literal, or the statement's parameter `$n` (at index `n - 1`),
+/// known when a prepared statement runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyTerm {
+    Value(ScalarValue),
+    Parameter(usize),
+}
+
+impl KeyTerm {
+    /// This term's value, `params` giving those of the parameters (one row).
+    pub fn value(&self, params: Option<&RecordBatch>) -> Result<ScalarValue> {
+        match self {
+            KeyTerm::Value(v) => Ok(v.clone()),
+            KeyTerm::Parameter(i) => {
+                match params.filter(|p| *i < p.num_columns() && p.num_rows() > 0) {
+                    Some(params) => ScalarValue::try_from_array(params.column(*i), 0),
+                    None => plan_err!("No value found for placeholder with id ${}", i + 1),
+                }
+            }
+        }
+    }
+}
+
+/// The column a filter constrains and the terms it allows, if it is `column = term`,
+/// `term = column`, `column IN (terms)` or an `OR` of those on one column (DataFusion turns short IN
+/// lists into ORs); a term is a literal or a placeholder `$n`.
+pub fn key_terms(filter: &Expr) -> Option<(String, Vec<KeyTerm>)> {
+    let term = |e: &Expr| match e {
+        Expr::Literal(v, _) => Some(KeyTerm::Value(v.clone())),
+        Expr::Placeholder(p) => match p.id.strip_prefix('$').map(str::parse::<usize>) {
+            Some(Ok(n)) if n > 0 => Some(KeyTerm::Parameter(n - 1)),
+            _ => None,
+        },
+        _ => None,
+    };
     match filter {
         Expr::BinaryExpr(BinaryExpr {
             left,
             op: Operator::Or,
             right,
         }) => {
-            let (column, mut values) = key_values(left)?;
-            let (other, more) = key_values(right)?;
+            let (column, mut terms) = key_terms(left)?;
+            let (other, more) = key_terms(right)?;
             (column == other).then(|| {
-                values.extend(more);
-                (column, values)
+                terms.extend(more);
+                (column, terms)
             })
         }
         Expr::BinaryExpr(BinaryExpr {
@@ -239,8 +351,8 @@ pub fn key_values(filter: &Expr) -> Option<(String, Vec<ScalarValue>)> {
             op: Operator::Eq,
             right,
         }) => match (left.as_ref(), right.as_ref()) {
-            (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) => {
-                Some((c.name.clone(), non_null(vec![v.clone()])))
+            (Expr::Column(c), value) | (value, Expr::Column(c)) => {
+                Some((c.name.clone(), vec![term(value)?]))
             }
             _ => None,
         },
@@ -248,21 +360,28 @@ pub fn key_values(filter: &Expr) -> Option<(String, Vec<ScalarValue>)> {
             let Expr::Column(c) = in_list.expr.as_ref() else {
                 return None;
             };
-            let values = in_list
-                .list
-                .iter()
-                .map(|e| match e {
-                    Expr::Literal(v, _) => Some(v.clone()),
-                    _ => None,
-                })
-                .collect::<Option<Vec<_>>>()?;
-            Some((c.name.clone(), non_null(values)))
+            let terms = in_list.list.iter().map(term).collect::<Option<Vec<_>>>()?;
+            Some((c.name.clone(), terms))
         }
         _ => None,
     }
 }
 
-fn non_null(values: Vec<ScalarValue>) -> Vec<ScalarValue> {
+/// The values a filter allows for one column, if it is a key filter ([`key_terms`]) of literals
+/// only. NULL literals match nothing.
+pub fn key_values(filter: &Expr) -> Option<(String, Vec<ScalarValue>)> {
+    let (column, terms) = key_terms(filter)?;
+    let values = terms
+        .into_iter()
+        .map(|t| match t {
+            KeyTerm::Value(v) => Some(v),
+            KeyTerm::Parameter(_) => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((column, non_null(values)))
+}
+
+pub fn non_null(values: Vec<ScalarValue>) -> Vec<ScalarValue> {
     values.into_iter().filter(|v| !v.is_null()).collect()
 }
 
@@ -270,8 +389,16 @@ fn non_null(values: Vec<ScalarValue>) -> Vec<ScalarValue> {
 /// constrained (values of several filters on one column intersect). `None` when they do not pin the
 /// key or would select more than [`MAX_LOOKUP_KEYS`].
 pub fn lookup_keys(entity: &[String], filters: &[Expr]) -> Option<Vec<Vec<ScalarValue>>> {
+    key_combinations(entity, filters.iter().filter_map(key_values))
+}
+
+/// [`lookup_keys`] of filters already taken apart: (column, the values it allows).
+pub fn key_combinations(
+    entity: &[String],
+    filters: impl IntoIterator<Item = (String, Vec<ScalarValue>)>,
+) -> Option<Vec<Vec<ScalarValue>>> {
     let mut allowed: Vec<Option<Vec<ScalarValue>>> = vec![None; entity.len()];
-    for (column, values) in filters.iter().filter_map(key_values) {
+    for (column, values) in filters {
         let Some(k) = entity.iter().position(|e| *e == column) else {
             continue;
         };
@@ -504,6 +631,99 @@ mod tests {
         // At hour 12, user 1 (hour 11) is fresh and user 2 (hour 2) expired.
         let found = index.lookup(&keys, None, 12 * HOUR_US).expect("lookup");
         assert_eq!(names(&found), ["a2"]);
+    }
+
+    #[test]
+    fn keys_other_than_one_integer_column_are_indexed_by_their_rows() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::UInt64, true),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(datafusion::arrow::array::UInt64Array::from(vec![
+                    Some(u64::MAX),
+                    Some(1),
+                    None,
+                ])),
+                Arc::new(StringArray::from(vec!["max", "one", "null"])),
+                Arc::new(TimestampMicrosecondArray::from(vec![1, 2, 3])),
+            ],
+        )
+        .expect("batch");
+        // By the unsigned key, whose values do not all fit in an i64.
+        let by_id = OnlineIndex::build(
+            schema.clone(),
+            vec![batch.clone()],
+            &["user_id".into()],
+            "ts",
+            None,
+            0,
+        )
+        .expect("index");
+        assert!(matches!(by_id.slots, Slots::Rows(..)));
+        let keys = [
+            vec![ScalarValue::UInt64(Some(u64::MAX))],
+            vec![ScalarValue::UInt64(Some(1))],
+        ];
+        assert_eq!(
+            names(&by_id.lookup(&keys, None, 0).expect("lookup")),
+            ["max", "one"]
+        );
+        // By two columns, one a string.
+        let by_pair = OnlineIndex::build(
+            schema,
+            vec![batch],
+            &["user_id".into(), "name".into()],
+            "ts",
+            None,
+            0,
+        )
+        .expect("index");
+        assert_eq!(by_pair.len(), 2, "the row with a NULL key is left out");
+        let keys = [
+            vec![ScalarValue::UInt64(Some(1)), ScalarValue::from("one")],
+            vec![ScalarValue::UInt64(Some(1)), ScalarValue::from("max")],
+        ];
+        assert_eq!(
+            names(&by_pair.lookup(&keys, None, 0).expect("lookup")),
+            ["one"]
+        );
+    }
+
+    #[test]
+    fn key_filters_may_take_their_values_from_parameters() {
+        use datafusion::logical_expr::expr::Placeholder;
+        let param = |id: &str| Expr::Placeholder(Placeholder::new_with_field(id.into(), None));
+        let within = col("user_id").in_list(vec![param("$2"), lit(7i64), param("$1")], false);
+        assert_eq!(
+            key_terms(&within),
+            Some((
+                "user_id".to_string(),
+                vec![
+                    KeyTerm::Parameter(1),
+                    KeyTerm::Value(ScalarValue::Int64(Some(7))),
+                    KeyTerm::Parameter(0)
+                ]
+            ))
+        );
+        assert!(key_values(&within).is_none(), "not bound yet");
+        assert!(key_terms(&col("user_id").eq(param("$name"))).is_none());
+        assert!(key_terms(&col("user_id").eq(col("other"))).is_none());
+        let params =
+            RecordBatch::try_from_iter([("0", Arc::new(Int64Array::from(vec![42])) as ArrayRef)])
+                .expect("params");
+        assert_eq!(
+            KeyTerm::Parameter(0).value(Some(&params)).expect("bound"),
+            ScalarValue::Int64(Some(42))
+        );
+        let missing = KeyTerm::Parameter(1).value(Some(&params)).expect_err("$2");
+        assert!(
+            missing.to_string().contains("placeholder with id $2"),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -21,67 +21,125 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::prelude::{col, lit};
 
-use super::online::{MAX_LOOKUP_KEYS, OnlineLookupExec, key_values, lookup_keys};
+use super::online::{
+    KeyTerm, MAX_LOOKUP_KEYS, OnlineIndex, OnlineLookupExec, key_combinations, key_terms,
+    key_values, lookup_keys, non_null,
+};
 use super::{FEATURES_SCHEMA, Materialized, ViewState};
 use crate::storage::{AsOf, DeltaTableProvider, open_delta};
 
 /// Answers `SELECT <columns> FROM features.<view> WHERE <key filters>` straight from the index, without
-/// DataFusion's optimizer and physical planner, when the (bound) plan is exactly that: plain columns,
-/// one filter whose every conjunct is a key filter pinning the key, over an online view. The answer is
-/// the one `OnlineLookupExec` would give; any other shape returns `None` and is planned as usual.
+/// DataFusion's optimizer and physical planner, when the (bound) plan is exactly that ([`Lookup::of`]).
+/// The answer is the one `OnlineLookupExec` would give; any other shape returns `None` and is planned
+/// as usual.
 pub fn direct_lookup(plan: &LogicalPlan) -> Option<DFResult<RecordBatch>> {
-    let (columns, filter) = match plan {
-        LogicalPlan::Projection(projection) => match projection.input.as_ref() {
-            LogicalPlan::Filter(filter) => (Some(&projection.expr), filter),
+    Lookup::of(plan)?.answer(None)
+}
+
+/// An online lookup's plan taken apart: the view's index, its key filters (their values literals or
+/// the statement's parameters), the columns asked for. A prepared lookup keeps this and answers each
+/// request from its parameters: no plan is bound, copied or walked per request.
+#[derive(Debug)]
+pub struct Lookup {
+    index: Arc<OnlineIndex>,
+    entity: Vec<String>,
+    filters: Vec<(String, Vec<KeyTerm>)>,
+    projection: Option<Vec<usize>>,
+    /// The plan's own schema (names, nullability).
+    schema: SchemaRef,
+}
+
+impl Lookup {
+    /// The lookup `plan` is, if it is plain columns of one filter over an online view whose every
+    /// conjunct is a key filter ([`key_terms`]), together pinning the key to at most
+    /// [`MAX_LOOKUP_KEYS`] combinations whatever the parameters.
+    pub fn of(plan: &LogicalPlan) -> Option<Self> {
+        let (columns, filter) = match plan {
+            LogicalPlan::Projection(projection) => match projection.input.as_ref() {
+                LogicalPlan::Filter(filter) => (Some(&projection.expr), filter),
+                _ => return None,
+            },
+            LogicalPlan::Filter(filter) => (None, filter),
             _ => return None,
-        },
-        LogicalPlan::Filter(filter) => (None, filter),
-        _ => return None,
-    };
-    let LogicalPlan::TableScan(scan) = filter.input.as_ref() else {
-        return None;
-    };
-    if !scan.filters.is_empty() || scan.fetch.is_some() || scan.projection.is_some() {
-        return None;
-    }
-    let provider = source_as_provider(&scan.source).ok()?;
-    let table = provider.downcast_ref::<FeatureViewTable>()?;
-    let index = table.materialized.index.as_ref()?;
-    let conjuncts: Vec<Expr> = split_conjunction(&filter.predicate)
-        .into_iter()
-        .cloned()
-        .collect();
-    let entity = &table.view.definition.entity;
-    let all_keys = conjuncts
-        .iter()
-        .all(|c| key_values(c).is_some_and(|(column, _)| entity.contains(&column)));
-    if !all_keys {
-        return None;
-    }
-    let keys = lookup_keys(entity, &conjuncts)?;
-    let schema = table.materialized.schema.clone();
-    let projection = match columns {
-        None => None,
-        Some(exprs) => Some(
-            exprs
+        };
+        let LogicalPlan::TableScan(scan) = filter.input.as_ref() else {
+            return None;
+        };
+        if !scan.filters.is_empty() || scan.fetch.is_some() || scan.projection.is_some() {
+            return None;
+        }
+        let provider = source_as_provider(&scan.source).ok()?;
+        let table = provider.downcast_ref::<FeatureViewTable>()?;
+        let index = table.materialized.index.as_ref()?;
+        let entity = &table.view.definition.entity;
+        let filters = split_conjunction(&filter.predicate)
+            .into_iter()
+            .map(|c| key_terms(c).filter(|(column, _)| entity.contains(column)))
+            .collect::<Option<Vec<_>>>()?;
+        // Filters on one column intersect: the shortest bounds how many values it keeps.
+        let mut combinations = 1usize;
+        for column in entity {
+            let values = filters
                 .iter()
-                .map(|e| match e {
-                    Expr::Column(c) => schema.index_of(&c.name).ok(),
-                    _ => None,
-                })
-                .collect::<Option<Vec<usize>>>()?,
-        ),
-    };
-    let now_us = chrono::Utc::now().timestamp_micros();
-    let batch = match index.lookup(&keys, projection.as_deref(), now_us) {
-        Ok(batch) => batch,
-        Err(e) => return Some(Err(e)),
-    };
-    // The plan's own schema (names, nullability) for the same columns.
-    let output = Arc::new(plan.schema().as_arrow().clone());
-    RecordBatch::try_new(output, batch.columns().to_vec())
-        .ok()
-        .map(Ok)
+                .filter(|(c, _)| c == column)
+                .map(|(_, terms)| terms.len())
+                .min()?;
+            combinations = combinations.checked_mul(values)?;
+        }
+        if combinations > MAX_LOOKUP_KEYS {
+            return None;
+        }
+        let schema = table.materialized.schema.clone();
+        let projection = match columns {
+            None => None,
+            Some(exprs) => Some(
+                exprs
+                    .iter()
+                    .map(|e| match e {
+                        Expr::Column(c) => schema.index_of(&c.name).ok(),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<usize>>>()?,
+            ),
+        };
+        Some(Self {
+            index: index.clone(),
+            entity: entity.clone(),
+            filters,
+            projection,
+            schema: Arc::new(plan.schema().as_arrow().clone()),
+        })
+    }
+
+    /// The rows for the keys the filters select, `params` (one row) giving the parameters' values.
+    /// `None` if the index's columns do not fit the plan's schema (the query is then planned as
+    /// usual, which says why).
+    pub fn answer(&self, params: Option<&RecordBatch>) -> Option<DFResult<RecordBatch>> {
+        let filters = self
+            .filters
+            .iter()
+            .map(|(column, terms)| {
+                let values = terms
+                    .iter()
+                    .map(|t| t.value(params))
+                    .collect::<DFResult<Vec<_>>>()?;
+                Ok((column.clone(), non_null(values)))
+            })
+            .collect::<DFResult<Vec<_>>>();
+        let filters = match filters {
+            Ok(filters) => filters,
+            Err(e) => return Some(Err(e)),
+        };
+        let keys = key_combinations(&self.entity, filters)?;
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let batch = match self.index.lookup(&keys, self.projection.as_deref(), now_us) {
+            Ok(batch) => batch,
+            Err(e) => return Some(Err(e)),
+        };
+        RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())
+            .ok()
+            .map(Ok)
+    }
 }
 
 /// The provider of one materialized view, fixed to what was materialized when the query was planned.

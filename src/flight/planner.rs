@@ -76,10 +76,7 @@ pub async fn plan_for_client(
     let params = handle.parameter_batch()?;
     // A prepared lookup or recommend call: planned once, then only bound and answered.
     if let Some(params) = params.as_ref().filter(|p| p.num_rows() == 1)
-        && let Some(direct) = session
-            .prepared()
-            .direct(session, &handle.sql, params)
-            .await
+        && let Some(direct) = session.prepared().direct(session, &handle.sql).await
     {
         return with_answer(handle, direct.answer(params).await?);
     }

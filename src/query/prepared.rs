@@ -15,10 +15,9 @@ use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::execution::context::SessionState;
-use datafusion::logical_expr::LogicalPlan;
 
 use crate::error::{Error, Result};
-use crate::features::table::direct_lookup;
+use crate::features::table::Lookup;
 use crate::query::statement::row_parameters;
 use crate::query::{Planned, plan_sql};
 use crate::scoring::recommend::{SingleCall, single_call};
@@ -43,8 +42,8 @@ struct Entry {
 /// How a prepared statement is answered without planning.
 #[derive(Debug)]
 pub enum Direct {
-    /// An online lookup: its plan, bound to each request's keys and answered from the view's index.
-    Lookup(LogicalPlan),
+    /// An online lookup, answered from the view's index with each request's keys.
+    Lookup(Lookup),
     /// One `recommend(...)` call; its parameters are bound when it is scored. With the session's
     /// state as of planning: taking it afresh copies every function registry, per request.
     Recommend(SingleCall, Box<SessionState>),
@@ -77,33 +76,27 @@ impl Direct {
     }
 }
 
-/// Binds a lookup's plan to one row of keys and reads the index.
-fn look_up(plan: &LogicalPlan, params: &RecordBatch) -> Result<RecordBatch> {
-    let bound = plan.clone().with_param_values(row_parameters(params, 0)?)?;
-    match direct_lookup(&bound) {
+/// Reads a lookup's keys from one row of parameters and the index.
+fn look_up(lookup: &Lookup, params: &RecordBatch) -> Result<RecordBatch> {
+    match lookup.answer(Some(params)) {
         Some(batch) => Ok(batch?),
         None => Err(Error::Internal(
-            "a prepared online lookup no longer binds to a lookup".into(),
+            "a prepared online lookup's index no longer fits its plan".into(),
         )),
     }
 }
 
 impl PreparedPlans {
-    /// How `sql` is answered with one row of `params`, if without planning; planned (unbound) the
-    /// first time and after the views or models changed. `None`: plan it as usual (also when it does
-    /// not plan or bind here: the usual path reports why).
-    pub async fn direct(
-        &self,
-        session: &QuiverSession,
-        sql: &str,
-        params: &RecordBatch,
-    ) -> Option<Arc<Direct>> {
+    /// How `sql` is answered without planning, if it is; planned (unbound) the first time and after
+    /// the views or models changed. `None`: plan it as usual (also when it does not plan here: the
+    /// usual path reports why).
+    pub async fn direct(&self, session: &QuiverSession, sql: &str) -> Option<Arc<Direct>> {
         // Read before planning: a swap during planning leaves the entry out of date, not wrong.
         let generation = session.generation();
         if let Some(entry) = self.entry(sql, generation) {
             return entry.direct;
         }
-        let direct = classify(session, sql, params).await.ok()?.map(Arc::new);
+        let direct = classify(session, sql).await.map(Arc::new);
         self.insert(sql, generation, direct.clone());
         direct
     }
@@ -137,20 +130,15 @@ impl PreparedPlans {
 
 /// Plans `sql` without its parameters and tells whether it is answered directly. A statement that
 /// does not plan this way is planned as usual (`recommend(?, ...)` needs its model name bound
-/// first) until the views or models change. An error when its parameters do not bind: nothing is
-/// kept for it then, as the next request may bind others.
-async fn classify(
-    session: &QuiverSession,
-    sql: &str,
-    params: &RecordBatch,
-) -> Result<Option<Direct>> {
+/// first) until the views or models change. Parameters that do not fit are an error of each request
+/// that sends them, as on the usual path.
+async fn classify(session: &QuiverSession, sql: &str) -> Option<Direct> {
     let Ok(Planned::Query(plan)) = plan_sql(session, sql).await else {
-        return Ok(None);
+        return None;
     };
     if let Some(call) = single_call(&plan) {
-        return Ok(Some(Direct::Recommend(call, Box::new(session.state()))));
+        return Some(Direct::Recommend(call, Box::new(session.state())));
     }
     // Whether a plan is a lookup depends on its shape, not on the keys bound into it.
-    let bound = plan.clone().with_param_values(row_parameters(params, 0)?)?;
-    Ok(direct_lookup(&bound).map(|_| Direct::Lookup(plan)))
+    Lookup::of(&plan).map(Direct::Lookup)
 }

@@ -256,7 +256,7 @@ pub async fn server_steps(
         t[5] = Instant::now();
         let direct = session
             .prepared()
-            .direct(session, &handle.sql, &params)
+            .direct(session, &handle.sql)
             .await
             .expect("a direct answer");
         let answer = direct.answer(&params).await.expect("answer");

@@ -34,7 +34,7 @@ async fn run(session: &QuiverSession, sql: &str) -> Vec<RecordBatch> {
 async fn events_30d(session: &QuiverSession, user: i64) -> i64 {
     let direct = session
         .prepared()
-        .direct(session, LOOKUP, &key(user))
+        .direct(session, LOOKUP)
         .await
         .expect("an online lookup is answered directly");
     assert!(direct.is_lookup());
@@ -114,25 +114,40 @@ async fn a_prepared_lookup_is_planned_once_per_generation_of_the_views() {
     let batch = direct.answer(&key_text("1")).await.expect("'1'");
     assert_eq!(batch.num_rows(), 1);
 
-    // Parameters that do not bind are the usual path's error, and nothing is noted against the
-    // statement: the next request, bound in full, is answered directly.
+    // Whether a statement is a lookup does not depend on its parameters: one request that sends
+    // too few gets the usual path's error, the next, bound in full, its rows.
     let pair = "SELECT events_30d FROM features.user_activity WHERE user_id IN (?, ?)";
-    assert!(prepared.direct(&session, pair, &key(1)).await.is_none());
-    assert!(prepared.current(&session, pair).is_none());
+    let direct = prepared.direct(&session, pair).await.expect("a lookup");
+    let error = direct.answer(&key(1)).await.expect_err("one of two keys");
+    assert!(
+        error
+            .to_string()
+            .contains("No value found for placeholder with id $2"),
+        "{error}"
+    );
     let both = RecordBatch::try_from_iter([
         ("0", Arc::new(Int64Array::from(vec![1])) as Arc<dyn Array>),
         ("1", Arc::new(Int64Array::from(vec![2])) as Arc<dyn Array>),
     ])
     .expect("keys");
-    let direct = prepared
-        .direct(&session, pair, &both)
-        .await
-        .expect("bound in full");
     assert_eq!(direct.answer(&both).await.expect("answer").num_rows(), 2);
+    // A NULL key matches nothing, as `user_id IN (1, NULL)` does.
+    let one_null = RecordBatch::try_from_iter([
+        ("0", Arc::new(Int64Array::from(vec![1])) as Arc<dyn Array>),
+        (
+            "1",
+            Arc::new(Int64Array::from(vec![None])) as Arc<dyn Array>,
+        ),
+    ])
+    .expect("keys");
+    assert_eq!(
+        direct.answer(&one_null).await.expect("answer").num_rows(),
+        1
+    );
 
     // Statements that need planning are kept as such, and answered by the usual path.
     let scan = "SELECT count(*) FROM interactions WHERE user_id = ?";
-    assert!(prepared.direct(&session, scan, &key(1)).await.is_none());
+    assert!(prepared.direct(&session, scan).await.is_none());
     assert!(prepared.current(&session, scan).is_none());
 }
 
@@ -163,7 +178,7 @@ async fn a_prepared_recommend_call_binds_its_arguments_and_follows_reloads() {
         ])
         .expect("params");
         let direct = prepared
-            .direct(&session, sql, &params)
+            .direct(&session, sql)
             .await
             .expect("a lone recommend call is answered directly");
         assert!(matches!(*direct, Direct::Recommend(..)));
