@@ -102,7 +102,12 @@ impl StatementHandle {
         if self.parameters.is_empty() {
             return Ok(None);
         }
-        let (schema, mut batches) = read_ipc(&self.parameters, "parameters in statement handle")?;
+        let decoded =
+            super::parameters::frames(&self.parameters).and_then(super::parameters::decode);
+        let (schema, mut batches) = match decoded {
+            Some(decoded) => decoded?,
+            None => read_ipc(&self.parameters, "parameters in statement handle")?,
+        };
         if batches.len() == 1 {
             return Ok(batches.pop());
         }

@@ -14,6 +14,7 @@ use tonic::Status;
 
 use crate::error::{Error, Result};
 use crate::flight::metadata::path_to_table;
+use crate::flight::parameters;
 use crate::flight::stream::{collect_upload, decode_optional_upload, decode_upload, ipc_stream};
 use crate::ingest::{IngestMode, ingest};
 use crate::session::QuiverSession;
@@ -145,9 +146,23 @@ where
     S: Stream<Item = Result<FlightData, Status>> + Send,
 {
     let messages = collect_upload(upload).await?;
-    let decoded = futures::stream::iter(messages.clone().into_iter().map(Ok));
-    if decode_parameters(decoded).await?.is_none() {
-        return Ok(None);
+    let framed = messages
+        .iter()
+        .filter(|m| !m.data_header.is_empty())
+        .map(|m| (m.data_header.clone(), m.data_body.clone()));
+    match parameters::decode(framed) {
+        Some(decoded) => {
+            let (_, batches) = decoded?;
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                return Ok(None);
+            }
+        }
+        None => {
+            let decoded = futures::stream::iter(messages.clone().into_iter().map(Ok));
+            if decode_parameters(decoded).await?.is_none() {
+                return Ok(None);
+            }
+        }
     }
     ipc_stream(&messages).map(Some)
 }

@@ -11,6 +11,7 @@ pub mod handle;
 pub mod ingest;
 pub mod limits;
 pub mod metadata;
+pub mod parameters;
 pub mod plain;
 pub mod planner;
 pub mod service;
