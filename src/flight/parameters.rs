@@ -168,6 +168,14 @@ mod tests {
             assert_eq!(schema, batch.schema());
             assert_eq!(batches, vec![batch.clone(), batch.clone()]);
         }
+        // As a handle keeps a client's upload: its messages framed again.
+        let upload = arrow_flight::utils::batches_to_flight_data(&batch.schema(), vec![batch.clone()])
+            .expect("flight data");
+        let kept = crate::flight::stream::ipc_stream(&upload).expect("framed");
+        let (_, batches) = decode(frames(&kept).expect("frames of a kept upload"))
+            .expect("decoded here")
+            .expect("valid");
+        assert_eq!(batches, vec![batch.clone()]);
         // Cut short, or with a trailing byte: not framed as a stream.
         assert!(frames(&bytes.slice(..bytes.len() - 3)).is_none());
         let mut longer = bytes.to_vec();
