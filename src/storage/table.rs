@@ -11,13 +11,14 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{RecordBatch, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{Statistics, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::context::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
@@ -278,6 +279,45 @@ impl DeltaTableProvider {
     }
 }
 
+/// Most values of an IN list, or terms of an OR, in a filter given to delta-rs. It turns an IN
+/// list into a chain of ORs and walks that chain recursively (deltalake-core 1.1
+/// `flatten_junction_expr`): about 20,000 values overflow a thread's stack, and a stack overflow
+/// aborts the server.
+pub const MAX_DELTA_FILTER_TERMS: usize = 1_000;
+
+/// Whether `filter` has an IN list or a chain of ORs longer than [`MAX_DELTA_FILTER_TERMS`].
+pub fn too_long_for_delta(filter: &Expr) -> bool {
+    filter
+        .exists(|e| {
+            Ok(match e {
+                Expr::InList(list) => list.list.len() > MAX_DELTA_FILTER_TERMS,
+                Expr::BinaryExpr(b) if b.op == Operator::Or => or_terms(e) > MAX_DELTA_FILTER_TERMS,
+                _ => false,
+            })
+        })
+        .unwrap_or(true)
+}
+
+/// How many terms the OR chain at `expr` has (1 if it is not an OR), walking both sides without
+/// recursion.
+fn or_terms(expr: &Expr) -> usize {
+    let mut terms = 0;
+    let mut pending = vec![expr];
+    while let Some(e) = pending.pop() {
+        match e {
+            Expr::BinaryExpr(b) if b.op == Operator::Or => {
+                pending.push(&b.left);
+                pending.push(&b.right);
+            }
+            _ => terms += 1,
+        }
+        if terms > MAX_DELTA_FILTER_TERMS {
+            break;
+        }
+    }
+    terms
+}
+
 #[async_trait]
 impl TableProvider for DeltaTableProvider {
     fn schema(&self) -> SchemaRef {
@@ -295,6 +335,15 @@ impl TableProvider for DeltaTableProvider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        // Only pruning hints from here on: callers apply their filters above the scan.
+        if filters.iter().any(too_long_for_delta) {
+            let short: Vec<Expr> = filters
+                .iter()
+                .filter(|f| !too_long_for_delta(f))
+                .cloned()
+                .collect();
+            return self.scan.scan(state, projection, &short, limit).await;
+        }
         self.scan.scan(state, projection, filters, limit).await
     }
 
@@ -302,7 +351,21 @@ impl TableProvider for DeltaTableProvider {
         &self,
         filters: &[&Expr],
     ) -> DFResult<Vec<TableProviderFilterPushDown>> {
-        self.scan.supports_filters_pushdown(filters)
+        // Filters too long for delta-rs stay above the scan (DataFusion applies them to the rows).
+        let (long, short): (Vec<usize>, Vec<usize>) =
+            (0..filters.len()).partition(|&i| too_long_for_delta(filters[i]));
+        if long.is_empty() {
+            return self.scan.supports_filters_pushdown(filters);
+        }
+        let pushed: Vec<&Expr> = short.iter().map(|&i| filters[i]).collect();
+        let mut answers = vec![TableProviderFilterPushDown::Unsupported; filters.len()];
+        for (i, answer) in short
+            .into_iter()
+            .zip(self.scan.supports_filters_pushdown(&pushed)?)
+        {
+            answers[i] = answer;
+        }
+        Ok(answers)
     }
 
     fn statistics(&self) -> Option<Statistics> {
@@ -354,6 +417,7 @@ pub async fn update_rows(
     if assignments.is_empty() {
         return Ok(0);
     }
+    check_predicate_length("UPDATE", predicate.as_ref())?;
     let _turn = take_turn(&mut table).await?;
     let mut builder = table.update();
     if let Some(predicate) = predicate {
@@ -368,6 +432,7 @@ pub async fn update_rows(
 
 /// Deletes the rows matching `predicate` (all rows if none), as one commit.
 pub async fn delete_rows(mut table: DeltaTable, predicate: Option<Expr>) -> Result<u64> {
+    check_predicate_length("DELETE", predicate.as_ref())?;
     let _turn = take_turn(&mut table).await?;
     // delta-rs cannot count rows it drops by removing whole files; count them first on the same snapshot.
     let counted = count_matching(&table, predicate.as_ref()).await?;
@@ -377,6 +442,19 @@ pub async fn delete_rows(mut table: DeltaTable, predicate: Option<Expr>) -> Resu
     }
     let (_, metrics) = builder.await?;
     Ok(metrics.num_deleted_rows.map_or(counted, |n| n as u64))
+}
+
+/// delta-rs's DELETE and UPDATE convert their whole predicate, and one too long for it would
+/// overflow the stack ([`too_long_for_delta`]): such a statement is refused, before anything is
+/// written.
+fn check_predicate_length(statement: &str, predicate: Option<&Expr>) -> Result<()> {
+    if predicate.is_some_and(too_long_for_delta) {
+        return Err(Error::InvalidInput(format!(
+            "{statement} predicate has an IN list or OR chain of more than \
+             {MAX_DELTA_FILTER_TERMS} values, more than delta-rs takes: split the statement"
+        )));
+    }
+    Ok(())
 }
 
 async fn count_matching(table: &DeltaTable, predicate: Option<&Expr>) -> Result<u64> {

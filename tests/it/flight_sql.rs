@@ -471,3 +471,68 @@ async fn a_malformed_parameter_upload_is_invalid_argument() {
         ["+----+", "| n  |", "+----+", "| 42 |", "+----+"]
     );
 }
+
+/// delta-rs turns an IN list into a chain of ORs and walks it recursively: 30,000 values used to
+/// overflow the executor's stack and abort the server. A query with such a list answers (the
+/// filter applies above the scan), a DELETE or UPDATE with one is refused before writing, and
+/// the server keeps serving.
+#[tokio::test]
+async fn long_in_lists_neither_crash_the_server_nor_write() {
+    let server = TestServer::with_example_views().await;
+    let mut client = server.sql_client().await;
+    client
+        .execute_update(
+            "CREATE TABLE wide AS SELECT value AS id FROM generate_series(0, 39999)".into(),
+            None,
+        )
+        .await
+        .expect("create");
+    let evens = (0..60_000)
+        .step_by(2)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let count = query(
+        &mut client,
+        &format!("SELECT count(*) AS n FROM wide WHERE id IN ({evens})"),
+    )
+    .await;
+    assert!(count.iter().any(|l| l.contains("| 20000 |")), "{count:?}");
+    for statement in [
+        format!("DELETE FROM wide WHERE id IN ({evens})"),
+        format!("UPDATE wide SET id = 0 WHERE id IN ({evens})"),
+    ] {
+        let error = client
+            .execute_update(statement, None)
+            .await
+            .expect_err("refused");
+        assert_eq!(code(&error), tonic::Code::InvalidArgument, "{error}");
+        assert!(
+            error.to_string().contains("more than 1000 values"),
+            "{error}"
+        );
+    }
+    let count = query(&mut client, "SELECT count(*) AS n FROM wide").await;
+    assert!(count.iter().any(|l| l.contains("| 40000 |")), "{count:?}");
+    // A feature view's Delta path (more keys than an online lookup takes) too.
+    for sql in [
+        "CREATE TABLE interactions (user_id BIGINT, item_id BIGINT, event VARCHAR, ts TIMESTAMP)",
+        "INSERT INTO interactions VALUES (1, 10, 'view', now() - INTERVAL '1 hour')",
+        "CREATE TABLE items (item_id BIGINT, category VARCHAR)",
+    ] {
+        client.execute_update(sql.into(), None).await.expect(sql);
+    }
+    query(&mut client, "REFRESH FEATURE VIEWS").await;
+    let users = query(
+        &mut client,
+        &format!("SELECT count(*) AS n FROM features.user_activity WHERE user_id IN ({evens})"),
+    )
+    .await;
+    assert!(users.iter().any(|l| l.contains("| 0 |")), "{users:?}");
+    let one = query(
+        &mut client,
+        &format!("SELECT count(*) AS n FROM features.user_activity WHERE user_id IN (1, {evens})"),
+    )
+    .await;
+    assert!(one.iter().any(|l| l.contains("| 1 |")), "{one:?}");
+}
