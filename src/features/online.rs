@@ -18,6 +18,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Result, ScalarValue, exec_datafusion_err, internal_err, plan_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::expr::Placeholder;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -298,39 +299,69 @@ fn micros(column: &ArrayRef) -> Result<TimestampMicrosecondArray> {
     }
 }
 
-/// A value a key filter allows: a literal, or the statement's parameter `$n` (at index `n - 1`),
-/// known when a prepared statement runs.
+/// What a key filter allows: a literal, the statement's parameter `$n` (at index `n - 1`), known
+/// when a prepared statement runs, or the elements of such a parameter when it is a list
+/// (`key = ANY($n)`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyTerm {
     Value(ScalarValue),
     Parameter(usize),
+    Elements(usize),
 }
 
 impl KeyTerm {
-    /// This term's value, `params` giving those of the parameters (one row).
-    pub fn value(&self, params: Option<&RecordBatch>) -> Result<ScalarValue> {
+    /// The values this term allows, `params` giving those of the parameters (one row).
+    pub fn values(&self, params: Option<&RecordBatch>) -> Result<Vec<ScalarValue>> {
+        let parameter = |i: usize| match params.filter(|p| i < p.num_columns() && p.num_rows() > 0)
+        {
+            Some(params) => ScalarValue::try_from_array(params.column(i), 0),
+            None => plan_err!("No value found for placeholder with id ${}", i + 1),
+        };
         match self {
-            KeyTerm::Value(v) => Ok(v.clone()),
-            KeyTerm::Parameter(i) => {
-                match params.filter(|p| *i < p.num_columns() && p.num_rows() > 0) {
-                    Some(params) => ScalarValue::try_from_array(params.column(*i), 0),
-                    None => plan_err!("No value found for placeholder with id ${}", i + 1),
+            KeyTerm::Value(v) => Ok(vec![v.clone()]),
+            KeyTerm::Parameter(i) => Ok(vec![parameter(*i)?]),
+            KeyTerm::Elements(i) => {
+                let list = parameter(*i)?;
+                match elements(&list) {
+                    Some(values) => values,
+                    None => plan_err!(
+                        "parameter ${} of = ANY(${}) is {}, expected a list of keys",
+                        i + 1,
+                        i + 1,
+                        list.data_type()
+                    ),
                 }
             }
         }
     }
 }
 
+/// The elements of a list value (none for a NULL list); `None` if it is not a list.
+fn elements(list: &ScalarValue) -> Option<Result<Vec<ScalarValue>>> {
+    let array: &dyn Array = match list {
+        ScalarValue::List(a) => a.as_ref(),
+        ScalarValue::LargeList(a) => a.as_ref(),
+        ScalarValue::FixedSizeList(a) => a.as_ref(),
+        _ => return None,
+    };
+    Some(
+        ScalarValue::convert_array_to_scalar_vec(array)
+            .map(|rows| rows.into_iter().flatten().flatten().collect()),
+    )
+}
+
 /// The column a filter constrains and the terms it allows, if it is `column = term`,
-/// `term = column`, `column IN (terms)` or an `OR` of those on one column (DataFusion turns short IN
-/// lists into ORs); a term is a literal or a placeholder `$n`.
+/// `term = column`, `column IN (terms)`, `column = ANY(list)` (DataFusion's `array_has(list,
+/// column)`, the list a literal or a parameter) or an `OR` of those on one column (DataFusion turns
+/// short IN lists into ORs); a term is a literal or a placeholder `$n`.
 pub fn key_terms(filter: &Expr) -> Option<(String, Vec<KeyTerm>)> {
+    let parameter = |p: &Placeholder| match p.id.strip_prefix('$').map(str::parse::<usize>) {
+        Some(Ok(n)) if n > 0 => Some(n - 1),
+        _ => None,
+    };
     let term = |e: &Expr| match e {
         Expr::Literal(v, _) => Some(KeyTerm::Value(v.clone())),
-        Expr::Placeholder(p) => match p.id.strip_prefix('$').map(str::parse::<usize>) {
-            Some(Ok(n)) if n > 0 => Some(KeyTerm::Parameter(n - 1)),
-            _ => None,
-        },
+        Expr::Placeholder(p) => parameter(p).map(KeyTerm::Parameter),
         _ => None,
     };
     match filter {
@@ -363,6 +394,24 @@ pub fn key_terms(filter: &Expr) -> Option<(String, Vec<KeyTerm>)> {
             let terms = in_list.list.iter().map(term).collect::<Option<Vec<_>>>()?;
             Some((c.name.clone(), terms))
         }
+        Expr::ScalarFunction(call) if call.name() == "array_has" => {
+            let [list, Expr::Column(c)] = call.args.as_slice() else {
+                return None;
+            };
+            let terms = match list {
+                Expr::Placeholder(p) => vec![KeyTerm::Elements(parameter(p)?)],
+                Expr::Literal(list, _) => elements(list)?
+                    .ok()?
+                    .into_iter()
+                    .map(KeyTerm::Value)
+                    .collect(),
+                Expr::ScalarFunction(make) if make.name() == "make_array" => {
+                    make.args.iter().map(term).collect::<Option<Vec<_>>>()?
+                }
+                _ => return None,
+            };
+            Some((c.name.clone(), terms))
+        }
         _ => None,
     }
 }
@@ -375,7 +424,7 @@ pub fn key_values(filter: &Expr) -> Option<(String, Vec<ScalarValue>)> {
         .into_iter()
         .map(|t| match t {
             KeyTerm::Value(v) => Some(v),
-            KeyTerm::Parameter(_) => None,
+            KeyTerm::Parameter(_) | KeyTerm::Elements(_) => None,
         })
         .collect::<Option<Vec<_>>>()?;
     Some((column, non_null(values)))
@@ -716,10 +765,10 @@ mod tests {
             RecordBatch::try_from_iter([("0", Arc::new(Int64Array::from(vec![42])) as ArrayRef)])
                 .expect("params");
         assert_eq!(
-            KeyTerm::Parameter(0).value(Some(&params)).expect("bound"),
-            ScalarValue::Int64(Some(42))
+            KeyTerm::Parameter(0).values(Some(&params)).expect("bound"),
+            [ScalarValue::Int64(Some(42))]
         );
-        let missing = KeyTerm::Parameter(1).value(Some(&params)).expect_err("$2");
+        let missing = KeyTerm::Parameter(1).values(Some(&params)).expect_err("$2");
         assert!(
             missing.to_string().contains("placeholder with id $2"),
             "{missing}"

@@ -76,17 +76,22 @@ impl Lookup {
             .into_iter()
             .map(|c| key_terms(c).filter(|(column, _)| entity.contains(column)))
             .collect::<Option<Vec<_>>>()?;
-        // Filters on one column intersect: the shortest bounds how many values it keeps.
-        let mut combinations = 1usize;
+        // Filters on one column intersect: the shortest bounds how many values it keeps. A list
+        // parameter's length is known only when bound ([`Lookup::answer`] checks it then).
+        let mut combinations = Some(1usize);
         for column in entity {
-            let values = filters
-                .iter()
-                .filter(|(c, _)| c == column)
+            let mut on_column = filters.iter().filter(|(c, _)| c == column).peekable();
+            on_column.peek()?;
+            let known = on_column
+                .filter(|(_, terms)| !terms.iter().any(|t| matches!(t, KeyTerm::Elements(_))))
                 .map(|(_, terms)| terms.len())
-                .min()?;
-            combinations = combinations.checked_mul(values)?;
+                .min();
+            combinations = match (combinations, known) {
+                (Some(n), Some(values)) => Some(n.checked_mul(values)?),
+                _ => None,
+            };
         }
-        if combinations > MAX_LOOKUP_KEYS {
+        if combinations.is_some_and(|n| n > MAX_LOOKUP_KEYS) {
             return None;
         }
         let schema = table.materialized.schema.clone();
@@ -119,10 +124,10 @@ impl Lookup {
             .filters
             .iter()
             .map(|(column, terms)| {
-                let values = terms
-                    .iter()
-                    .map(|t| t.value(params))
-                    .collect::<DFResult<Vec<_>>>()?;
+                let mut values = Vec::with_capacity(terms.len());
+                for term in terms {
+                    values.extend(term.values(params)?);
+                }
                 Ok((column.clone(), non_null(values)))
             })
             .collect::<DFResult<Vec<_>>>();

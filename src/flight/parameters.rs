@@ -169,8 +169,9 @@ mod tests {
             assert_eq!(batches, vec![batch.clone(), batch.clone()]);
         }
         // As a handle keeps a client's upload: its messages framed again.
-        let upload = arrow_flight::utils::batches_to_flight_data(&batch.schema(), vec![batch.clone()])
-            .expect("flight data");
+        let upload =
+            arrow_flight::utils::batches_to_flight_data(&batch.schema(), vec![batch.clone()])
+                .expect("flight data");
         let kept = crate::flight::stream::ipc_stream(&upload).expect("framed");
         let (_, batches) = decode(frames(&kept).expect("frames of a kept upload"))
             .expect("decoded here")

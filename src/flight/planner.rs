@@ -77,8 +77,9 @@ pub async fn plan_for_client(
     // A prepared lookup or recommend call: planned once, then only bound and answered.
     if let Some(params) = params.as_ref().filter(|p| p.num_rows() == 1)
         && let Some(direct) = session.prepared().direct(session, &handle.sql).await
+        && let Some(answer) = direct.answer(params).await
     {
-        return with_answer(handle, direct.answer(params).await?);
+        return with_answer(handle, answer?);
     }
     let planned = plan_bound(session, &handle.sql, params).await?;
     authorize(&planned, caller)?;

@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::execution::context::SessionState;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::features::table::Lookup;
 use crate::query::statement::row_parameters;
 use crate::query::{Planned, plan_sql};
@@ -56,34 +56,31 @@ impl Direct {
         matches!(self, Direct::Lookup(_))
     }
 
-    /// The answer for one row of parameters.
-    pub async fn answer(&self, params: &RecordBatch) -> Result<RecordBatch> {
+    /// The answer for one row of parameters. `None`: plan the statement as usual for these (a
+    /// list parameter of more keys than a lookup takes).
+    pub async fn answer(&self, params: &RecordBatch) -> Option<Result<RecordBatch>> {
         match self {
-            Direct::Lookup(plan) => look_up(plan, params),
-            Direct::Recommend(call, state) => {
-                let values = row_parameters(params, 0)?;
-                Ok(call.run(state, Some(&values)).await?)
-            }
+            Direct::Lookup(lookup) => look_up(lookup, params),
+            Direct::Recommend(call, state) => Some(match row_parameters(params, 0) {
+                Ok(values) => call.run(state, Some(&values)).await.map_err(Into::into),
+                Err(e) => Err(e),
+            }),
         }
     }
 
-    /// The answer without waiting on anything: an online lookup's. `None` for a recommend call.
+    /// The answer without waiting on anything: an online lookup's. `None` for a recommend call, and
+    /// as from [`Direct::answer`].
     pub fn answer_now(&self, params: &RecordBatch) -> Option<Result<RecordBatch>> {
         match self {
-            Direct::Lookup(plan) => Some(look_up(plan, params)),
+            Direct::Lookup(lookup) => look_up(lookup, params),
             Direct::Recommend(..) => None,
         }
     }
 }
 
 /// Reads a lookup's keys from one row of parameters and the index.
-fn look_up(lookup: &Lookup, params: &RecordBatch) -> Result<RecordBatch> {
-    match lookup.answer(Some(params)) {
-        Some(batch) => Ok(batch?),
-        None => Err(Error::Internal(
-            "a prepared online lookup's index no longer fits its plan".into(),
-        )),
-    }
+fn look_up(lookup: &Lookup, params: &RecordBatch) -> Option<Result<RecordBatch>> {
+    Some(lookup.answer(Some(params))?.map_err(Into::into))
 }
 
 impl PreparedPlans {

@@ -45,14 +45,33 @@ pub fn binding(keys: &[i64]) -> RecordBatch {
     RecordBatch::try_from_iter(columns).expect("binding")
 }
 
+/// `keys` as one parameter: a list (`WHERE user_id = ANY(?)`).
+pub fn list_binding(keys: &[i64]) -> RecordBatch {
+    let list = datafusion::arrow::array::ListArray::from_iter_primitive::<
+        datafusion::arrow::datatypes::Int64Type,
+        _,
+        _,
+    >([Some(keys.iter().copied().map(Some))]);
+    RecordBatch::try_from_iter([("keys", Arc::new(list) as ArrayRef)]).expect("binding")
+}
+
 /// Bind, execute, fetch: one request of an application.
 pub async fn lookup(
     sql: &mut FlightSqlServiceClient<Channel>,
     statement: &mut PreparedStatement<Channel>,
     keys: &[i64],
 ) -> (Duration, usize) {
+    lookup_bound(sql, statement, binding(keys)).await
+}
+
+/// [`lookup`] with the parameters as given.
+pub async fn lookup_bound(
+    sql: &mut FlightSqlServiceClient<Channel>,
+    statement: &mut PreparedStatement<Channel>,
+    parameters: RecordBatch,
+) -> (Duration, usize) {
     let started = Instant::now();
-    statement.set_parameters(binding(keys)).expect("bind");
+    statement.set_parameters(parameters).expect("bind");
     let info = statement.execute().await.expect("execute");
     let batches = fetch(sql, info).await.expect("fetch");
     let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
@@ -259,7 +278,11 @@ pub async fn server_steps(
             .direct(session, &handle.sql)
             .await
             .expect("a direct answer");
-        let answer = direct.answer(&params).await.expect("answer");
+        let answer = direct
+            .answer(&params)
+            .await
+            .expect("direct")
+            .expect("answer");
         t[6] = Instant::now();
         let ticket = handle
             .with_result(&answer.schema(), std::slice::from_ref(&answer))

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 mod client;
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use client::{Phased, binding, connect, lookup, report, server_steps};
+use client::{Phased, binding, connect, list_binding, lookup, lookup_bound, report, server_steps};
 use datafusion::arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use quiver::session::{QuiverSession, SessionOptions};
@@ -208,6 +208,31 @@ fn run(args: &Args, views: usize) {
             }
         }
         report(&format!("100 keys, {views:>2} view(s)"), &mut latencies);
+        // The same 100 keys bound as one list parameter.
+        let mut any = Vec::new();
+        for v in 0..views {
+            any.push(
+                sql.prepare(
+                    format!("SELECT * FROM features.view_{v} WHERE user_id = ANY(?)"),
+                    None,
+                )
+                .await
+                .expect("prepare"),
+            );
+        }
+        let mut latencies = Vec::with_capacity(args.lookups / 10);
+        for i in 0..(warmup + args.lookups) / 10 {
+            let keys: Vec<i64> = (0..100).map(|_| next_key()).collect();
+            let statement = &mut any[i % views];
+            let (took, _) = lookup_bound(&mut sql, statement, list_binding(&keys)).await;
+            if i >= warmup / 10 {
+                latencies.push(took);
+            }
+        }
+        report(
+            &format!("100 keys as one list (= ANY(?)), {views:>2} view(s)"),
+            &mut latencies,
+        );
         let marks = vec!["?"; 100].join(", ");
         let phased = Phased::prepare(
             &mut sql,

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, AsArray, Int64Array, ListArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::Int64Type;
 use futures::TryStreamExt;
 use quiver::query::prepared::Direct;
@@ -38,7 +38,11 @@ async fn events_30d(session: &QuiverSession, user: i64) -> i64 {
         .await
         .expect("an online lookup is answered directly");
     assert!(direct.is_lookup());
-    let batch = direct.answer(&key(user)).await.expect("answer");
+    let batch = direct
+        .answer(&key(user))
+        .await
+        .expect("direct")
+        .expect("answer");
     assert_eq!(batch.schema().field(1).name(), "events_30d");
     batch.column(1).as_primitive::<Int64Type>().value(0)
 }
@@ -109,16 +113,28 @@ async fn a_prepared_lookup_is_planned_once_per_generation_of_the_views() {
         .expect("key")
     };
     let direct = prepared.current(&session, LOOKUP).expect("kept");
-    let error = direct.answer(&key_text("one")).await.expect_err("'one'");
+    let error = direct
+        .answer(&key_text("one"))
+        .await
+        .expect("direct")
+        .expect_err("'one'");
     assert!(error.to_string().contains("key user_id"), "{error}");
-    let batch = direct.answer(&key_text("1")).await.expect("'1'");
+    let batch = direct
+        .answer(&key_text("1"))
+        .await
+        .expect("direct")
+        .expect("'1'");
     assert_eq!(batch.num_rows(), 1);
 
     // Whether a statement is a lookup does not depend on its parameters: one request that sends
     // too few gets the usual path's error, the next, bound in full, its rows.
     let pair = "SELECT events_30d FROM features.user_activity WHERE user_id IN (?, ?)";
     let direct = prepared.direct(&session, pair).await.expect("a lookup");
-    let error = direct.answer(&key(1)).await.expect_err("one of two keys");
+    let error = direct
+        .answer(&key(1))
+        .await
+        .expect("direct")
+        .expect_err("one of two keys");
     assert!(
         error
             .to_string()
@@ -130,7 +146,15 @@ async fn a_prepared_lookup_is_planned_once_per_generation_of_the_views() {
         ("1", Arc::new(Int64Array::from(vec![2])) as Arc<dyn Array>),
     ])
     .expect("keys");
-    assert_eq!(direct.answer(&both).await.expect("answer").num_rows(), 2);
+    assert_eq!(
+        direct
+            .answer(&both)
+            .await
+            .expect("direct")
+            .expect("answer")
+            .num_rows(),
+        2
+    );
     // A NULL key matches nothing, as `user_id IN (1, NULL)` does.
     let one_null = RecordBatch::try_from_iter([
         ("0", Arc::new(Int64Array::from(vec![1])) as Arc<dyn Array>),
@@ -141,8 +165,43 @@ async fn a_prepared_lookup_is_planned_once_per_generation_of_the_views() {
     ])
     .expect("keys");
     assert_eq!(
-        direct.answer(&one_null).await.expect("answer").num_rows(),
+        direct
+            .answer(&one_null)
+            .await
+            .expect("direct")
+            .expect("answer")
+            .num_rows(),
         1
+    );
+
+    // `= ANY(?)` binds the keys as one list parameter: a lookup whatever the list's length, up
+    // to the most keys a lookup takes; past it the statement is planned as usual (and scans Delta).
+    let any = "SELECT user_id, events_30d FROM features.user_activity WHERE user_id = ANY(?)";
+    let direct = prepared.direct(&session, any).await.expect("a lookup");
+    let list = |keys: Vec<Option<i64>>| {
+        let list = ListArray::from_iter_primitive::<Int64Type, _, _>([Some(keys)]);
+        RecordBatch::try_from_iter([("0", Arc::new(list) as Arc<dyn Array>)]).expect("list")
+    };
+    let answer = direct
+        .answer(&list(vec![Some(2), None, Some(99), Some(1), Some(2)]))
+        .await
+        .expect("direct")
+        .expect("answer");
+    let users = answer.column(0).as_primitive::<Int64Type>();
+    assert_eq!(users.values().to_vec(), vec![2, 1], "each present key once");
+    let many = list((0..20_000).map(Some).collect());
+    assert!(
+        direct.answer(&many).await.is_none(),
+        "too many keys for a lookup"
+    );
+    let error = direct
+        .answer(&key(1))
+        .await
+        .expect("direct")
+        .expect_err("not a list");
+    assert!(
+        error.to_string().contains("expected a list of keys"),
+        "{error}"
     );
 
     // Statements that need planning are kept as such, and answered by the usual path.
@@ -182,7 +241,11 @@ async fn a_prepared_recommend_call_binds_its_arguments_and_follows_reloads() {
             .await
             .expect("a lone recommend call is answered directly");
         assert!(matches!(*direct, Direct::Recommend(..)));
-        let answer = direct.answer(&params).await.expect("answer");
+        let answer = direct
+            .answer(&params)
+            .await
+            .expect("direct")
+            .expect("answer");
         // The same rows as the call with its arguments written out.
         let literal = run(
             &session,
@@ -210,7 +273,11 @@ async fn a_prepared_recommend_call_binds_its_arguments_and_follows_reloads() {
             ("1", Arc::new(Int64Array::from(vec![k])) as Arc<dyn Array>),
         ])
         .expect("params");
-        let error = direct.answer(&params).await.expect_err(message);
+        let error = direct
+            .answer(&params)
+            .await
+            .expect("direct")
+            .expect_err(message);
         assert!(error.to_string().contains(message), "{error}");
     }
 

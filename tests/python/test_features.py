@@ -120,6 +120,15 @@ def test_refresh_lookup_restart_and_consistency(tmp_path, sql_dir):
             online = {r["user_id"]: r for r in rows(conn, f"SELECT * FROM features.user_clicks WHERE user_id IN ({keys})")}
             assert online == offline
             assert len(online) == len(want)
+
+            # `= ANY(?)` binds any number of keys as one list parameter; from the index, NULL and
+            # unknown keys matching nothing.
+            some = sorted(offline)[:50]
+            keys = pa.record_batch([pa.array([some + [None, 10**9]], pa.list_(pa.int64()))], names=["keys"])
+            listed = rows(conn, "SELECT * FROM features.user_clicks WHERE user_id = ANY(?)", parameters=keys)
+            assert {r["user_id"]: r for r in listed} == {k: offline[k] for k in some}
+            plan = rows(conn, "EXPLAIN SELECT * FROM features.user_clicks WHERE user_id = ANY([5, 6])")
+            assert "OnlineLookupExec: view=user_clicks" in plan[1]["plan"]
     finally:
         assert server.stop() == 0
 
