@@ -40,21 +40,8 @@ pub fn decode(messages: impl IntoIterator<Item = (Bytes, Bytes)>) -> Option<Resu
     for (header, body) in messages {
         let message = root_as_message(&header).ok()?;
         let batch = message.header_as_record_batch()?;
-        // arrow's decoder panics on a buffer outside the body; a client's message is checked first.
-        let outside = batch.buffers().is_some_and(|buffers| {
-            buffers.iter().any(|b| {
-                u64::try_from(b.offset())
-                    .ok()
-                    .zip(u64::try_from(b.length()).ok())
-                    .and_then(|(offset, length)| offset.checked_add(length))
-                    .is_none_or(|end| end > body.len() as u64)
-            })
-        });
-        if outside {
-            return Some(Err(Error::InvalidInput(format!(
-                "malformed parameters: a buffer lies outside its {}-byte message body",
-                body.len()
-            ))));
+        if let Err(e) = crate::flight::stream::check_body(&header, body.len()) {
+            return Some(Err(e));
         }
         let body = Buffer::from(body);
         match read_record_batch(

@@ -117,7 +117,13 @@ where
     // an upload of nothing (e.g. an update whose parameters were bound earlier).
     let messages = upload
         .try_filter(|data| futures::future::ready(!data.data_header.is_empty()))
-        .map_err(|s| FlightError::Tonic(Box::new(s)));
+        .map_err(|s| FlightError::Tonic(Box::new(s)))
+        .and_then(|data| {
+            let checked = check_body(&data.data_header, data.data_body.len())
+                .map(|()| data)
+                .map_err(|e| FlightError::DecodeError(e.to_string()));
+            futures::future::ready(checked)
+        });
     let mut decoder = FlightDataDecoder::new(messages);
     let schema = loop {
         match decoder.next().await {
@@ -142,6 +148,34 @@ where
     Ok(Some(Box::pin(RecordBatchStreamAdapter::new(
         schema, batches,
     ))))
+}
+
+/// Checks that the buffers an IPC record batch or dictionary message names lie within its body of
+/// `body_len` bytes: arrow's decoder panics on one that does not (a truncated or forged client
+/// message). A header that does not parse is left for the decoder to report.
+pub fn check_body(header: &[u8], body_len: usize) -> Result<()> {
+    let Ok(message) = datafusion::arrow::ipc::root_as_message(header) else {
+        return Ok(());
+    };
+    let batch = message
+        .header_as_record_batch()
+        .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
+    let Some(buffers) = batch.and_then(|b| b.buffers()) else {
+        return Ok(());
+    };
+    let outside = buffers.iter().any(|b| {
+        u64::try_from(b.offset())
+            .ok()
+            .zip(u64::try_from(b.length()).ok())
+            .and_then(|(offset, length)| offset.checked_add(length))
+            .is_none_or(|end| end > body_len as u64)
+    });
+    if outside {
+        return Err(Error::InvalidInput(format!(
+            "malformed Arrow data: a buffer lies outside its {body_len}-byte message body"
+        )));
+    }
+    Ok(())
 }
 
 /// An upload's messages as they came, collected (a parameter upload: small). A transport error is

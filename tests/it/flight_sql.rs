@@ -400,13 +400,11 @@ async fn time_travel_by_version() {
 /// the prepared statement binds and runs afterwards.
 #[tokio::test]
 async fn a_malformed_parameter_upload_is_invalid_argument() {
-    use arrow_flight::error::FlightError;
     use arrow_flight::sql::{
         ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
         CommandPreparedStatementQuery, ProstMessageExt,
     };
     use arrow_flight::{Action, FlightData, FlightDescriptor};
-    use futures::TryStreamExt;
     use prost::Message;
 
     let server = TestServer::start().await;
@@ -442,15 +440,7 @@ async fn a_malformed_parameter_upload_is_invalid_argument() {
         data_header: vec![0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4].into(),
         ..Default::default()
     };
-    let refused = match client.do_put(futures::stream::iter([garbage])).await {
-        Ok(mut results) => results
-            .try_next()
-            .await
-            .map(|_| ())
-            .map_err(FlightError::from),
-        Err(e) => Err(e),
-    };
-    let err = refused.expect_err("garbage parameters");
+    let err = refused_put(&mut client, vec![garbage]).await;
     assert_eq!(code(&err), Code::InvalidArgument, "{err}");
     assert!(
         err.to_string().contains("malformed Arrow data in upload"),
@@ -535,4 +525,59 @@ async fn long_in_lists_neither_crash_the_server_nor_write() {
     )
     .await;
     assert!(one.iter().any(|l| l.contains("| 1 |")), "{one:?}");
+}
+
+/// An upload whose record batch names buffers beyond its body (a truncated or forged message) is
+/// INVALID_ARGUMENT: arrow's decoder would panic on it, dropping the connection. Nothing is written
+/// and the server keeps serving.
+#[tokio::test]
+async fn uploads_with_buffers_outside_their_body_are_refused() {
+    use arrow_flight::FlightDescriptor;
+    use arrow_flight::sql::ProstMessageExt;
+    use prost::Message;
+
+    let server = TestServer::start().await;
+    let mut client = server.sql_client().await;
+    let batch = rows(&[1, 2, 3], &["a", "b", "c"]);
+    let mut messages =
+        arrow_flight::utils::batches_to_flight_data(&batch.schema(), vec![batch]).expect("encode");
+    let last = messages.last_mut().expect("a batch message");
+    last.data_body = last.data_body.slice(..8);
+    let create = ingest_command(
+        "forged",
+        TableNotExistOption::Create,
+        TableExistsOption::Fail,
+    );
+    let descriptor = FlightDescriptor::new_cmd(create.as_any().encode_to_vec());
+    messages[0].flight_descriptor = Some(descriptor);
+    let err = refused_put(&mut client, messages).await;
+    assert_eq!(code(&err), Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("outside"), "{err}");
+    let tables = query(&mut client, "SELECT 1 AS still_serving").await;
+    assert_eq!(tables[3].split_whitespace().collect::<String>(), "|1|");
+    assert!(
+        client
+            .execute("SELECT * FROM forged".into(), None)
+            .await
+            .is_err(),
+        "nothing was created"
+    );
+}
+
+/// The error of a DoPut the server must refuse (at the call or in its result stream).
+async fn refused_put(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    messages: Vec<arrow_flight::FlightData>,
+) -> arrow_flight::error::FlightError {
+    use arrow_flight::error::FlightError;
+    use futures::TryStreamExt;
+    let refused = match client.do_put(futures::stream::iter(messages)).await {
+        Ok(mut results) => results
+            .try_next()
+            .await
+            .map(|_| ())
+            .map_err(FlightError::from),
+        Err(e) => Err(e),
+    };
+    refused.expect_err("the server refuses the upload")
 }
