@@ -2,8 +2,9 @@
 //!
 //! An [`OnlineIndex`] is built from one version of the view's Delta table and never changes; a refresh
 //! builds the next one and swaps it in, so a lookup sees one version whole. Lookups come from ordinary
-//! SQL: the view's table provider (`table.rs`) claims `key = literal` and `key IN (...)` filters and
-//! plans an [`OnlineLookupExec`], which `EXPLAIN` shows.
+//! SQL: the view's table provider (`table.rs`) claims `key = literal`, `key IN (...)` and
+//! `key = ANY(list)` filters and plans an [`OnlineLookupExec`], which `EXPLAIN` shows; a prepared
+//! lookup is answered from its parameters without a plan (`table::Lookup`).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -52,7 +52,8 @@ pub struct Lookup {
 impl Lookup {
     /// The lookup `plan` is, if it is plain columns of one filter over an online view whose every
     /// conjunct is a key filter ([`key_terms`]), together pinning the key to at most
-    /// [`MAX_LOOKUP_KEYS`] combinations whatever the parameters.
+    /// [`MAX_LOOKUP_KEYS`] combinations whatever the parameters (a list parameter's keys are counted
+    /// when it is bound).
     pub fn of(plan: &LogicalPlan) -> Option<Self> {
         let (columns, filter) = match plan {
             LogicalPlan::Projection(projection) => match projection.input.as_ref() {
@@ -117,8 +118,9 @@ impl Lookup {
     }
 
     /// The rows for the keys the filters select, `params` (one row) giving the parameters' values.
-    /// `None` if the index's columns do not fit the plan's schema (the query is then planned as
-    /// usual, which says why).
+    /// `None` when the bound keys are more than [`MAX_LOOKUP_KEYS`] combinations, or the index's
+    /// columns do not fit the plan's schema: the query is then planned as usual (which reads the
+    /// Delta table, or says what is wrong).
     pub fn answer(&self, params: Option<&RecordBatch>) -> Option<DFResult<RecordBatch>> {
         let filters = self
             .filters
