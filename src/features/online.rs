@@ -443,13 +443,14 @@ pub fn lookup_keys(entity: &[String], filters: &[Expr]) -> Option<Vec<Vec<Scalar
 }
 
 /// [`lookup_keys`] of filters already taken apart: (column, the values it allows).
-pub fn key_combinations(
+pub fn key_combinations<C: AsRef<str>>(
     entity: &[String],
-    filters: impl IntoIterator<Item = (String, Vec<ScalarValue>)>,
+    filters: impl IntoIterator<Item = (C, Vec<ScalarValue>)>,
 ) -> Option<Vec<Vec<ScalarValue>>> {
     let mut allowed: Vec<Option<Vec<ScalarValue>>> = vec![None; entity.len()];
     for (column, values) in filters {
-        let Some(k) = entity.iter().position(|e| *e == column) else {
+        let column = column.as_ref();
+        let Some(k) = entity.iter().position(|e| e == column) else {
             continue;
         };
         allowed[k] = Some(match allowed[k].take() {

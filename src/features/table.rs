@@ -130,7 +130,7 @@ impl Lookup {
                 for term in terms {
                     values.extend(term.values(params)?);
                 }
-                Ok((column.clone(), non_null(values)))
+                Ok((column.as_str(), non_null(values)))
             })
             .collect::<DFResult<Vec<_>>>();
         let filters = match filters {

@@ -150,19 +150,17 @@ where
         .iter()
         .filter(|m| !m.data_header.is_empty())
         .map(|m| (m.data_header.clone(), m.data_body.clone()));
-    match parameters::decode(framed) {
-        Some(decoded) => {
-            let (_, batches) = decoded?;
-            if batches.iter().all(|b| b.num_rows() == 0) {
-                return Ok(None);
-            }
-        }
+    // Most uploads decode here, their schema decoded once per distinct message; the rest (e.g.
+    // dictionaries) through arrow-flight's decoder.
+    let batches = match parameters::decode(framed) {
+        Some(decoded) => Some(decoded?.1),
         None => {
-            let decoded = futures::stream::iter(messages.clone().into_iter().map(Ok));
-            if decode_parameters(decoded).await?.is_none() {
-                return Ok(None);
-            }
+            let upload = futures::stream::iter(messages.clone().into_iter().map(Ok));
+            decode_parameters(upload).await?.map(|(_, batches)| batches)
         }
+    };
+    if batches.is_none_or(|b| b.iter().all(|b| b.num_rows() == 0)) {
+        return Ok(None);
     }
     ipc_stream(&messages).map(Some)
 }
