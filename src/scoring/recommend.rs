@@ -150,7 +150,8 @@ fn rerank(
         && matches!(ranker.onnx.outputs(), [output] if output.width() == 1);
     if !fits {
         return exec_err!(
-            "re-ranking model '{}' must take one float32 [-1, {width}] input (user embedding, item              embedding, retrieval score) and return one value per row",
+            "re-ranking model '{}' must take one float32 [-1, {width}] input (user embedding, item \
+             embedding, retrieval score) and return one value per row",
             ranker.name
         );
     }
@@ -178,9 +179,11 @@ fn rerank(
     let scores = scores
         .to_plain_array_view::<f64>()
         .map_err(|e| exec_datafusion_err!("re-ranking model '{}': {e}", ranker.name))?;
+    // A candidate the scorer gives NaN is left out, as the retrieval scan leaves out NaN scores.
     let mut reranked: Vec<Scored> = candidates
         .into_iter()
         .zip(scores.iter())
+        .filter(|(_, s)| !s.is_nan())
         .map(|(c, s)| Scored {
             score: Some(*s),
             ..c

@@ -65,6 +65,16 @@ impl Retrieval {
             Some(tower) => embed_items(&dir.join(tower), &rows, dim).await?,
             None => read_embeddings(&rows, dim)?,
         };
+        if let Some(row) = matrix
+            .chunks_exact(dim)
+            .position(|v| v.iter().any(|x| x.is_nan()))
+        {
+            return Err(Error::InvalidInput(format!(
+                "item {} (row {row} of the [items] query) has NaN in its embedding: a NaN item \
+                 cannot be ranked",
+                item_ids[row]
+            )));
+        }
         if spec.metric == Metric::Cosine {
             for row in matrix.chunks_exact_mut(dim) {
                 normalize(row);
@@ -164,7 +174,10 @@ impl Retrieval {
         Ok(vectors)
     }
 
-    /// The `k` best items for one user embedding, best first; ties go to the earlier item. The int8
+    /// The `k` best items for one user embedding, best first; ties go to the earlier item. Items
+    /// whose score is NaN (a user embedding with NaN, an infinite value times 0) are left out:
+    /// they cannot be ranked, and as the largest f32 in `total_cmp`'s order they would come first.
+    /// The int8
     /// copy of the matrix is scanned first and only the rows it cannot rule out are scored in float
     /// (see [`crate::scoring::quantized`]); the result is the one a full float scan gives. A large
     /// matrix is scanned in slices on one thread per core.
@@ -186,6 +199,7 @@ impl Retrieval {
                         score: dot(user, self.item_vector(index)),
                         index,
                     })
+                    .filter(|c| !c.score.is_nan())
                     .collect()
             }
             None => self
@@ -238,10 +252,11 @@ impl Retrieval {
         let rows = self.matrix[range.start * self.dim..range.end * self.dim].chunks_exact(self.dim);
         for (index, row) in range.zip(rows) {
             let score = dot(user, row);
-            if best.len() == k
-                && best
-                    .peek()
-                    .is_some_and(|worst| score.total_cmp(&worst.score) != Ordering::Greater)
+            if score.is_nan()
+                || best.len() == k
+                    && best
+                        .peek()
+                        .is_some_and(|worst| score.total_cmp(&worst.score) != Ordering::Greater)
             {
                 continue;
             }
@@ -589,6 +604,25 @@ mod tests {
             .collect();
         let want: Vec<usize> = ranked(&matrix, 2, &user).iter().map(|(_, i)| *i).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn nan_scores_are_left_out() {
+        // For the user (0, 1), row 1 scores ∞ · 0 + 1 = NaN.
+        let r = retrieval(vec![1.0, 0.0, f32::INFINITY, 1.0, 0.5, 0.5], 2);
+        let indexes = |r: &Retrieval, user: &[f32]| -> Vec<usize> {
+            r.top_k(user, 3, &HashSet::new())
+                .iter()
+                .filter_map(|s| s.index)
+                .collect()
+        };
+        assert_eq!(indexes(&r, &[0.0, 1.0]), vec![2, 0]);
+        assert!(indexes(&r, &[f32::NAN, 1.0]).is_empty());
+        // A user with NaN gets no int8 first pass: the float scan leaves every row out.
+        let finite = retrieval(vec![1.0, 0.0, 0.0, 1.0], 2);
+        assert!(finite.quantized.is_some());
+        assert!(indexes(&finite, &[f32::NAN, 1.0]).is_empty());
+        assert_eq!(indexes(&finite, &[0.5, 1.0]), vec![1, 0]);
     }
 
     #[test]

@@ -293,6 +293,33 @@ def test_hot_reload_swaps_and_a_broken_model_keeps_the_old_version(served, conn)
     assert "unknown model 'hot'" in str(error.value)
 
 
+def test_item_embeddings_with_nan_are_refused_at_load(served, conn):
+    """A NaN item cannot be ranked (in IEEE total order it would come first for every user): the
+    model is reported as failed, naming the item, and the models already loaded keep serving."""
+    _, models = served
+    matrix = np.load(TEST_MODELS / "mf_item_embeddings.npy").astype(np.float32)
+    matrix[3, 5] = np.nan
+    embeddings = pa.table({
+        "item_id": pa.array(range(ITEMS), pa.int64()),
+        "embedding": pa.array(list(matrix), pa.list_(pa.float32())),
+    })
+    ingest(conn, "nan_embeddings", embeddings, "create")
+    broken = models / "nan_items"
+    shutil.copytree(TEST_MODELS / "mf_cosine", broken)
+    toml = (broken / "model.toml").read_text()
+    (broken / "model.toml").write_text(toml.replace("FROM item_embeddings", "FROM nan_embeddings"))
+    try:
+        report = {r["model"]: r for r in rows(conn, "RELOAD MODELS")}
+        assert report["nan_items"]["action"] == "failed"
+        assert "item 3 (row 3 of the [items] query) has NaN in its embedding" in report["nan_items"]["error"]
+        with pytest.raises(adbc_driver_manager.ProgrammingError):
+            rows(conn, "SELECT * FROM recommend('nan_items', 1, 5)")
+        assert len(rows(conn, "SELECT * FROM recommend('mf_cosine', 1, 5)")) == 5
+    finally:
+        shutil.rmtree(broken)
+        rows(conn, "RELOAD MODELS")
+
+
 def test_exclude_follows_every_commit_whether_indexed_or_run_per_call(tmp_path):
     """`seen_indexed`'s [exclude] query has the shape Quiver answers from an index of the table;
     `seen_per_call` asks the same with a GROUP BY, which runs per call. Both must agree after
