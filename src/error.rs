@@ -83,6 +83,11 @@ pub enum Error {
     #[error("{0}")]
     Cancelled(String),
 
+    /// Stored data that cannot be read as what it claims to be: a Delta commit file that is not
+    /// JSON. Retrying will not help; the table needs repair.
+    #[error("{0}")]
+    Corrupt(String),
+
     /// A bug or an impossible state: reported as Internal and logged at error level.
     #[error("internal error: {0}")]
     Internal(String),
@@ -93,12 +98,15 @@ impl Error {
     pub fn to_status(&self) -> Status {
         let code = self.code();
         let message = self.to_string();
-        if code == Code::Internal || code == Code::Unavailable || code == Code::Unknown {
+        if matches!(
+            code,
+            Code::Internal | Code::Unavailable | Code::Unknown | Code::DataLoss
+        ) {
             tracing::error!(%message, "request failed");
         } else {
             tracing::info!(?code, %message, "request rejected");
         }
-        Status::new(code, message)
+        Status::new(code, without_backtrace(&message))
     }
 
     /// The gRPC code this error maps to.
@@ -124,9 +132,24 @@ impl Error {
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Timeout(_) => Code::DeadlineExceeded,
             Error::Cancelled(_) => Code::Cancelled,
+            Error::Corrupt(_) => Code::DataLoss,
             Error::Internal(_) => Code::Internal,
         }
     }
+}
+
+/// `message` up to the stack trace some errors carry when `RUST_BACKTRACE` is set (the Delta
+/// kernel's do, one frame per line from `0:`): clients get the error, the log keeps the frames.
+fn without_backtrace(message: &str) -> &str {
+    let mut at = 0;
+    for line in message.split_inclusive('\n') {
+        let frame = line.trim_start();
+        if at > 0 && line.len() > frame.len() && frame.starts_with("0: ") {
+            return message[..at].trim_end();
+        }
+        at += line.len();
+    }
+    message
 }
 
 impl From<Error> for Status {
@@ -249,6 +272,19 @@ mod tests {
         let df: DataFusionError = inner.into();
         let wrapped = DataFusionError::Context("planning".into(), Box::new(df));
         assert_eq!(Error::DataFusion(wrapped).code(), Code::NotFound);
+    }
+
+    #[test]
+    fn clients_get_no_stack_traces() {
+        let traced = "Kernel error: Json error: Encountered unexpected 'b'\n   0: with_backtrace\n             at src/error.rs:482:25\n   1: next";
+        assert_eq!(
+            without_backtrace(traced),
+            "Kernel error: Json error: Encountered unexpected 'b'"
+        );
+        let plain = "line one\nline two: 0: not a frame\n";
+        assert_eq!(without_backtrace(plain), plain);
+        let status = Error::Internal(traced.into()).to_status();
+        assert!(!status.message().contains("with_backtrace"), "{status:?}");
     }
 
     #[test]

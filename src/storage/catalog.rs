@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::common::exec_err;
+use datafusion::datasource::TableType;
 use datafusion::error::Result as DFResult;
 use datafusion::execution::context::SessionState;
 
@@ -173,6 +174,16 @@ impl SchemaProvider for WarehouseSchema {
         )
         .await?;
         Ok(Some(Arc::new(provider)))
+    }
+
+    /// Without opening the table: every warehouse table is a base table, so listing them
+    /// (`information_schema.tables`) reads no Delta log, and one unreadable table does not stop
+    /// the others being listed.
+    async fn table_type(&self, name: &str) -> DFResult<Option<TableType>> {
+        if self.table_exist(name) {
+            return Ok(Some(TableType::Base));
+        }
+        Ok(self.table(name).await?.map(|t| t.table_type()))
     }
 
     fn register_table(

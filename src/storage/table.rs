@@ -50,7 +50,7 @@ pub async fn open_delta(url: &Url, as_of: &AsOf) -> Result<DeltaTable> {
     };
     let table = match builder.load().await {
         Ok(table) => table,
-        Err(e) => return Err(explain_bad_version(url, as_of, e).await),
+        Err(e) => return Err(explain_load_error(url, as_of, e).await),
     };
     if let AsOf::Timestamp(ts) = as_of {
         check_not_before_creation(&table, ts).await?;
@@ -186,8 +186,16 @@ pub async fn commit_file(store: &ObjectStoreRef, version: u64) -> Option<ObjectM
     ObjectStoreExt::head(store, &path).await.ok()
 }
 
-/// A version past the end of the log fails deep inside the Delta kernel; say which versions exist.
-async fn explain_bad_version(url: &Url, as_of: &AsOf, error: deltalake::DeltaTableError) -> Error {
+/// A failed load, said in the table's terms where the Delta kernel's message would not: a version
+/// past the end of the log (which versions exist), or a commit file that is not JSON (which one).
+async fn explain_load_error(url: &Url, as_of: &AsOf, error: deltalake::DeltaTableError) -> Error {
+    if matches!(
+        error,
+        deltalake::DeltaTableError::KernelError(_) | deltalake::DeltaTableError::Kernel { .. }
+    ) && let Some(corrupt) = find_corrupt_commit(url).await
+    {
+        return corrupt;
+    }
     let AsOf::Version(requested) = as_of else {
         return error.into();
     };
@@ -200,6 +208,63 @@ async fn explain_bad_version(url: &Url, as_of: &AsOf, error: deltalake::DeltaTab
         },
         _ => error.into(),
     }
+}
+
+/// Commit files read when looking for a corrupt one, newest first.
+const COMMITS_CHECKED: usize = 100;
+
+/// The newest of the table's last [`COMMITS_CHECKED`] commit files that is not JSON lines, as
+/// [`Error::Corrupt`]; `None` when they all parse (or the log cannot be listed).
+async fn find_corrupt_commit(url: &Url) -> Option<Error> {
+    use futures::TryStreamExt;
+    let table = DeltaTableBuilder::from_url(url.clone())
+        .ok()?
+        .build()
+        .ok()?;
+    let store = table.object_store();
+    let log = object_store::path::Path::from("_delta_log");
+    let listed: Vec<ObjectMeta> = store.list(Some(&log)).try_collect().await.ok()?;
+    let mut commits: Vec<(u64, ObjectMeta)> = listed
+        .into_iter()
+        .filter_map(|meta| {
+            let name = meta.location.filename()?;
+            let version = name.strip_suffix(".json")?;
+            (version.len() == 20)
+                .then(|| version.parse().ok())
+                .flatten()
+                .map(|v| (v, meta))
+        })
+        .collect();
+    commits.sort_by_key(|c| std::cmp::Reverse(c.0));
+    for (version, meta) in commits.into_iter().take(COMMITS_CHECKED) {
+        let bytes = ObjectStoreExt::get(&store, &meta.location)
+            .await
+            .ok()?
+            .bytes()
+            .await
+            .ok()?;
+        let bad = bytes
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.trim_ascii().is_empty())
+            .find_map(|(i, line)| {
+                serde_json::from_slice::<serde_json::Value>(line)
+                    .err()
+                    .map(|e| (i + 1, e))
+            });
+        if let Some((line, e)) = bad {
+            let earlier = match version {
+                0 => String::new(),
+                v => format!("; earlier versions still read with VERSION AS OF {}", v - 1),
+            };
+            return Some(Error::Corrupt(format!(
+                "the Delta log of {url} is corrupt: commit {version} ({}) is not JSON at line \
+                 {line}: {e}. The table cannot be read or written until that file is repaired{earlier}",
+                meta.location
+            )));
+        }
+    }
+    None
 }
 
 /// delta-rs answers a timestamp older than the table with its first version; Spark and Databricks

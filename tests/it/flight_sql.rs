@@ -9,6 +9,7 @@ use arrow_flight::sql::{
 };
 use datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Schema};
+use futures::TryStreamExt;
 use tonic::Code;
 
 use crate::common::{TestServer, code, fetch, pretty, query};
@@ -580,4 +581,59 @@ async fn refused_put(
         Err(e) => Err(e),
     };
     refused.expect_err("the server refuses the upload")
+}
+
+/// A commit file that is not JSON (a torn copy, another writer's bug): reads and writes of that
+/// table are DATA_LOSS naming the file, earlier versions still read, the table is still listed,
+/// and every other table keeps working.
+#[tokio::test]
+async fn a_corrupt_commit_is_data_loss_naming_the_file() {
+    let server = TestServer::start().await;
+    let mut client = server.sql_client().await;
+    for sql in [
+        "CREATE TABLE torn AS SELECT 1 AS a",
+        "INSERT INTO torn VALUES (2)",
+        "CREATE TABLE whole AS SELECT 5 AS b",
+    ] {
+        client.execute_update(sql.into(), None).await.expect(sql);
+    }
+    let log = server.warehouse.path().join("public/torn/_delta_log");
+    std::fs::write(
+        log.join("00000000000000000002.json"),
+        "{\"add\": {\"path\": broken\n",
+    )
+    .expect("corrupt");
+    for sql in ["SELECT * FROM torn", "INSERT INTO torn VALUES (3)"] {
+        let error = match client.execute(sql.into(), None).await {
+            Err(e) => e,
+            Ok(info) => match client
+                .do_get(info.endpoint[0].ticket.clone().expect("ticket"))
+                .await
+            {
+                Err(e) => e,
+                Ok(stream) => stream.try_collect::<Vec<_>>().await.expect_err(sql),
+            },
+        };
+        assert_eq!(code(&error), tonic::Code::DataLoss, "{sql}: {error}");
+        let message = error.to_string();
+        for part in [
+            "commit 2 (_delta_log/00000000000000000002.json) is not JSON at line 1",
+            "VERSION AS OF 1",
+        ] {
+            assert!(message.contains(part), "{sql}: {message}");
+        }
+        assert!(!message.contains("with_backtrace"), "{message}");
+    }
+    let old = query(&mut client, "SELECT sum(a) AS s FROM torn VERSION AS OF 1").await;
+    assert!(old.iter().any(|l| l.contains("| 3 |")), "{old:?}");
+    let listed = query(
+        &mut client,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+    )
+    .await;
+    assert!(listed.iter().any(|l| l.contains("torn")), "{listed:?}");
+    assert!(listed.iter().any(|l| l.contains("whole")), "{listed:?}");
+    let whole = query(&mut client, "SELECT b FROM whole").await;
+    assert!(whole.iter().any(|l| l.contains("| 5 |")), "{whole:?}");
+    assert_eq!(server.commits("public", "torn"), 3, "nothing was committed");
 }
