@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::memory::MemoryStream;
 use futures::TryStreamExt;
 use url::Url;
 
@@ -30,14 +33,36 @@ use crate::storage::{AsOf, DeltaTableProvider};
 /// The subdirectory of `--sql-dir` holding feature views.
 pub const FEATURES_DIR: &str = "features";
 
-/// Every feature view of the server, loaded once at start.
+/// Every feature view of the server: read at start, and again on `RELOAD FEATURE VIEWS`.
 #[derive(Debug, Default)]
 pub struct FeatureStore {
-    views: BTreeMap<String, Arc<ViewState>>,
-    /// Files that failed to load, by view name: reported again when the view is used.
-    invalid: BTreeMap<String, DefinitionError>,
-    /// Bumped each time any view's materialized table or index is swapped.
+    /// `<sql-dir>/features`; `None` without `--sql-dir` (no views, nothing to reload).
+    dir: Option<PathBuf>,
+    /// The views as last read, swapped whole by a reload.
+    loaded: RwLock<Arc<Loaded>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+    /// Bumped each time any view's materialized table or index is swapped, or the views are.
     generation: Arc<AtomicU64>,
+}
+
+/// The views read from the directory, and the files that failed.
+#[derive(Debug, Default)]
+struct Loaded {
+    views: BTreeMap<String, Arc<ViewState>>,
+    /// Files that failed to load, by view name: reported again when the view is used (unless an
+    /// earlier version of the view still serves).
+    invalid: BTreeMap<String, DefinitionError>,
+}
+
+/// What `RELOAD FEATURE VIEWS` did to one view (views it left as they were are not listed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewReload {
+    pub view: String,
+    /// `loaded` (a new file), `reloaded` (a changed file), `removed`, or `failed` (the file does
+    /// not parse; an earlier version keeps serving).
+    pub action: &'static str,
+    pub error: Option<String>,
 }
 
 /// One view: its definition and what is materialized of it.
@@ -65,20 +90,35 @@ impl FeatureStore {
     /// is logged with its path and line and left out; the others load. A missing directory means no
     /// views.
     pub fn load(sql_dir: &Path) -> Result<Self> {
-        let dir = sql_dir.join(FEATURES_DIR);
-        let mut store = Self::default();
+        let store = Self {
+            dir: Some(sql_dir.join(FEATURES_DIR)),
+            ..Self::default()
+        };
+        let loaded = store.read_files()?;
+        if let Ok(mut held) = store.loaded.write() {
+            *held = Arc::new(loaded);
+        }
+        Ok(store)
+    }
+
+    /// The definitions in the directory now, each with nothing materialized yet.
+    fn read_files(&self) -> Result<Loaded> {
+        let mut loaded = Loaded::default();
+        let Some(dir) = &self.dir else {
+            return Ok(loaded);
+        };
         if !dir.is_dir() {
             tracing::info!(dir = %dir.display(), "no feature view directory");
-            return Ok(store);
+            return Ok(loaded);
         }
         let mut files = Vec::new();
-        collect_sql_files(&dir, &mut files)?;
+        collect_sql_files(dir, &mut files)?;
         files.sort();
         for path in files {
             let text = std::fs::read_to_string(&path)?;
             match FeatureView::parse(&path, &text) {
                 Ok(view) => {
-                    if let Some(other) = store.views.get(&view.name) {
+                    if let Some(other) = loaded.views.get(&view.name) {
                         let error = DefinitionError {
                             path: path.clone(),
                             line: 1,
@@ -91,13 +131,13 @@ impl FeatureStore {
                         tracing::error!("feature view not loaded: {error}");
                         continue;
                     }
-                    store.views.insert(
+                    loaded.views.insert(
                         view.name.clone(),
                         Arc::new(ViewState {
                             definition: view,
                             materialized: RwLock::new(None),
                             refresh_lock: tokio::sync::Mutex::new(()),
-                            generation: store.generation.clone(),
+                            generation: self.generation.clone(),
                         }),
                     );
                 }
@@ -108,32 +148,37 @@ impl FeatureStore {
                         .and_then(|s| s.to_str())
                         .unwrap_or_default()
                         .to_string();
-                    store.invalid.insert(name, error);
+                    loaded.invalid.insert(name, error);
                 }
             }
         }
         tracing::info!(
             dir = %dir.display(),
-            loaded = store.views.len(),
-            invalid = store.invalid.len(),
+            loaded = loaded.views.len(),
+            invalid = loaded.invalid.len(),
             "feature views"
         );
-        Ok(store)
+        Ok(loaded)
     }
 
-    /// Changes each time a view is materialized again, so whatever was planned against the views
-    /// can tell it is out of date (see [`crate::query::prepared`]).
+    fn loaded(&self) -> Arc<Loaded> {
+        self.loaded.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Changes each time a view is materialized again or the views are reloaded, so whatever was
+    /// planned against the views can tell it is out of date (see [`crate::query::prepared`]).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
-    pub fn views(&self) -> impl Iterator<Item = &Arc<ViewState>> {
-        self.views.values()
+    pub fn views(&self) -> Vec<Arc<ViewState>> {
+        self.loaded().views.values().cloned().collect()
     }
 
     /// The views with an offline table, in name order: what `REFRESH FEATURE VIEWS` refreshes.
     pub fn materialized_views(&self) -> Vec<Arc<ViewState>> {
-        self.views
+        self.loaded()
+            .views
             .values()
             .filter(|v| v.definition.offline)
             .cloned()
@@ -141,16 +186,17 @@ impl FeatureStore {
     }
 
     /// The view called `name`; an unknown name or a file that failed to load is an error saying so.
-    pub fn view(&self, name: &str) -> Result<&Arc<ViewState>> {
-        if let Some(view) = self.views.get(name) {
-            return Ok(view);
+    pub fn view(&self, name: &str) -> Result<Arc<ViewState>> {
+        let loaded = self.loaded();
+        if let Some(view) = loaded.views.get(name) {
+            return Ok(view.clone());
         }
-        if let Some(error) = self.invalid.get(name) {
+        if let Some(error) = loaded.invalid.get(name) {
             return Err(Error::InvalidInput(format!(
                 "feature view {name} did not load: {error}"
             )));
         }
-        let known: Vec<&str> = self.views.keys().map(String::as_str).collect();
+        let known: Vec<&str> = loaded.views.keys().map(String::as_str).collect();
         Err(Error::TableNotFound(format!(
             "feature view {name} (views: {})",
             if known.is_empty() {
@@ -161,19 +207,121 @@ impl FeatureStore {
         )))
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<ViewState>> {
-        self.views.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<ViewState>> {
+        self.loaded().views.get(name).cloned()
     }
 
     /// Opens the materialized table of every view that has one and builds the online indexes.
     /// A view that fails is logged and stays unmaterialized; the others open.
     pub async fn open_all(&self, session: &QuiverSession) {
-        for view in self.views.values() {
+        for view in self.views() {
             if let Err(e) = view.reload(session).await {
                 tracing::error!(view = %view.definition.name, "cannot open feature view: {e}");
             }
         }
     }
+
+    /// `RELOAD FEATURE VIEWS`: reads the directory again and swaps in the new set of views at once.
+    /// A view whose file is unchanged keeps its state (table, index); a new or changed one opens
+    /// its table as it is (a changed definition is materialized by the next refresh, which is
+    /// full: the definition's fingerprint differs); a removed file's view goes (its table stays).
+    /// A file that no longer parses is reported and its previous version keeps serving.
+    pub async fn reload(&self, session: &QuiverSession) -> Result<Vec<ViewReload>> {
+        if self.dir.is_none() {
+            return Err(Error::InvalidInput(
+                "RELOAD FEATURE VIEWS: no SQL directory is configured (--sql-dir)".into(),
+            ));
+        }
+        let _one = self.reloading.lock().await;
+        let old = self.loaded();
+        let fresh = self.read_files()?;
+        let mut next = Loaded {
+            views: BTreeMap::new(),
+            invalid: fresh.invalid.clone(),
+        };
+        let mut report = Vec::new();
+        let outcome = |view: &str, action, error: Option<String>| ViewReload {
+            view: view.to_string(),
+            action,
+            error,
+        };
+        for (name, view) in fresh.views {
+            let kept = old.views.get(&name);
+            if let Some(kept) = kept
+                && kept.definition == view.definition
+            {
+                next.views.insert(name, kept.clone());
+                continue;
+            }
+            let action = if kept.is_some() { "reloaded" } else { "loaded" };
+            // As at start, a table that does not fit the definition (a renamed key column) leaves
+            // the view unmaterialized: its table reads from Delta until a refresh rewrites it.
+            let error = view
+                .reload(session)
+                .await
+                .err()
+                .map(|e| format!("not served online until the next REFRESH of the view: {e}"));
+            report.push(outcome(&name, action, error));
+            next.views.insert(name, view);
+        }
+        for (name, error) in &fresh.invalid {
+            if let Some(kept) = old.views.get(name)
+                && !next.views.contains_key(name)
+            {
+                next.views.insert(name.clone(), kept.clone());
+            }
+            if old.invalid.get(name) != Some(error) {
+                report.push(outcome(name, "failed", Some(error.to_string())));
+            }
+        }
+        for name in old.views.keys() {
+            if !next.views.contains_key(name) {
+                report.push(outcome(name, "removed", None));
+            }
+        }
+        report.sort_by(|a, b| a.view.cmp(&b.view));
+        for r in &report {
+            tracing::info!(view = %r.view, action = r.action, error = ?r.error, "feature view reload");
+        }
+        if let Ok(mut held) = self.loaded.write() {
+            *held = Arc::new(next);
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(report)
+    }
+}
+
+/// The columns of `RELOAD FEATURE VIEWS`' answer: one row per view it changed.
+pub fn reload_report_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("view", DataType::Utf8, false),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("error", DataType::Utf8, true),
+    ]))
+}
+
+/// `RELOAD FEATURE VIEWS`.
+pub async fn run_reload(session: &QuiverSession) -> Result<SendableRecordBatchStream> {
+    let report = session.features().reload(session).await?;
+    let batch = RecordBatch::try_new(
+        reload_report_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                report.iter().map(|r| &r.view),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                report.iter().map(|r| r.action),
+            )),
+            Arc::new(StringArray::from_iter(
+                report.iter().map(|r| r.error.as_deref()),
+            )),
+        ],
+    )?;
+    Ok(Box::pin(MemoryStream::try_new(
+        vec![batch],
+        reload_report_schema(),
+        None,
+    )?))
 }
 
 impl ViewState {

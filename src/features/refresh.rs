@@ -528,7 +528,7 @@ fn report_batch(reports: &[Report]) -> Result<RecordBatch> {
 pub async fn run(session: &QuiverSession, name: Option<&str>) -> Result<SendableRecordBatchStream> {
     let features = session.features();
     let views: Vec<Arc<ViewState>> = match name {
-        Some(name) => vec![features.view(name)?.clone()],
+        Some(name) => vec![features.view(name)?],
         None => features.materialized_views(),
     };
     let mut reports = Vec::with_capacity(views.len());

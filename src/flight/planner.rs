@@ -166,6 +166,7 @@ fn write_kind(planned: &Planned) -> Option<&'static str> {
             Command::DropTable { .. } => "DROP TABLE",
             Command::RefreshFeatureViews { .. } => "REFRESH FEATURE VIEW",
             Command::ReloadModels => "RELOAD MODELS",
+            Command::ReloadFeatureViews => "RELOAD FEATURE VIEWS",
         }),
         Planned::Query(LogicalPlan::Dml(dml)) => Some(dml_name(dml)),
         // EXPLAIN ANALYZE runs its statement.

@@ -26,6 +26,7 @@ pub async fn run(session: &QuiverSession, command: Command) -> Result<SendableRe
             return crate::features::refresh::run(session, name.as_deref()).await;
         }
         Command::ReloadModels => return crate::scoring::run_reload(session).await,
+        Command::ReloadFeatureViews => return crate::features::run_reload(session).await,
         Command::CreateSchema {
             name,
             if_not_exists,

@@ -73,6 +73,8 @@ pub enum Command {
     },
     /// `RELOAD MODELS`: load new and changed model directories now.
     ReloadModels,
+    /// `RELOAD FEATURE VIEWS`: read `<sql-dir>/features/` again.
+    ReloadFeatureViews,
 }
 
 impl Planned {
@@ -85,6 +87,9 @@ impl Planned {
                 crate::features::refresh::report_schema()
             }
             Planned::Command(Command::ReloadModels) => crate::scoring::reload_report_schema(),
+            Planned::Command(Command::ReloadFeatureViews) => {
+                crate::features::reload_report_schema()
+            }
             Planned::Command(_) => Arc::new(Schema::empty()),
         }
     }
@@ -148,8 +153,12 @@ pub async fn plan_sql_with(
     if let Some(command) = refresh_command(sql)? {
         return Ok(Planned::Command(command));
     }
-    if is_reload_models(sql) {
-        return Ok(Planned::Command(Command::ReloadModels));
+    match reload_words(sql).as_slice() {
+        [models] if models == "MODELS" => return Ok(Planned::Command(Command::ReloadModels)),
+        [feature, views] if feature == "FEATURE" && views == "VIEWS" => {
+            return Ok(Planned::Command(Command::ReloadFeatureViews));
+        }
+        _ => {}
     }
     let rewritten = rewrite_extensions(sql)?;
     let mut statements = DFParser::parse_sql_with_dialect(&rewritten.sql, &GenericDialect {})
@@ -241,15 +250,18 @@ fn refresh_command(sql: &str) -> Result<Option<Command>> {
     }
 }
 
-/// `RELOAD MODELS` (any case and spacing, optional semicolon).
-fn is_reload_models(sql: &str) -> bool {
-    let words: Vec<String> = sql
+/// The words after `RELOAD` (upper case), for `RELOAD MODELS` and `RELOAD FEATURE VIEWS` (any
+/// case and spacing, optional semicolon); empty for any other statement.
+fn reload_words(sql: &str) -> Vec<String> {
+    let mut words = sql
         .trim()
         .trim_end_matches(';')
         .split_whitespace()
-        .map(str::to_ascii_uppercase)
-        .collect();
-    words == ["RELOAD", "MODELS"]
+        .map(str::to_ascii_uppercase);
+    match words.next() {
+        Some(first) if first == "RELOAD" => words.collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The SQL statement inside DataFusion's wrapper, looking through `EXPLAIN`.

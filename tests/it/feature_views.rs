@@ -232,3 +232,163 @@ async fn a_prepared_lookup_follows_each_refresh() {
     let info = lookup.execute().await.expect("execute");
     assert_eq!(fetch(&mut client, info).await[0].num_rows(), 1);
 }
+
+/// `RELOAD FEATURE VIEWS` reads the directory again: a new file is a new view, a changed one is
+/// served from its table until the next (full) refresh, a broken one is reported and its previous
+/// version keeps serving, a removed one goes. A prepared lookup follows every swap.
+#[tokio::test]
+async fn reload_picks_up_new_changed_broken_and_removed_view_files() {
+    let sql_dir = tempfile::tempdir().expect("sql dir");
+    let views = sql_dir.path().join("features");
+    std::fs::create_dir_all(&views).expect("features dir");
+    let counts = |n: &str| {
+        format!(
+            "-- @entity user_id\n-- @event_time ts\n-- @materialize offline, online\n\
+             SELECT user_id, max(ts) AS ts, {n} AS n FROM events GROUP BY user_id\n"
+        )
+    };
+    std::fs::write(views.join("counts.sql"), counts("count(*)")).expect("counts");
+    let server = TestServer::start_with(quiver::session::SessionOptions {
+        sql_dir: Some(sql_dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    let mut client = server.sql_client().await;
+    for statement in [
+        "CREATE TABLE events (user_id BIGINT, ts TIMESTAMP)",
+        "INSERT INTO events VALUES (1, now()), (1, now()), (2, now())",
+        "REFRESH FEATURE VIEWS",
+    ] {
+        client
+            .execute_update(statement.into(), None)
+            .await
+            .expect(statement);
+    }
+    let mut lookup = client
+        .prepare(
+            "SELECT n FROM features.counts WHERE user_id = ?".into(),
+            None,
+        )
+        .await
+        .expect("prepare");
+    let mut n_of_user_1 = async || {
+        lookup.set_parameters(binding(&[1])).expect("bind");
+        let info = lookup.execute().await.expect("execute");
+        pretty(&fetch(&mut server.sql_client().await, info).await)
+    };
+    assert!(n_of_user_1().await.iter().any(|l| l == "| 2 |"));
+    let reload = async |client: &mut _| query(client, "RELOAD FEATURE VIEWS").await;
+
+    std::fs::write(
+        views.join("sums.sql"),
+        counts("sum(user_id)").replace("AS n", "AS total"),
+    )
+    .expect("sums");
+    let report = reload(&mut client).await;
+    assert!(
+        report.iter().any(|l| l.contains("| sums | loaded |")),
+        "{report:?}"
+    );
+    assert_eq!(report.len(), 5, "one row: {report:?}");
+    client
+        .execute_update("REFRESH FEATURE VIEW sums".into(), None)
+        .await
+        .expect("refresh sums");
+    let sums = query(
+        &mut client,
+        "SELECT total FROM features.sums WHERE user_id = 1",
+    )
+    .await;
+    assert!(sums.iter().any(|l| l == "| 2     |"), "{sums:?}");
+
+    std::fs::write(views.join("counts.sql"), counts("count(*) * 10")).expect("changed");
+    let report = reload(&mut client).await;
+    assert!(
+        report.iter().any(|l| l.contains("| counts | reloaded |")),
+        "{report:?}"
+    );
+    assert!(
+        n_of_user_1().await.iter().any(|l| l == "| 2 |"),
+        "served from its table"
+    );
+    let refreshed = query(&mut client, "REFRESH FEATURE VIEW counts").await;
+    assert!(
+        refreshed.iter().any(|l| l.contains("full")),
+        "{refreshed:?}"
+    );
+    assert!(n_of_user_1().await.iter().any(|l| l == "| 20 |"));
+
+    // A renamed key: the table does not fit until the refresh rewrites it.
+    let renamed = counts("count(*)")
+        .replace("@entity user_id", "@entity uid")
+        .replace("SELECT user_id,", "SELECT user_id AS uid,");
+    std::fs::write(views.join("counts.sql"), renamed).expect("renamed");
+    let report = reload(&mut client).await;
+    assert!(
+        report
+            .iter()
+            .any(|l| l.contains("| counts | reloaded | not served online until the next REFRESH")),
+        "{report:?}"
+    );
+    client
+        .execute_update("REFRESH FEATURE VIEW counts".into(), None)
+        .await
+        .expect("refresh renamed");
+    let plan = query(
+        &mut client,
+        "EXPLAIN SELECT n FROM features.counts WHERE uid = 1",
+    )
+    .await;
+    assert!(
+        plan.iter().any(|l| l.contains("OnlineLookupExec")),
+        "{plan:?}"
+    );
+    let renamed = query(&mut client, "SELECT n FROM features.counts WHERE uid = 1").await;
+    assert!(renamed.iter().any(|l| l == "| 2 |"), "{renamed:?}");
+    std::fs::write(views.join("counts.sql"), counts("count(*) * 10")).expect("back");
+    reload(&mut client).await;
+    query(&mut client, "REFRESH FEATURE VIEW counts").await;
+    assert!(n_of_user_1().await.iter().any(|l| l == "| 20 |"));
+
+    std::fs::write(views.join("counts.sql"), "SELECT 1").expect("broken");
+    let report = reload(&mut client).await;
+    assert!(
+        report.iter().any(|l| l.contains("| counts | failed | ")),
+        "{report:?}"
+    );
+    assert!(
+        report.iter().any(|l| l.contains("counts.sql:")),
+        "{report:?}"
+    );
+    assert!(
+        n_of_user_1().await.iter().any(|l| l == "| 20 |"),
+        "the previous version"
+    );
+    let again = reload(&mut client).await;
+    assert!(
+        !again.iter().any(|l| l.contains("counts")),
+        "reported once: {again:?}"
+    );
+
+    std::fs::remove_file(views.join("sums.sql")).expect("remove");
+    let report = reload(&mut client).await;
+    assert!(
+        report.iter().any(|l| l.contains("| sums | removed |")),
+        "{report:?}"
+    );
+    let error = client
+        .execute_update("REFRESH FEATURE VIEW sums".into(), None)
+        .await
+        .expect_err("gone");
+    assert_eq!(code(&error), Code::NotFound, "{error}");
+
+    let plain = TestServer::start().await;
+    let error = plain
+        .sql_client()
+        .await
+        .execute("RELOAD FEATURE VIEWS".into(), None)
+        .await
+        .expect_err("no sql dir");
+    assert_eq!(code(&error), Code::InvalidArgument, "{error}");
+    assert!(error.to_string().contains("--sql-dir"), "{error}");
+}
