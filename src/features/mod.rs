@@ -18,7 +18,6 @@ use std::sync::{Arc, RwLock};
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::physical_plan::memory::MemoryStream;
 use futures::TryStreamExt;
 use url::Url;
 
@@ -317,11 +316,7 @@ pub async fn run_reload(session: &QuiverSession) -> Result<SendableRecordBatchSt
             )),
         ],
     )?;
-    Ok(Box::pin(MemoryStream::try_new(
-        vec![batch],
-        reload_report_schema(),
-        None,
-    )?))
+    crate::query::one_batch(batch)
 }
 
 impl ViewState {

@@ -29,7 +29,6 @@ use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::utils::disjunction;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast};
-use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::{col, lit};
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
@@ -535,12 +534,7 @@ pub async fn run(session: &QuiverSession, name: Option<&str>) -> Result<Sendable
     for view in &views {
         reports.push(refresh(session, view).await?);
     }
-    let batch = report_batch(&reports)?;
-    Ok(Box::pin(MemoryStream::try_new(
-        vec![batch],
-        report_schema(),
-        None,
-    )?))
+    crate::query::one_batch(report_batch(&reports)?)
 }
 
 /// Refreshes every materialized view every `interval` until the process ends. A failing view is

@@ -11,6 +11,7 @@ use deltalake::DeltaTable;
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::query::one_batch;
 use crate::query::statement::Command;
 use crate::session::QuiverSession;
 use crate::storage::table::count_batch;
@@ -187,11 +188,6 @@ fn location_url(location: &str) -> Result<Url> {
                 .map_err(|()| Error::InvalidInput(format!("'{location}' is not a usable path")))
         }
     }
-}
-
-fn one_batch(batch: RecordBatch) -> Result<SendableRecordBatchStream> {
-    let schema = batch.schema();
-    Ok(Box::pin(MemoryStream::try_new(vec![batch], schema, None)?))
 }
 
 fn empty() -> Result<SendableRecordBatchStream> {

@@ -10,7 +10,6 @@ use datafusion::datasource::source_as_provider;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::expr_rewriter::unnormalize_col;
 use datafusion::logical_expr::{DmlStatement, Expr, LogicalPlan, WriteOp};
-use datafusion::physical_plan::memory::MemoryStream;
 
 use crate::error::{Error, Result};
 use crate::storage::table::{DeltaTableProvider, count_batch, delete_rows, update_rows};
@@ -82,9 +81,7 @@ pub async fn run(dml: &DmlStatement) -> Result<SendableRecordBatchStream> {
     } else {
         update_rows(table, assignments(&dml.input)?, predicate).await?
     };
-    let batch = count_batch(count)?;
-    let schema = batch.schema();
-    Ok(Box::pin(MemoryStream::try_new(vec![batch], schema, None)?))
+    crate::query::one_batch(count_batch(count)?)
 }
 
 /// The conjunction of every WHERE filter, with columns unqualified (delta-rs resolves them against

@@ -13,3 +13,15 @@ pub mod statement;
 pub use statement::{
     Command, Planned, direct_answer, execute, plan_sql, run_sql, schema_and_table,
 };
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::memory::MemoryStream;
+
+use crate::error::Result;
+
+/// A command's answer: one batch, as a stream.
+pub fn one_batch(batch: RecordBatch) -> Result<SendableRecordBatchStream> {
+    let schema = batch.schema();
+    Ok(Box::pin(MemoryStream::try_new(vec![batch], schema, None)?))
+}

@@ -30,7 +30,6 @@ use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::physical_plan::memory::MemoryStream;
 
 use crate::error::{Error, Result};
 use crate::scoring::exclusion::Exclusion;
@@ -418,11 +417,7 @@ pub async fn run_reload(session: &QuiverSession) -> Result<SendableRecordBatchSt
             column(&|o| o.error.clone()),
         ],
     )?;
-    Ok(Box::pin(MemoryStream::try_new(
-        vec![batch],
-        reload_report_schema(),
-        None,
-    )?))
+    crate::query::one_batch(batch)
 }
 
 /// How often the server looks for changed model directories.
