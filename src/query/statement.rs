@@ -158,7 +158,13 @@ pub async fn plan_sql_with(
         [feature, views] if feature == "FEATURE" && views == "VIEWS" => {
             return Ok(Planned::Command(Command::ReloadFeatureViews));
         }
-        _ => {}
+        [] => {}
+        _ => {
+            return Err(Error::InvalidInput(format!(
+                "expected RELOAD MODELS or RELOAD FEATURE VIEWS, got {}",
+                sql.trim()
+            )));
+        }
     }
     let rewritten = rewrite_extensions(sql)?;
     let mut statements = DFParser::parse_sql_with_dialect(&rewritten.sql, &GenericDialect {})
@@ -251,7 +257,7 @@ fn refresh_command(sql: &str) -> Result<Option<Command>> {
 }
 
 /// The words after `RELOAD` (upper case), for `RELOAD MODELS` and `RELOAD FEATURE VIEWS` (any
-/// case and spacing, optional semicolon); empty for any other statement.
+/// case and spacing, optional semicolon); empty for any other statement (and a bare `RELOAD`).
 fn reload_words(sql: &str) -> Vec<String> {
     let mut words = sql
         .trim()
