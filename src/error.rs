@@ -138,6 +138,15 @@ impl Error {
     }
 }
 
+/// What a caught panic said (its `&str` or `String` payload).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message")
+}
+
 /// `message` up to the stack trace some errors carry when `RUST_BACKTRACE` is set (the Delta
 /// kernel's do, one frame per line from `0:`): clients get the error, the log keeps the frames.
 fn without_backtrace(message: &str) -> &str {

@@ -99,11 +99,7 @@ where
             match AssertUnwindSafe(inner.call(request)).catch_unwind().await {
                 Ok(result) => result.map(|response| response.map(Body::new)),
                 Err(panic) => {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
+                    let message = crate::error::panic_message(panic.as_ref());
                     tracing::error!(rpc = %path, panic = %message, "handler panicked");
                     let status = Status::internal(format!(
                         "internal error: the server hit a bug handling {path} (it is logged); \

@@ -118,11 +118,13 @@ impl StatementHandle {
 }
 
 fn read_ipc(bytes: &Bytes, what: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let reader = StreamReader::try_new(Cursor::new(bytes.clone()), None)
-        .map_err(|e| Error::InvalidInput(format!("malformed {what}: {e}")))?;
-    let schema = reader.schema();
-    let batches = reader.collect::<Result<Vec<_>, _>>()?;
-    Ok((schema, batches))
+    crate::flight::stream::decoding(|| {
+        let reader = StreamReader::try_new(Cursor::new(bytes.clone()), None)
+            .map_err(|e| Error::InvalidInput(format!("malformed {what}: {e}")))?;
+        let schema = reader.schema();
+        let batches = reader.collect::<Result<Vec<_>, _>>()?;
+        Ok((schema, batches))
+    })
 }
 
 fn ipc_bytes(schema: &Schema, batches: &[RecordBatch]) -> Result<Bytes> {

@@ -33,6 +33,11 @@ static SCHEMAS: LazyLock<Mutex<HashMap<Bytes, SchemaRef, RandomState>>> =
 /// `None` for a stream the general readers must decode (no schema first, dictionaries, a message
 /// that does not parse); `Some(Err)` for a batch that parses but does not match its schema.
 pub fn decode(messages: impl IntoIterator<Item = (Bytes, Bytes)>) -> Option<Result<Batches>> {
+    crate::flight::stream::decoding(|| Ok(decode_messages(messages)))
+        .unwrap_or_else(|e| Some(Err(e)))
+}
+
+fn decode_messages(messages: impl IntoIterator<Item = (Bytes, Bytes)>) -> Option<Result<Batches>> {
     let mut messages = messages.into_iter();
     let (header, _) = messages.next()?;
     let schema = schema_of(header)?;

@@ -124,7 +124,15 @@ where
                 .map_err(|e| FlightError::DecodeError(e.to_string()));
             futures::future::ready(checked)
         });
-    let mut decoder = FlightDataDecoder::new(messages);
+    // A panic inside arrow's decoder (see [`decoding`]) ends the stream with that error.
+    let mut decoder = std::panic::AssertUnwindSafe(FlightDataDecoder::new(messages))
+        .catch_unwind()
+        .map(|item| {
+            item.unwrap_or_else(|panic| {
+                let problem = crate::error::panic_message(panic.as_ref());
+                Err(FlightError::DecodeError(problem.to_string()))
+            })
+        });
     let schema = loop {
         match decoder.next().await {
             Some(Ok(decoded)) => {
@@ -150,6 +158,19 @@ where
     ))))
 }
 
+/// Runs an Arrow IPC decoder over a client's bytes. arrow's decoder reports most malformed input,
+/// but panics on some (a validity bitmap shorter than the row count the header claims): that is
+/// the client's malformed data, not a server fault, so a panic is `InvalidInput`. The decoders keep
+/// nothing past the call, so unwinding out of one is safe.
+pub fn decoding<T>(decode: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
+        .unwrap_or_else(|panic| Err(malformed(crate::error::panic_message(panic.as_ref()))))
+}
+
+fn malformed(problem: &str) -> Error {
+    Error::InvalidInput(format!("malformed Arrow data: {problem}"))
+}
+
 /// Checks that the buffers an IPC record batch or dictionary message names lie within its body of
 /// `body_len` bytes: arrow's decoder panics on one that does not (a truncated or forged client
 /// message). A header that does not parse is left for the decoder to report.
@@ -171,8 +192,8 @@ pub fn check_body(header: &[u8], body_len: usize) -> Result<()> {
             .is_none_or(|end| end > body_len as u64)
     });
     if outside {
-        return Err(Error::InvalidInput(format!(
-            "malformed Arrow data: a buffer lies outside its {body_len}-byte message body"
+        return Err(malformed(&format!(
+            "a buffer lies outside its {body_len}-byte message body"
         )));
     }
     Ok(())

@@ -162,11 +162,7 @@ impl OnnxModel {
                 result.map_err(|e| Error::InvalidInput(format!("model evaluation failed: {e:#}")))
             }
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("the model panicked");
+                let message = crate::error::panic_message(panic.as_ref());
                 Err(Error::InvalidInput(format!(
                     "model evaluation failed (an input out of the model's range?): {message}"
                 )))

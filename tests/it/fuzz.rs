@@ -109,18 +109,44 @@ proptest! {
                 assert!(acceptable(&status), "DoAction: {status:?}");
             }
             let put = FlightData::new().with_descriptor(descriptor).with_data_header(bytes.clone());
-            match client.do_put(futures::stream::iter([put])).await {
-                Err(status) => assert!(acceptable(&status), "DoPut: {status:?}"),
-                Ok(response) => {
-                    let mut results = response.into_inner();
-                    while let Some(item) = results.next().await {
-                        if let Err(status) = item {
-                            assert!(acceptable(&status), "DoPut stream: {status:?}");
-                        }
-                    }
-                }
+            for status in put_errors(&mut client, vec![put]).await {
+                assert!(acceptable(&status), "DoPut: {status:?}");
             }
             // Still serving.
+            let ok = client.do_get(Ticket::new("SELECT 1")).await;
+            assert!(ok.is_ok(), "server stopped answering: {ok:?}");
+        });
+    }
+
+    #[test]
+    fn mutated_uploads_get_clear_statuses(
+        target in 0usize..2,
+        part in 0usize..2,
+        edits in proptest::collection::vec((any::<u16>(), any::<u8>()), 1..6),
+        cut in proptest::option::of(any::<u16>()),
+        parameters in any::<bool>(),
+    ) {
+        let (runtime, _) = server();
+        runtime.block_on(async {
+            let mut messages = upload_messages(parameters).await;
+            // Overwrite a few bytes of the schema's or the batch's header or body, perhaps cut it.
+            let message = &mut messages[target];
+            let bytes = if part == 0 { &mut message.data_header } else { &mut message.data_body };
+            let mut edited = bytes.to_vec();
+            if !edited.is_empty() {
+                for (at, value) in &edits {
+                    let at = usize::from(*at) % edited.len();
+                    edited[at] = *value;
+                }
+                if let Some(cut) = cut {
+                    edited.truncate(usize::from(cut) % edited.len());
+                }
+            }
+            *bytes = Bytes::from(edited);
+            let mut client = client().await;
+            for status in put_errors(&mut client, messages).await {
+                assert!(acceptable(&status), "DoPut: {status:?}");
+            }
             let ok = client.do_get(Ticket::new("SELECT 1")).await;
             assert!(ok.is_ok(), "server stopped answering: {ok:?}");
         });
@@ -153,6 +179,154 @@ proptest! {
         std::fs::write(&path, &text).expect("write");
         let _ = Auth::from_file(&path);
     }
+}
+
+/// The uploads the property mutates are accepted as they are: the property tests the decoders,
+/// not an upload refused for another reason.
+#[test]
+fn unmutated_uploads_are_accepted() {
+    let (runtime, _) = server();
+    runtime.block_on(async {
+        for parameters in [false, true] {
+            let messages = upload_messages(parameters).await;
+            let response = client()
+                .await
+                .do_put(futures::stream::iter(messages))
+                .await
+                .expect("accepted");
+            let mut results = response.into_inner();
+            while let Some(item) = results.next().await {
+                item.expect("accepted");
+            }
+        }
+    });
+}
+
+/// A batch whose header claims far more rows than its buffers hold (found by the property above):
+/// arrow's decoder panics building the validity bitmap; the server answers InvalidArgument.
+#[test]
+fn a_batch_longer_than_its_buffers_is_invalid_argument() {
+    let (runtime, _) = server();
+    runtime.block_on(async {
+        for parameters in [false, true] {
+            let mut messages = upload_messages(parameters).await;
+            let mut header = messages[1].data_header.to_vec();
+            // The field nodes (length, null count) of the columns with a null: their validity
+            // bitmaps are one byte, the lengths now billions.
+            let node = [3i64.to_le_bytes(), 1i64.to_le_bytes()].concat();
+            let nullable: Vec<usize> = (0..header.len().saturating_sub(15))
+                .filter(|&at| header[at..at + 16] == node[..])
+                .collect();
+            assert!(
+                !nullable.is_empty(),
+                "the nullable columns' nodes in the header"
+            );
+            for at in nullable {
+                header[at + 3] = 0xac;
+            }
+            messages[1].data_header = Bytes::from(header);
+            let status = put_errors(&mut client().await, messages)
+                .await
+                .pop()
+                .expect("refused");
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert!(
+                status.message().contains("malformed Arrow data"),
+                "{status:?}"
+            );
+        }
+    });
+}
+
+/// The errors of a DoPut: of the call, or in its result stream.
+async fn put_errors(
+    client: &mut FlightServiceClient<Channel>,
+    messages: Vec<FlightData>,
+) -> Vec<tonic::Status> {
+    match client.do_put(futures::stream::iter(messages)).await {
+        Err(status) => vec![status],
+        Ok(response) => {
+            let results: Vec<_> = response.into_inner().collect().await;
+            results.into_iter().filter_map(Result::err).collect()
+        }
+    }
+}
+
+/// A well-formed upload of a batch with a few column types (schema message, then the batch), as
+/// an ingest into `fuzzed` or as the parameters of a prepared `SELECT $1, $2, $3`.
+async fn upload_messages(parameters: bool) -> Vec<FlightData> {
+    use arrow_flight::encode::FlightDataEncoderBuilder;
+    use arrow_flight::sql::{
+        ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+        CommandPreparedStatementQuery, CommandStatementIngest, ProstMessageExt,
+        TableDefinitionOptions, TableExistsOption, TableNotExistOption,
+    };
+    use datafusion::arrow::array::{ArrayRef, Int64Array, ListArray, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::Float32Type;
+    use futures::TryStreamExt;
+    static HANDLE: tokio::sync::OnceCell<Bytes> = tokio::sync::OnceCell::const_new();
+    let batch = RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef),
+        (
+            "name",
+            Arc::new(StringArray::from(vec![Some("a"), None, Some("ccc")])) as ArrayRef,
+        ),
+        (
+            "embedding",
+            Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>([
+                Some(vec![Some(1.0), Some(2.0)]),
+                None,
+                Some(vec![Some(3.0)]),
+            ])) as ArrayRef,
+        ),
+    ])
+    .expect("batch");
+    let command = if parameters {
+        let handle = HANDLE
+            .get_or_init(|| async {
+                let request = ActionCreatePreparedStatementRequest {
+                    query: "SELECT $1, $2, $3".into(),
+                    ..Default::default()
+                };
+                let action =
+                    Action::new("CreatePreparedStatement", request.as_any().encode_to_vec());
+                let mut results = client()
+                    .await
+                    .do_action(action)
+                    .await
+                    .expect("prepare")
+                    .into_inner();
+                let result = results.next().await.expect("a result").expect("prepared");
+                let any = Any::decode(result.body).expect("any");
+                let prepared: ActionCreatePreparedStatementResult =
+                    any.unpack().expect("unpack").expect("a prepared statement");
+                prepared.prepared_statement_handle
+            })
+            .await;
+        CommandPreparedStatementQuery {
+            prepared_statement_handle: handle.clone(),
+        }
+        .as_any()
+        .encode_to_vec()
+    } else {
+        CommandStatementIngest {
+            table_definition_options: Some(TableDefinitionOptions {
+                if_not_exist: TableNotExistOption::Create.into(),
+                if_exists: TableExistsOption::Append.into(),
+            }),
+            table: "fuzzed".into(),
+            ..Default::default()
+        }
+        .as_any()
+        .encode_to_vec()
+    };
+    let mut messages: Vec<FlightData> = FlightDataEncoderBuilder::new()
+        .build(futures::stream::iter([Ok(batch)]))
+        .try_collect()
+        .await
+        .expect("encode");
+    messages[0].flight_descriptor = Some(FlightDescriptor::new_cmd(command));
+    messages
 }
 
 fn auth() -> &'static Auth {
