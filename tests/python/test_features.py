@@ -200,3 +200,33 @@ def test_invalid_view_files_are_reported_and_others_load(tmp_path, sql_dir):
     finally:
         assert server.stop() == 0
     assert "broken.sql:3: unknown directive @tll" in server.proc.stderr.read()
+
+
+def test_reload_feature_views_fixes_a_broken_file_and_follows_a_changed_one(tmp_path, sql_dir):
+    """RELOAD FEATURE VIEWS through ADBC: the broken file fixed becomes a view, a changed view is
+    recomputed by its next refresh (full), and an ADBC prepared lookup sees the new rows."""
+    server = start(tmp_path, sql_dir)
+    try:
+        with dbapi.connect(server.uri, autocommit=True) as conn:
+            now = datetime.now(timezone.utc).replace(tzinfo=None)
+            table = events(random.Random(3), 20, 200, now)
+            ingest(conn, "events", table, "create")
+            assert refresh(conn)["mode"] == "full"
+            want = expected(table)
+            assert lookup(conn, 4)[0]["clicks"] == want[4]["clicks"]
+            # Unchanged files: nothing to report.
+            assert rows(conn, "RELOAD FEATURE VIEWS") == []
+
+            (sql_dir / "features" / "broken.sql").write_text(BROKEN.replace("@tll", "@ttl"))
+            (sql_dir / "features" / "user_clicks.sql").write_text(
+                VIEW.replace("sum(clicks) AS clicks", "sum(clicks) * 100 AS clicks"))
+            report = {r["view"]: r for r in rows(conn, "RELOAD FEATURE VIEWS")}
+            assert {v: r["action"] for v, r in report.items()} == {"broken": "loaded", "user_clicks": "reloaded"}
+            assert all(r["error"] is None for r in report.values())
+            assert lookup(conn, 4)[0]["clicks"] == want[4]["clicks"], "its table until the refresh"
+            report = refresh(conn)
+            assert (report["mode"], report["reason"]) == ("full", "the view's definition changed"), report
+            assert lookup(conn, 4)[0]["clicks"] == 100 * want[4]["clicks"]
+            assert refresh(conn, "broken")["mode"] == "full"
+    finally:
+        assert server.stop() == 0
