@@ -95,6 +95,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let path = request.uri().path().to_string();
+        // Which RPCs a client makes, in order (`--log quiver::flight::guard=debug`).
+        tracing::debug!(rpc = %path, "call");
         Box::pin(async move {
             match AssertUnwindSafe(inner.call(request)).catch_unwind().await {
                 Ok(result) => result.map(|response| response.map(Body::new)),
