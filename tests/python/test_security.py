@@ -89,6 +89,8 @@ def test_roles_through_adbc_logins_and_tokens(secured, auth_file):
                 "DROP TABLE sec_events",
                 "CREATE TABLE sec_other AS SELECT 1 AS x",
                 "RELOAD MODELS",
+                "RELOAD FEATURE VIEWS",
+                "REFRESH FEATURE VIEWS",
             ]:
                 with pytest.raises(adbc_driver_manager.Error) as failure:
                     with conn.cursor() as cur:
