@@ -234,10 +234,7 @@ impl FeatureStore {
         let _one = self.reloading.lock().await;
         let old = self.loaded();
         let fresh = self.read_files()?;
-        let mut next = Loaded {
-            views: BTreeMap::new(),
-            invalid: fresh.invalid.clone(),
-        };
+        let mut next = Loaded::default();
         let mut report = Vec::new();
         let outcome = |view: &str, action, error: Option<String>| ViewReload {
             view: view.to_string(),
@@ -273,6 +270,7 @@ impl FeatureStore {
                 report.push(outcome(name, "failed", Some(error.to_string())));
             }
         }
+        next.invalid = fresh.invalid;
         for name in old.views.keys() {
             if !next.views.contains_key(name) {
                 report.push(outcome(name, "removed", None));

@@ -199,15 +199,20 @@ async fn explain_load_error(url: &Url, as_of: &AsOf, error: deltalake::DeltaTabl
     let AsOf::Version(requested) = as_of else {
         return error.into();
     };
-    match DeltaTableBuilder::from_url(url.clone()).map(|b| b.build()) {
-        Ok(Ok(table)) => match table.get_latest_version().await {
+    match unloaded(url) {
+        Some(table) => match table.get_latest_version().await {
             Ok(latest) if *requested > latest => Error::InvalidInput(format!(
                 "VERSION AS OF {requested}: the table's latest version is {latest}"
             )),
             _ => error.into(),
         },
-        _ => error.into(),
+        None => error.into(),
     }
+}
+
+/// The table at `url` with nothing of its log read: its store, to look at the log by hand.
+fn unloaded(url: &Url) -> Option<DeltaTable> {
+    DeltaTableBuilder::from_url(url.clone()).ok()?.build().ok()
 }
 
 /// Commit files read when looking for a corrupt one, newest first.
@@ -217,22 +222,15 @@ const COMMITS_CHECKED: usize = 100;
 /// [`Error::Corrupt`]; `None` when they all parse (or the log cannot be listed).
 async fn find_corrupt_commit(url: &Url) -> Option<Error> {
     use futures::TryStreamExt;
-    let table = DeltaTableBuilder::from_url(url.clone())
-        .ok()?
-        .build()
-        .ok()?;
-    let store = table.object_store();
+    let store = unloaded(url)?.object_store();
     let log = object_store::path::Path::from("_delta_log");
     let listed: Vec<ObjectMeta> = store.list(Some(&log)).try_collect().await.ok()?;
     let mut commits: Vec<(u64, ObjectMeta)> = listed
         .into_iter()
         .filter_map(|meta| {
-            let name = meta.location.filename()?;
-            let version = name.strip_suffix(".json")?;
-            (version.len() == 20)
-                .then(|| version.parse().ok())
-                .flatten()
-                .map(|v| (v, meta))
+            let name = meta.location.filename().filter(|n| n.ends_with(".json"))?;
+            let version = deltalake::logstore::extract_version_from_filename(name)?;
+            Some((version, meta))
         })
         .collect();
     commits.sort_by_key(|c| std::cmp::Reverse(c.0));

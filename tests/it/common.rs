@@ -115,6 +115,16 @@ pub async fn fetch(
     batches
 }
 
+/// Runs each statement as an update, in order; a failure names the statement.
+pub async fn update_all(client: &mut FlightSqlServiceClient<Channel>, statements: &[&str]) {
+    for statement in statements {
+        client
+            .execute_update(statement.to_string(), None)
+            .await
+            .expect(statement);
+    }
+}
+
 /// Runs a query and returns its result pretty-printed, one line per element.
 pub async fn query(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<String> {
     let info = client.execute(sql.to_string(), None).await.expect(sql);

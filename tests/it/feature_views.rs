@@ -6,7 +6,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
 use tonic::Code;
 
-use crate::common::{TestServer, code, fetch, pretty, query};
+use crate::common::{TestServer, code, fetch, pretty, query, update_all};
 
 fn binding(keys: &[i64]) -> RecordBatch {
     RecordBatch::try_from_iter(keys.iter().enumerate().map(|(i, &k)| {
@@ -22,21 +22,20 @@ fn binding(keys: &[i64]) -> RecordBatch {
 async fn example_views_refresh_and_serve_prepared_lookups() {
     let server = TestServer::with_example_views().await;
     let mut client = server.sql_client().await;
-    for statement in [
-        "CREATE TABLE interactions (user_id BIGINT, item_id BIGINT, event VARCHAR, ts TIMESTAMP)",
-        "INSERT INTO interactions VALUES \
-           (1, 10, 'view',  now() - INTERVAL '3 days'), \
-           (1, 10, 'click', now() - INTERVAL '2 days'), \
-           (1, 11, 'purchase', now() - INTERVAL '1 hour'), \
-           (2, 11, 'view',  now() - INTERVAL '5 hours')",
-        "CREATE TABLE items (item_id BIGINT, category VARCHAR)",
-        "INSERT INTO items VALUES (10, 'books'), (11, 'games')",
-    ] {
-        client
-            .execute_update(statement.into(), None)
-            .await
-            .expect(statement);
-    }
+    update_all(
+        &mut client,
+        &[
+            "CREATE TABLE interactions (user_id BIGINT, item_id BIGINT, event VARCHAR, ts TIMESTAMP)",
+            "INSERT INTO interactions VALUES \
+               (1, 10, 'view',  now() - INTERVAL '3 days'), \
+               (1, 10, 'click', now() - INTERVAL '2 days'), \
+               (1, 11, 'purchase', now() - INTERVAL '1 hour'), \
+               (2, 11, 'view',  now() - INTERVAL '5 hours')",
+            "CREATE TABLE items (item_id BIGINT, category VARCHAR)",
+            "INSERT INTO items VALUES (10, 'books'), (11, 'games')",
+        ],
+    )
+    .await;
     let refreshed = query(
         &mut client,
         "SELECT 1", // warm-up: the connection works before the refresh
@@ -170,18 +169,17 @@ async fn example_views_refresh_and_serve_prepared_lookups() {
 async fn a_prepared_lookup_follows_each_refresh() {
     let server = TestServer::with_example_views().await;
     let mut client = server.sql_client().await;
-    for statement in [
-        "CREATE TABLE interactions (user_id BIGINT, item_id BIGINT, event VARCHAR, ts TIMESTAMP)",
-        "INSERT INTO interactions VALUES (1, 10, 'view', now() - INTERVAL '1 hour')",
-        "CREATE TABLE items (item_id BIGINT, category VARCHAR)",
-        "INSERT INTO items VALUES (10, 'books')",
-        "REFRESH FEATURE VIEWS",
-    ] {
-        client
-            .execute_update(statement.into(), None)
-            .await
-            .expect(statement);
-    }
+    update_all(
+        &mut client,
+        &[
+            "CREATE TABLE interactions (user_id BIGINT, item_id BIGINT, event VARCHAR, ts TIMESTAMP)",
+            "INSERT INTO interactions VALUES (1, 10, 'view', now() - INTERVAL '1 hour')",
+            "CREATE TABLE items (item_id BIGINT, category VARCHAR)",
+            "INSERT INTO items VALUES (10, 'books')",
+            "REFRESH FEATURE VIEWS",
+        ],
+    )
+    .await;
     let mut lookup = client
         .prepare(
             "SELECT events_30d FROM features.user_activity WHERE user_id = ?".into(),
@@ -192,15 +190,14 @@ async fn a_prepared_lookup_follows_each_refresh() {
     let mut events = Vec::new();
     for round in 0..3 {
         if round > 0 {
-            for statement in [
-                "INSERT INTO interactions VALUES (1, 10, 'click', now() - INTERVAL '5 minutes')",
-                "REFRESH FEATURE VIEW user_activity",
-            ] {
-                client
-                    .execute_update(statement.into(), None)
-                    .await
-                    .expect(statement);
-            }
+            update_all(
+                &mut client,
+                &[
+                    "INSERT INTO interactions VALUES (1, 10, 'click', now() - INTERVAL '5 minutes')",
+                    "REFRESH FEATURE VIEW user_activity",
+                ],
+            )
+            .await;
         }
         // Twice per round: the second request is the one answered from the kept plan.
         for _ in 0..2 {
@@ -254,16 +251,15 @@ async fn reload_picks_up_new_changed_broken_and_removed_view_files() {
     })
     .await;
     let mut client = server.sql_client().await;
-    for statement in [
-        "CREATE TABLE events (user_id BIGINT, ts TIMESTAMP)",
-        "INSERT INTO events VALUES (1, now()), (1, now()), (2, now())",
-        "REFRESH FEATURE VIEWS",
-    ] {
-        client
-            .execute_update(statement.into(), None)
-            .await
-            .expect(statement);
-    }
+    update_all(
+        &mut client,
+        &[
+            "CREATE TABLE events (user_id BIGINT, ts TIMESTAMP)",
+            "INSERT INTO events VALUES (1, now()), (1, now()), (2, now())",
+            "REFRESH FEATURE VIEWS",
+        ],
+    )
+    .await;
     let mut lookup = client
         .prepare(
             "SELECT n FROM features.counts WHERE user_id = ?".into(),

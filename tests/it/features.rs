@@ -6,26 +6,25 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
 use tonic::Code;
 
-use crate::common::{TestServer, code, fetch, pretty, query};
+use crate::common::{TestServer, code, fetch, pretty, query, update_all};
 
 #[tokio::test]
 async fn asof_join_builds_a_point_in_time_training_set() {
     let server = TestServer::start().await;
     let mut client = server.sql_client().await;
-    for statement in [
-        "CREATE TABLE labels (user_id BIGINT, ts TIMESTAMP, clicked BOOLEAN) AS VALUES \
-         (1, TIMESTAMP '2024-01-02', true), (1, TIMESTAMP '2024-01-05', false), \
-         (2, TIMESTAMP '2024-01-03', true)",
-        // user 1's second row is 1 µs after the first label: it must not leak into it.
-        "CREATE TABLE activity (user_id BIGINT, ts TIMESTAMP, clicks_7d BIGINT) AS VALUES \
-         (1, TIMESTAMP '2024-01-01', 3), (1, TIMESTAMP '2024-01-02 00:00:00.000001', 7), \
-         (2, TIMESTAMP '2024-01-04', 9)",
-    ] {
-        client
-            .execute_update(statement.into(), None)
-            .await
-            .expect(statement);
-    }
+    update_all(
+        &mut client,
+        &[
+            "CREATE TABLE labels (user_id BIGINT, ts TIMESTAMP, clicked BOOLEAN) AS VALUES \
+             (1, TIMESTAMP '2024-01-02', true), (1, TIMESTAMP '2024-01-05', false), \
+             (2, TIMESTAMP '2024-01-03', true)",
+            // user 1's second row is 1 µs after the first label: it must not leak into it.
+            "CREATE TABLE activity (user_id BIGINT, ts TIMESTAMP, clicks_7d BIGINT) AS VALUES \
+             (1, TIMESTAMP '2024-01-01', 3), (1, TIMESTAMP '2024-01-02 00:00:00.000001', 7), \
+             (2, TIMESTAMP '2024-01-04', 9)",
+        ],
+    )
+    .await;
     let training = "SELECT l.user_id, l.ts, l.clicked, f.clicks_7d, \
          bucketize(f.clicks_7d, [1, 5]) AS bucket, feature_hash(l.user_id, 8) AS user_bucket \
          FROM labels l ASOF JOIN activity f MATCH_CONDITION (l.ts >= f.ts) ON l.user_id = f.user_id \

@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::{DataType, Schema};
 use futures::TryStreamExt;
 use tonic::Code;
 
-use crate::common::{TestServer, code, fetch, pretty, query};
+use crate::common::{TestServer, code, fetch, pretty, query, update_all};
 
 fn rows(ids: &[i64], names: &[&str]) -> RecordBatch {
     RecordBatch::try_from_iter([
@@ -506,13 +506,15 @@ async fn long_in_lists_neither_crash_the_server_nor_write() {
     let count = query(&mut client, "SELECT count(*) AS n FROM wide").await;
     assert!(count.iter().any(|l| l.contains("| 40000 |")), "{count:?}");
     // A feature view's Delta path (more keys than an online lookup takes) too.
-    for sql in [
-        "CREATE TABLE interactions (user_id BIGINT, item_id BIGINT, event VARCHAR, ts TIMESTAMP)",
-        "INSERT INTO interactions VALUES (1, 10, 'view', now() - INTERVAL '1 hour')",
-        "CREATE TABLE items (item_id BIGINT, category VARCHAR)",
-    ] {
-        client.execute_update(sql.into(), None).await.expect(sql);
-    }
+    update_all(
+        &mut client,
+        &[
+            "CREATE TABLE interactions (user_id BIGINT, item_id BIGINT, event VARCHAR, ts TIMESTAMP)",
+            "INSERT INTO interactions VALUES (1, 10, 'view', now() - INTERVAL '1 hour')",
+            "CREATE TABLE items (item_id BIGINT, category VARCHAR)",
+        ],
+    )
+    .await;
     query(&mut client, "REFRESH FEATURE VIEWS").await;
     let users = query(
         &mut client,
@@ -590,13 +592,15 @@ async fn refused_put(
 async fn a_corrupt_commit_is_data_loss_naming_the_file() {
     let server = TestServer::start().await;
     let mut client = server.sql_client().await;
-    for sql in [
-        "CREATE TABLE torn AS SELECT 1 AS a",
-        "INSERT INTO torn VALUES (2)",
-        "CREATE TABLE whole AS SELECT 5 AS b",
-    ] {
-        client.execute_update(sql.into(), None).await.expect(sql);
-    }
+    update_all(
+        &mut client,
+        &[
+            "CREATE TABLE torn AS SELECT 1 AS a",
+            "INSERT INTO torn VALUES (2)",
+            "CREATE TABLE whole AS SELECT 5 AS b",
+        ],
+    )
+    .await;
     let log = server.warehouse.path().join("public/torn/_delta_log");
     std::fs::write(
         log.join("00000000000000000002.json"),

@@ -10,7 +10,7 @@ use quiver::session::SessionOptions;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::common::{TestServer, code, fetch};
+use crate::common::{TestServer, code, fetch, update_all};
 
 async fn with_test_models() -> TestServer {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -23,17 +23,16 @@ async fn with_test_models() -> TestServer {
 
 /// The tables the test models' `[items]`, `[exclude]` and `[fallback]` queries read.
 async fn create_items_and_interactions(client: &mut FlightSqlServiceClient<Channel>) {
-    for statement in [
-        "CREATE TABLE items AS SELECT CAST(value AS BIGINT) AS item_id FROM generate_series(0, 199)",
-        "CREATE TABLE interactions AS SELECT CAST(value % 40 AS BIGINT) AS user_id, \
-         CAST((value * 7) % 200 AS BIGINT) AS item_id FROM generate_series(0, 499)",
-        "RELOAD MODELS",
-    ] {
-        client
-            .execute_update(statement.into(), None)
-            .await
-            .expect(statement);
-    }
+    update_all(
+        client,
+        &[
+            "CREATE TABLE items AS SELECT CAST(value AS BIGINT) AS item_id FROM generate_series(0, 199)",
+            "CREATE TABLE interactions AS SELECT CAST(value % 40 AS BIGINT) AS user_id, \
+             CAST((value * 7) % 200 AS BIGINT) AS item_id FROM generate_series(0, 499)",
+            "RELOAD MODELS",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
