@@ -27,13 +27,17 @@ if ! cmp -s "$REQUIREMENTS" "$VENV/.quiver-requirements" 2>/dev/null; then
     cp "$REQUIREMENTS" "$VENV/.quiver-requirements"
 fi
 
+# The slt suite runs every file a second time through the ADBC Flight SQL driver of this venv.
+export QUIVER_ADBC_DRIVER
+QUIVER_ADBC_DRIVER="$("$VENV/bin/python" -c 'import adbc_driver_flightsql as d; print(d._driver_path())')"
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "Rust tests (unit, integration, sqllogictest)"
+step "Rust tests (unit, integration, sqllogictest in-process and through ADBC)"
 cargo test --workspace --all-targets
 
 step "Load (short): 16 clients x 5 s of queries, scans and ingest; fails on any error or lost write"

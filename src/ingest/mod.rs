@@ -10,6 +10,7 @@ use deltalake::DeltaTable;
 
 use crate::error::{Error, Result};
 use crate::session::QuiverSession;
+use crate::storage::storable::storable_stream;
 use crate::storage::{AsOf, WriteKind, WriteRequest, open_delta, write_stream};
 
 /// What to do when the target table exists or does not, as in ADBC's ingest modes.
@@ -33,6 +34,9 @@ pub async fn ingest(
     mode: IngestMode,
     data: SendableRecordBatchStream,
 ) -> Result<u64> {
+    // Compared with the table in the types it will be stored as (metadata dropped, Float16 as
+    // Float32, ...); what Delta cannot store is refused here, naming the column.
+    let data = storable_stream(data)?;
     let warehouse = session.warehouse();
     let qualified = format!("{schema}.{table}");
     let existing = warehouse.locate(schema, table).await?;

@@ -3,6 +3,7 @@
 //! `plan_sql` turns text into a [`Planned`] (no side effects), `execute` runs it as a stream.
 
 pub mod asof;
+pub mod conform;
 pub mod ddl;
 pub mod dml;
 pub mod planner;

@@ -14,10 +14,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::context::SessionState;
 
 use crate::error::Result;
 use crate::features::table::Lookup;
+use crate::query::conform::conform_batch;
 use crate::query::statement::row_parameters;
 use crate::query::{Planned, plan_sql};
 use crate::scoring::recommend::{SingleCall, single_call};
@@ -39,9 +41,16 @@ struct Entry {
     direct: Option<Arc<Direct>>,
 }
 
-/// How a prepared statement is answered without planning.
+/// How a prepared statement is answered without planning, and the schema it announced.
 #[derive(Debug)]
-pub enum Direct {
+pub struct Direct {
+    how: How,
+    /// [`Planned::schema`] of the statement: every answer is labelled with it.
+    schema: SchemaRef,
+}
+
+#[derive(Debug)]
+enum How {
     /// An online lookup, answered from the view's index with each request's keys.
     Lookup(Lookup),
     /// One `recommend(...)` call; its parameters are bound when it is scored. With the session's
@@ -53,27 +62,30 @@ impl Direct {
     /// Whether the answer is only index lookups: light enough for the thread that received the call,
     /// where scoring a model is not.
     pub fn is_lookup(&self) -> bool {
-        matches!(self, Direct::Lookup(_))
+        matches!(self.how, How::Lookup(_))
     }
 
     /// The answer for one row of parameters. `None`: plan the statement as usual for these (a
     /// list parameter of more keys than a lookup takes).
     pub async fn answer(&self, params: &RecordBatch) -> Option<Result<RecordBatch>> {
-        match self {
-            Direct::Lookup(lookup) => look_up(lookup, params),
-            Direct::Recommend(call, state) => Some(match row_parameters(params, 0) {
+        let answer = match &self.how {
+            How::Lookup(lookup) => look_up(lookup, params)?,
+            How::Recommend(call, state) => match row_parameters(params, 0) {
                 Ok(values) => call.run(state, Some(&values)).await.map_err(Into::into),
                 Err(e) => Err(e),
-            }),
-        }
+            },
+        };
+        Some(answer.and_then(|batch| conform_batch(batch, &self.schema)))
     }
 
     /// The answer without waiting on anything: an online lookup's. `None` for a recommend call, and
     /// as from [`Direct::answer`].
     pub fn answer_now(&self, params: &RecordBatch) -> Option<Result<RecordBatch>> {
-        match self {
-            Direct::Lookup(lookup) => look_up(lookup, params),
-            Direct::Recommend(..) => None,
+        match &self.how {
+            How::Lookup(lookup) => {
+                Some(look_up(lookup, params)?.and_then(|batch| conform_batch(batch, &self.schema)))
+            }
+            How::Recommend(..) => None,
         }
     }
 }
@@ -130,12 +142,15 @@ impl PreparedPlans {
 /// first) until the views or models change. Parameters that do not fit are an error of each request
 /// that sends them, as on the usual path.
 async fn classify(session: &QuiverSession, sql: &str) -> Option<Direct> {
-    let Ok(Planned::Query(plan)) = plan_sql(session, sql).await else {
+    let planned = plan_sql(session, sql).await.ok()?;
+    let schema = planned.schema();
+    let Planned::Query(plan) = planned else {
         return None;
     };
-    if let Some(call) = single_call(&plan) {
-        return Some(Direct::Recommend(call, Box::new(session.state())));
-    }
-    // Whether a plan is a lookup depends on its shape, not on the keys bound into it.
-    Lookup::of(&plan).map(Direct::Lookup)
+    let how = match single_call(&plan) {
+        Some(call) => How::Recommend(call, Box::new(session.state())),
+        // Whether a plan is a lookup depends on its shape, not on the keys bound into it.
+        None => How::Lookup(Lookup::of(&plan)?),
+    };
+    Some(Direct { how, schema })
 }

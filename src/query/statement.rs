@@ -13,7 +13,6 @@ use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{
     DdlStatement, LogicalPlan, LogicalPlanBuilder, Statement as PlanStatement,
 };
-use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
     ShowStatementFilter, Statement as SqlStatement, Value as SqlValue,
@@ -23,6 +22,8 @@ use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::error::{Error, Result};
 use crate::query::asof::nest_asof_joins;
+use crate::query::conform::{conform_batch, conform_stream};
+use crate::query::one_batch;
 use crate::query::rewrite::{bind_table_function_args, number_placeholders, rewrite_extensions};
 use crate::query::{ddl, dml};
 use crate::session::QuiverSession;
@@ -440,44 +441,50 @@ fn classify(plan: LogicalPlan, partition_by: Vec<String>) -> Result<Planned> {
     Ok(Planned::Command(command))
 }
 
-/// Executes a planned statement; the rows stream as they are produced.
+/// Executes a planned statement; the rows stream as they are produced, in exactly the schema
+/// [`Planned::schema`] announced (see [`super::conform`]).
 pub async fn execute(
     session: &QuiverSession,
     planned: Planned,
 ) -> Result<SendableRecordBatchStream> {
-    match planned {
+    let schema = planned.schema();
+    let stream = match planned {
         Planned::Query(LogicalPlan::Dml(dml)) if dml::is_delete_or_update(&dml) => {
-            dml::run(&dml).await
+            dml::run(&dml).await?
         }
         Planned::Query(plan) => {
             if let Some(batch) = direct_answer(session, &plan).await {
-                return Ok(Box::pin(MemoryStream::try_new(
-                    vec![batch?],
-                    Arc::new(plan.schema().as_arrow().clone()),
-                    None,
-                )?));
+                return one_batch(batch?);
             }
             let df = session.ctx().execute_logical_plan(plan).await?;
-            Ok(df.execute_stream().await?)
+            df.execute_stream().await?
         }
-        Planned::Command(command) => ddl::run(session, command).await,
-    }
+        Planned::Command(command) => ddl::run(session, command).await?,
+    };
+    Ok(conform_stream(stream, schema))
 }
 
 /// The rows of a query that is answered without DataFusion's optimizer and physical planner: an
-/// online lookup (from the view's index) or one `recommend(...)` call. `None` for any other plan.
+/// online lookup (from the view's index) or one `recommend(...)` call, in the plan's schema. `None`
+/// for any other plan.
 pub async fn direct_answer(
     session: &QuiverSession,
     plan: &LogicalPlan,
 ) -> Option<Result<RecordBatch>> {
+    let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     if let Some(batch) = crate::features::table::direct_lookup(plan) {
-        return Some(batch.map_err(Into::into));
+        return Some(
+            batch
+                .map_err(Into::into)
+                .and_then(|b| conform_batch(b, &schema)),
+        );
     }
     let call = crate::scoring::recommend::single_call(plan)?;
     Some(
         call.run(&session.ctx().state(), None)
             .await
-            .map_err(Into::into),
+            .map_err(Into::into)
+            .and_then(|b| conform_batch(b, &schema)),
     )
 }
 

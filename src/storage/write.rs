@@ -24,6 +24,7 @@ use futures::StreamExt;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::error::{Error, Result};
+use crate::storage::storable::storable_stream;
 use crate::storage::table::OnceStream;
 
 /// How a write treats the data already in the table.
@@ -83,6 +84,7 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
         transactions,
     } = request;
     let table_name = table.table_url().to_string();
+    let data = storable_stream(data)?;
     let _turn = take_turn(&mut table).await?;
     let rows = Arc::new(AtomicU64::new(0));
     // delta-rs flattens an error from the input into a string; the original (a limit, a bad upload)

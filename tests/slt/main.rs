@@ -1,11 +1,31 @@
-//! sqllogictest runner: every `tests/slt/*.slt` file runs against a fresh warehouse through the
-//! production session builder and statement path (`quiver::query::run_sql`).
+//! sqllogictest runner: every `tests/slt/*.slt` file runs against a fresh warehouse twice:
+//!
+//! 1. in-process, through the production session builder and statement path
+//!    (`quiver::query::run_sql`);
+//! 2. through the ADBC Flight SQL driver (the Go driver that the Python wheel
+//!    `adbc-driver-flightsql` ships, loaded here with `adbc_driver_manager`) against a Quiver server
+//!    on a real gRPC socket: each statement is prepared and executed as the Python DB-API and JDBC
+//!    do (CreatePreparedStatement, GetFlightInfo, DoGet), and each query is also run unprepared
+//!    (CommandStatementQuery) and must give the same rows. The driver refuses a stream whose schema
+//!    differs from the one GetFlightInfo announced, so a schema mismatch fails the file.
+//!
+//! Both passes compare with the same expected output. An answer with gRPC status Internal or
+//! Unknown fails the file even where the `.slt` expects an error.
+//!
+//! The driver is found at `QUIVER_ADBC_DRIVER`, else in the venv `tests/run.sh` builds
+//! (`QUIVER_VENV`, default `.venv`). Without one the ADBC pass is skipped, with a message; with
+//! `QUIVER_ADBC_DRIVER` set, a missing driver is a failure.
+
+mod adbc;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use adbc_driver_manager::ManagedDriver;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, RecordBatch};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::arrow::util::display::array_value_to_string;
 use futures::TryStreamExt;
 use quiver::session::QuiverSession;
@@ -13,12 +33,12 @@ use sqllogictest::{DBOutput, DefaultColumnType};
 
 struct QuiverDb {
     session: QuiverSession,
-    _warehouse: tempfile::TempDir,
+    broken: Broken,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct SltError(String);
+pub struct SltError(String);
 
 #[async_trait]
 impl sqllogictest::AsyncDB for QuiverDb {
@@ -26,36 +46,22 @@ impl sqllogictest::AsyncDB for QuiverDb {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SltError> {
-        let stream = quiver::query::run_sql(&self.session, sql)
-            .await
-            .map_err(|e| SltError(e.to_string()))?;
-        let schema = stream.schema();
-        let batches: Vec<RecordBatch> = stream
-            .try_collect()
-            .await
-            .map_err(|e| SltError(quiver::error::Error::from(e).to_string()))?;
-        let is_statement = schema.fields().is_empty()
-            || (schema.fields().len() == 1 && schema.field(0).name() == "count" && !is_query(sql));
-        if is_statement {
-            return Ok(DBOutput::StatementComplete(count(&batches)));
+        let result = async {
+            let stream = quiver::query::run_sql(&self.session, sql).await?;
+            let schema = stream.schema();
+            let batches: Vec<RecordBatch> = stream.try_collect().await?;
+            Ok::<_, quiver::error::Error>((schema, batches))
         }
-        let types = schema
-            .fields()
-            .iter()
-            .map(|f| column_type(f.data_type()))
-            .collect();
-        let mut rows = Vec::new();
-        for batch in &batches {
-            for row in 0..batch.num_rows() {
-                let cells: Vec<String> = batch
-                    .columns()
-                    .iter()
-                    .map(|c| cell(c.as_ref(), row))
-                    .collect();
-                rows.extend(split_lines(cells));
+        .await;
+        match result {
+            Ok((schema, batches)) => Ok(output(sql, &schema, &batches)),
+            Err(e) => {
+                if matches!(e.code(), tonic::Code::Internal | tonic::Code::Unknown) {
+                    note_broken(&self.broken, sql, format!("{:?}: {e}", e.code()));
+                }
+                Err(SltError(e.to_string()))
             }
         }
-        Ok(DBOutput::Rows { types, rows })
     }
 
     async fn shutdown(&mut self) {}
@@ -63,6 +69,32 @@ impl sqllogictest::AsyncDB for QuiverDb {
     fn engine_name(&self) -> &str {
         "quiver"
     }
+}
+
+/// What a statement returned, as the `.slt` files write it.
+fn output(sql: &str, schema: &Schema, batches: &[RecordBatch]) -> DBOutput<DefaultColumnType> {
+    let is_statement = schema.fields().is_empty()
+        || (schema.fields().len() == 1 && schema.field(0).name() == "count" && !is_query(sql));
+    if is_statement {
+        return DBOutput::StatementComplete(count(batches));
+    }
+    let types = schema
+        .fields()
+        .iter()
+        .map(|f| column_type(f.data_type()))
+        .collect();
+    let mut rows = Vec::new();
+    for batch in batches {
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = batch
+                .columns()
+                .iter()
+                .map(|c| cell(c.as_ref(), row))
+                .collect();
+            rows.extend(split_lines(cells));
+        }
+    }
+    DBOutput::Rows { types, rows }
 }
 
 fn is_query(sql: &str) -> bool {
@@ -128,12 +160,28 @@ fn cell(column: &dyn Array, row: usize) -> String {
     }
 }
 
-async fn run_file(path: &Path) -> Result<(), String> {
+/// Where a file's statements run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    InProcess,
+    Adbc,
+}
+
+/// Statements answered Internal or Unknown (shared with the connection the runner owns).
+type Broken = Arc<Mutex<Vec<String>>>;
+
+fn note_broken(broken: &Broken, sql: &str, answer: String) {
+    if let Ok(mut list) = broken.lock() {
+        list.push(format!("{}\n  answered {answer}", sql.trim()));
+    }
+}
+
+/// A fresh warehouse with the repository's example feature views (sql/features), as `quiver serve`
+/// loads them, and the committed test models (tests/models).
+async fn open_session() -> Result<(QuiverSession, tempfile::TempDir), String> {
     let warehouse = tempfile::tempdir().map_err(|e| e.to_string())?;
     let url =
         url::Url::from_directory_path(warehouse.path()).map_err(|()| "bad path".to_string())?;
-    // The repository's example feature views (sql/features) are loaded, as `quiver serve` does, and
-    // the committed test models (tests/models).
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let options = quiver::session::SessionOptions {
         sql_dir: Some(root.join("sql")),
@@ -143,10 +191,47 @@ async fn run_file(path: &Path) -> Result<(), String> {
     let session = QuiverSession::open_with(url, options)
         .await
         .map_err(|e| e.to_string())?;
-    let mut db = Some(QuiverDb {
-        session,
-        _warehouse: warehouse,
-    });
+    Ok((session, warehouse))
+}
+
+async fn run_file(path: &Path, pass: Pass, driver: Option<&ManagedDriver>) -> Result<(), String> {
+    let (session, _warehouse) = open_session().await?;
+    let broken = Broken::default();
+    let result = match (pass, driver) {
+        (Pass::Adbc, Some(driver)) => {
+            let server = adbc::Server::start(session).await?;
+            let db = adbc::AdbcDb::connect(driver, server, broken.clone())?;
+            run_with(path, db).await
+        }
+        _ => {
+            let db = QuiverDb {
+                session,
+                broken: broken.clone(),
+            };
+            run_with(path, db).await
+        }
+    };
+    let broken = broken.lock().map(|b| b.clone()).unwrap_or_default();
+    match (result, broken.is_empty()) {
+        (Ok(()), true) => Ok(()),
+        (result, _) => Err(format!(
+            "{}{}",
+            result.err().unwrap_or_default(),
+            broken
+                .iter()
+                .map(|b| format!(
+                    "\nInternal/Unknown answer (a bug, whatever the file expects): {b}"
+                ))
+                .collect::<String>()
+        )),
+    }
+}
+
+async fn run_with<D>(path: &Path, db: D) -> Result<(), String>
+where
+    D: sqllogictest::AsyncDB<Error = SltError, ColumnType = DefaultColumnType> + Send + 'static,
+{
+    let mut db = Some(db);
     let mut runner = sqllogictest::Runner::new(move || {
         let db = db.take();
         async move { db.ok_or_else(|| SltError("one connection per file".into())) }
@@ -172,6 +257,13 @@ fn slt_files() -> Vec<PathBuf> {
 #[tokio::main]
 async fn main() {
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let driver = match adbc::load_driver() {
+        Ok(driver) => driver,
+        Err(e) => {
+            println!("FAILED adbc: {e}");
+            std::process::exit(1);
+        }
+    };
     let mut passed = 0;
     let mut failed = 0;
     for file in slt_files() {
@@ -182,14 +274,21 @@ async fn main() {
         if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
             continue;
         }
-        match run_file(&file).await {
-            Ok(()) => {
-                passed += 1;
-                println!("ok     {name}");
-            }
-            Err(e) => {
-                failed += 1;
-                println!("FAILED {name}\n{e}");
+        for pass in [Pass::InProcess, Pass::Adbc] {
+            let label = match pass {
+                Pass::InProcess => name.clone(),
+                Pass::Adbc if driver.is_none() => continue,
+                Pass::Adbc => format!("{name} (ADBC)"),
+            };
+            match run_file(&file, pass, driver.as_ref()).await {
+                Ok(()) => {
+                    passed += 1;
+                    println!("ok     {label}");
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("FAILED {label}\n{e}");
+                }
             }
         }
     }
