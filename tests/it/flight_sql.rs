@@ -641,3 +641,46 @@ async fn a_corrupt_commit_is_data_loss_naming_the_file() {
     assert!(whole.iter().any(|l| l.contains("| 5 |")), "{whole:?}");
     assert_eq!(server.commits("public", "torn"), 3, "nothing was committed");
 }
+
+/// What GetFlightInfo (and a prepared statement's dataset schema) announces is the schema DoGet
+/// streams and every batch carries, for expressions the optimizer folds, where the planned and the
+/// optimized schemas differ in nullability or nested fields.
+#[tokio::test]
+async fn announced_schemas_are_the_streamed_schemas() {
+    let server = TestServer::start().await;
+    let mut client = server.sql_client().await;
+    for sql in [
+        "SELECT abs(-1.0) AS a",
+        "SELECT make_array(1, 2) AS a",
+        "SELECT dot(make_array(1.0), make_array(2.0)) AS a",
+        "SELECT substr(str => 'quiver', start_pos => 2) AS a",
+        "SELECT named_struct('a', 1, 'b', 'x') AS s, coalesce(NULL, 7) AS c",
+        "SELECT feature_hash('user:42', 1024) AS h, l2_normalize([3, 4]) AS v",
+    ] {
+        let info = client.execute(sql.to_string(), None).await.expect(sql);
+        let announced = Arc::new(info.clone().try_decode_schema().expect("schema"));
+        let mut prepared = client.prepare(sql.to_string(), None).await.expect(sql);
+        assert_eq!(
+            prepared.dataset_schema().expect("dataset schema"),
+            announced.as_ref(),
+            "{sql}: prepared"
+        );
+        let prepared_info = prepared.execute().await.expect(sql);
+        assert_eq!(
+            prepared_info.clone().try_decode_schema().expect("schema"),
+            *announced,
+            "{sql}: prepared GetFlightInfo"
+        );
+        for info in [info, prepared_info] {
+            let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+            let mut stream = client.do_get(ticket).await.expect("do_get");
+            let mut rows = 0;
+            while let Some(batch) = stream.try_next().await.expect(sql) {
+                assert_eq!(batch.schema(), announced, "{sql}: a batch");
+                rows += batch.num_rows();
+            }
+            assert_eq!(stream.schema(), Some(&announced), "{sql}: the stream");
+            assert_eq!(rows, 1, "{sql}");
+        }
+    }
+}
