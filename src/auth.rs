@@ -340,13 +340,13 @@ impl Auth {
     /// Signs `body` for `principal`: statement handles carry this, so a client can neither alter one
     /// nor use one issued to somebody else.
     pub fn sign(&self, principal: &Principal, body: &[u8]) -> Vec<u8> {
-        hmac::sign(&self.key, &handle_message(principal, body))
+        hmac::sign(&self.key, &signed_message(b"handle", principal, body))
             .as_ref()
             .to_vec()
     }
 
     pub fn verify(&self, principal: &Principal, body: &[u8], tag: &[u8]) -> Result<()> {
-        hmac::verify(&self.key, &handle_message(principal, body), tag).map_err(|_| {
+        hmac::verify(&self.key, &signed_message(b"handle", principal, body), tag).map_err(|_| {
             Error::PermissionDenied(format!(
                 "statement handle rejected: it was not issued by this server to '{}' (altered, \
                  issued to another user, or signed before a restart without {SECRET_ENV}); \
@@ -355,12 +355,30 @@ impl Auth {
             ))
         })
     }
+
+    /// Signs a client's session settings (the cookie that carries them), for `principal`.
+    pub fn sign_settings(&self, principal: &Principal, body: &[u8]) -> Vec<u8> {
+        hmac::sign(&self.key, &signed_message(b"settings", principal, body))
+            .as_ref()
+            .to_vec()
+    }
+
+    /// Whether `tag` is this server's signature of `body` as `principal`'s settings.
+    pub fn verify_settings(&self, principal: &Principal, body: &[u8], tag: &[u8]) -> bool {
+        hmac::verify(
+            &self.key,
+            &signed_message(b"settings", principal, body),
+            tag,
+        )
+        .is_ok()
+    }
 }
 
-/// What a handle's signature covers: the user it was issued to and the handle.
-fn handle_message(principal: &Principal, body: &[u8]) -> Vec<u8> {
+/// What a signature covers: what is signed (`kind`), the user it was issued to and the body.
+fn signed_message(kind: &[u8], principal: &Principal, body: &[u8]) -> Vec<u8> {
     [
-        &b"handle\0"[..],
+        kind,
+        &b"\0"[..],
         principal.name.as_bytes(),
         &b"\0"[..],
         body,

@@ -150,6 +150,26 @@ impl QuiverSession {
         self.features.generation() + self.models.generation()
     }
 
+    /// This session with some DataFusion settings changed, for one client's statements (see
+    /// `query::settings`): the same warehouse, views, models and functions, another configuration.
+    pub fn with_settings<'a>(
+        &self,
+        settings: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self> {
+        let mut settings = settings.into_iter().peekable();
+        if settings.peek().is_none() {
+            return Ok(self.clone());
+        }
+        let mut state = self.ctx.state();
+        for (name, value) in settings {
+            state.config_mut().options_mut().set(name, value)?;
+        }
+        Ok(Self {
+            ctx: SessionContext::new_with_state(state),
+            ..self.clone()
+        })
+    }
+
     pub fn state(&self) -> SessionState {
         self.ctx.state()
     }

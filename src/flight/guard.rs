@@ -1,6 +1,7 @@
 //! The layer every RPC passes before it reaches the Flight service: it authenticates the caller
-//! (attaching a [`Principal`] to the request) and turns a panic in a handler into an Internal status,
-//! so one bug fails one call and the server keeps serving.
+//! (attaching a [`Principal`] to the request), reads the caller's session settings from their cookie
+//! (and answers with the new cookie when a handler changed them), and turns a panic in a handler
+//! into an Internal status, so one bug fails one call and the server keeps serving.
 //!
 //! Only the Flight handshake is let through without a bearer token: it is where a username and
 //! password are exchanged for one.
@@ -15,8 +16,18 @@ use tonic::Status;
 use tonic::body::Body;
 
 use crate::auth::{Auth, Principal};
+use crate::flight::session_cookie::{self, ClientSettings};
 
 const HANDSHAKE_PATH: &str = "/arrow.flight.protocol.FlightService/Handshake";
+
+/// The session settings a request came with (see [`session_cookie`]), attached by [`GuardLayer`].
+pub fn client_settings<T>(request: &tonic::Request<T>) -> ClientSettings {
+    request
+        .extensions()
+        .get::<ClientSettings>()
+        .cloned()
+        .unwrap_or_default()
+}
 
 /// The principal of a request, attached by [`GuardLayer`]. Fails closed: a request that did not pass
 /// the layer has no principal and is refused.
@@ -76,6 +87,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let mut session = None;
         if request.uri().path() != HANDSHAKE_PATH {
             let header = request
                 .headers()
@@ -83,7 +95,10 @@ where
                 .and_then(|v| v.to_str().ok());
             match self.auth.authenticate(header) {
                 Ok(principal) => {
-                    request.extensions_mut().insert(principal);
+                    let settings = session_cookie::read(request.headers(), &self.auth, &principal);
+                    request.extensions_mut().insert(settings.clone());
+                    request.extensions_mut().insert(principal.clone());
+                    session = Some((settings, principal));
                 }
                 Err(e) => {
                     let status = e.to_status();
@@ -91,6 +106,7 @@ where
                 }
             }
         }
+        let auth = self.auth.clone();
         // The service that was polled ready is the one that must be called (tower's contract).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -99,7 +115,18 @@ where
         tracing::debug!(rpc = %path, "call");
         Box::pin(async move {
             match AssertUnwindSafe(inner.call(request)).catch_unwind().await {
-                Ok(result) => result.map(|response| response.map(Body::new)),
+                Ok(result) => result.map(|response| {
+                    let mut response = response.map(Body::new);
+                    // A handler changed the client's settings (SET, SetSessionOptions).
+                    if let Some((settings, principal)) = session
+                        && let Some(cookie) = settings.set_cookie(&auth, &principal)
+                    {
+                        response
+                            .headers_mut()
+                            .append(http::header::SET_COOKIE, cookie);
+                    }
+                    response
+                }),
                 Err(panic) => {
                     let message = crate::error::panic_message(panic.as_ref());
                     tracing::error!(rpc = %path, panic = %message, "handler panicked");

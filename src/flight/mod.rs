@@ -4,7 +4,8 @@
 //! SQL layer over it; `plain` is the outer service that also speaks plain Flight (pyarrow) and hands
 //! Flight SQL commands to `service`. `handle` holds the stateless statement handles, `stream` the
 //! batch encoding, `metadata` the catalog listings, `ingest` the uploads. Every call first passes
-//! `guard` (authentication, panics to Internal); statements are admitted and bounded by `limits`.
+//! `guard` (authentication, the client's session settings from `session_cookie`, panics to
+//! Internal); statements are admitted and bounded by `limits`.
 
 pub mod guard;
 pub mod handle;
@@ -15,6 +16,8 @@ pub mod parameters;
 pub mod plain;
 pub mod planner;
 pub mod service;
+pub mod session_cookie;
+pub mod session_options;
 pub mod stream;
 
 pub use plain::QuiverFlight;

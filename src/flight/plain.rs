@@ -21,11 +21,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Principal;
 use crate::error::{Error, Result};
-use crate::flight::guard::principal;
+use crate::flight::guard::{client_settings, principal};
 use crate::flight::handle::StatementHandle;
 use crate::flight::metadata::{path_to_table, table_arrow_schema};
 use crate::flight::planner;
 use crate::flight::service::{QuiverFlightSql, flight_info};
+use crate::flight::session_cookie::ClientSettings;
 use crate::flight::stream::{FlightDataStream, wire_schema};
 use crate::session::QuiverSession;
 use crate::storage::DEFAULT_SCHEMA;
@@ -92,16 +93,23 @@ impl QuiverFlight {
         &self,
         descriptor: FlightDescriptor,
         caller: Principal,
+        settings: &ClientSettings,
     ) -> Result<FlightInfo, Status> {
         let sql = descriptor_sql(&descriptor, &self.sql, &caller)?;
         let handle = StatementHandle::new(sql.clone());
         let planning_caller = caller.clone();
-        let (schema, handle) = self
+        let current = settings.current.clone();
+        let session = self.sql.client_session(settings)?;
+        let plan = self
             .sql
-            .run_statement(true, move |session| async move {
-                planner::plan_for_client(&session, handle, &planning_caller).await
+            .run_statement_as(session, true, move |session| async move {
+                planner::plan_for_client(&session, handle, &planning_caller, &current).await
             })
             .await?;
+        if let Some(changed) = plan.settings {
+            settings.change(changed);
+        }
+        let (schema, handle) = (plan.schema, plan.handle);
         // A query's ticket is its SQL text; a statement that already ran carries its result.
         let ticket = if handle.result.is_empty() {
             sql.into_bytes()
@@ -198,8 +206,10 @@ impl FlightService for QuiverFlight {
                 .map_err(malformed_message);
         }
         let caller = principal(&request)?;
+        let settings = client_settings(&request);
         Ok(Response::new(
-            self.plain_info(request.into_inner(), caller).await?,
+            self.plain_info(request.into_inner(), caller, &settings)
+                .await?,
         ))
     }
 
@@ -217,11 +227,12 @@ impl FlightService for QuiverFlight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
         let caller = principal(&request)?;
+        let session = self.sql.client_session(&client_settings(&request))?;
         let descriptor = request.into_inner();
         let handle = StatementHandle::new(descriptor_sql(&descriptor, &self.sql, &caller)?);
         let schema = self
             .sql
-            .run(move |session| async move {
+            .run_statement_as(session, false, move |session| async move {
                 Ok(planner::plan_handle(&session, &handle).await?.schema())
             })
             .await?;
@@ -238,11 +249,12 @@ impl FlightService for QuiverFlight {
                 .map_err(malformed_message);
         }
         let caller = principal(&request)?;
+        let session = self.sql.client_session(&client_settings(&request))?;
         let ticket = &request.get_ref().ticket;
         let sql = sql_text(ticket)?;
         Ok(self
             .sql
-            .stream_statement(StatementHandle::new(sql), caller, ticket))
+            .stream_statement(session, StatementHandle::new(sql), caller, ticket))
     }
 
     async fn do_put(

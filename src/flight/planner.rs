@@ -14,6 +14,9 @@ use futures::TryStreamExt;
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::flight::handle::StatementHandle;
+use crate::flight::session_cookie::ClientSettings;
+use crate::query::Command;
+use crate::query::settings::Settings;
 use crate::query::statement::plan_sql_with;
 use crate::query::statement::row_parameters;
 use crate::query::{Planned, direct_answer, execute, plan_sql};
@@ -65,34 +68,61 @@ async fn plan_bound(
     }
 }
 
-/// Plans a handle for GetFlightInfo. A statement with side effects (DDL, INSERT, DELETE, ...) runs
-/// here, so it has taken effect when the client's `execute` returns; its result goes into the returned
-/// handle. Queries are only planned.
+/// A statement planned for a client at GetFlightInfo.
+pub struct ClientPlan {
+    pub schema: SchemaRef,
+    pub handle: StatementHandle,
+    /// The client's session settings after the statement, if it changed them (`SET`, `RESET`).
+    pub settings: Option<Settings>,
+}
+
+impl ClientPlan {
+    fn done((schema, handle): (SchemaRef, StatementHandle)) -> Self {
+        Self {
+            schema,
+            handle,
+            settings: None,
+        }
+    }
+}
+
+/// Plans a handle for GetFlightInfo, for a client whose session settings are `settings` (already
+/// applied to `session`). A statement with side effects (DDL, INSERT, DELETE, ...) runs here, so it
+/// has taken effect when the client's `execute` returns; its result goes into the returned handle.
+/// `SET` / `RESET` change the returned settings. Queries are only planned.
 pub async fn plan_for_client(
     session: &QuiverSession,
     handle: StatementHandle,
     caller: &Principal,
-) -> Result<(SchemaRef, StatementHandle)> {
+    settings: &Settings,
+) -> Result<ClientPlan> {
     let params = handle.parameter_batch()?;
     // A prepared lookup or recommend call: planned once, then only bound and answered.
     if let Some(params) = params.as_ref().filter(|p| p.num_rows() == 1)
         && let Some(direct) = session.prepared().direct(session, &handle.sql).await
         && let Some(answer) = direct.answer(params).await
     {
-        return with_answer(handle, answer?);
+        return Ok(ClientPlan::done(with_answer(handle, answer?)?));
     }
     let planned = plan_bound(session, &handle.sql, params).await?;
     authorize(&planned, caller)?;
     let schema = planned.schema();
+    if let Some(changed) = changed_settings(&planned, settings)? {
+        return Ok(ClientPlan {
+            handle: handle.with_result(&schema, &[])?,
+            schema,
+            settings: Some(changed),
+        });
+    }
     // An online lookup or a lone recommend(...) call is answered now (on this, the query runtime),
     // and its rows travel in the ticket: DoGet then has nothing to plan.
     if let Planned::Query(plan) = &planned
         && let Some(batch) = direct_answer(session, plan).await
     {
-        return with_answer(handle, batch?);
+        return Ok(ClientPlan::done(with_answer(handle, batch?)?));
     }
     if !has_side_effects(&planned) {
-        return Ok((schema, handle));
+        return Ok(ClientPlan::done((schema, handle)));
     }
     let mut first = Some(planned);
     let batches: Vec<RecordBatch> = retry_conflicts(&handle.sql, || {
@@ -108,7 +138,16 @@ pub async fn plan_for_client(
     })
     .await?;
     let handle = handle.with_result(&schema, &batches)?;
-    Ok((schema, handle))
+    Ok(ClientPlan::done((schema, handle)))
+}
+
+/// The client's settings after `planned`, when it is a `SET` or `RESET`.
+fn changed_settings(planned: &Planned, settings: &Settings) -> Result<Option<Settings>> {
+    Ok(match planned {
+        Planned::Command(Command::Set { name, value }) => Some(settings.with(name, value)?),
+        Planned::Command(Command::Reset { name }) => Some(settings.without(name.as_deref())?),
+        _ => None,
+    })
 }
 
 /// GetFlightInfo of a prepared online lookup this server has planned before, answered on the
@@ -156,8 +195,8 @@ fn has_side_effects(planned: &Planned) -> bool {
 
 /// What a statement writes, named for error messages; `None` for a read-only statement.
 fn write_kind(planned: &Planned) -> Option<&'static str> {
-    use crate::query::Command;
     match planned {
+        Planned::Command(Command::Set { .. } | Command::Reset { .. }) => None,
         Planned::Command(command) => Some(match command {
             Command::CreateSchema { .. } => "CREATE SCHEMA",
             Command::DropSchema { .. } => "DROP SCHEMA",
@@ -167,6 +206,7 @@ fn write_kind(planned: &Planned) -> Option<&'static str> {
             Command::RefreshFeatureViews { .. } => "REFRESH FEATURE VIEW",
             Command::ReloadModels => "RELOAD MODELS",
             Command::ReloadFeatureViews => "RELOAD FEATURE VIEWS",
+            Command::Set { .. } | Command::Reset { .. } => "SET",
         }),
         Planned::Query(LogicalPlan::Dml(dml)) => Some(dml_name(dml)),
         // EXPLAIN ANALYZE runs its statement.
@@ -217,9 +257,14 @@ pub async fn execute_update(
     sql: &str,
     params: Option<RecordBatch>,
     caller: &Principal,
+    settings: &ClientSettings,
 ) -> Result<i64> {
     let planned = plan_sql(session, sql).await?;
     authorize(&planned, caller)?;
+    if let Some(changed) = changed_settings(&planned, &settings.current)? {
+        settings.change(changed);
+        return Ok(0);
+    }
     let Some(params) = params.filter(|p| p.num_rows() > 0) else {
         let mut first = Some(planned);
         return retry_conflicts(sql, || {

@@ -31,10 +31,12 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::{Auth, Principal};
 use crate::error::{Error, Result};
 use crate::executor::Executor;
-use crate::flight::guard::principal;
+use crate::flight::guard::{client_settings, principal};
 use crate::flight::handle::StatementHandle;
 use crate::flight::ingest::{bound_parameters, collect_parameters, ingest_command, ingest_path};
 use crate::flight::limits::{Admission, Limits};
+use crate::flight::session_cookie::ClientSettings;
+use crate::flight::session_options;
 use crate::flight::stream::{
     FlightDataStream, batch_to_flight, batches_to_flight, execute_to_flight, wire_schema,
 };
@@ -46,14 +48,6 @@ type ActionStream =
 type HandshakeStream =
     Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send + 'static>>;
 type PutStream = Pin<Box<dyn Stream<Item = Result<PutResult, Status>> + Send + 'static>>;
-
-/// Flight's `CloseSessionResult` (arrow-flight 59 does not generate the session messages).
-#[derive(Clone, PartialEq, Message)]
-struct CloseSessionResult {
-    #[prost(int32, tag = "1")]
-    status: i32,
-}
-const CLOSE_SESSION_CLOSED: i32 = 1;
 
 #[derive(Clone)]
 pub struct QuiverFlightSql {
@@ -104,8 +98,24 @@ impl QuiverFlightSql {
         Fut: Future<Output = Result<T>> + Send + 'static,
         T: Send + 'static,
     {
+        self.run_statement_as(self.session.clone(), timed, work)
+            .await
+    }
+
+    /// [`Self::run_statement`] in `session` (a client's, with its settings).
+    pub async fn run_statement_as<F, Fut, T>(
+        &self,
+        session: QuiverSession,
+        timed: bool,
+        work: F,
+    ) -> Result<T, Status>
+    where
+        F: FnOnce(QuiverSession) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
         let slot = self.admission.admit(timed)?;
-        let fut = work(self.session.clone());
+        let fut = work(session);
         self.executor
             .run(async move { slot.bound(fut).await })
             .await
@@ -114,6 +124,13 @@ impl QuiverFlightSql {
 
     pub fn session(&self) -> &QuiverSession {
         &self.session
+    }
+
+    /// The session a client's statements run in: the server's, with the client's settings.
+    pub fn client_session(&self, settings: &ClientSettings) -> Result<QuiverSession, Status> {
+        self.session
+            .with_settings(settings.current.iter())
+            .map_err(Status::from)
     }
 
     pub fn executor(&self) -> &Arc<Executor> {
@@ -134,6 +151,7 @@ impl QuiverFlightSql {
     /// Streams the result of the statement in `handle` (DoGet of `ticket`).
     pub fn stream_statement(
         &self,
+        session: QuiverSession,
         handle: StatementHandle,
         caller: Principal,
         ticket: &[u8],
@@ -151,7 +169,6 @@ impl QuiverFlightSql {
             Ok(slot) => slot,
             Err(e) => return Response::new(error_stream(e)),
         };
-        let session = self.session.clone();
         Response::new(execute_to_flight(&self.executor, slot, async move {
             planner::execute_handle(&session, &handle, &caller).await
         }))
@@ -163,15 +180,23 @@ impl QuiverFlightSql {
         handle: StatementHandle,
         descriptor: FlightDescriptor,
         caller: &Principal,
+        settings: &ClientSettings,
     ) -> Result<FlightInfo, Status> {
         let (schema, handle) = match planner::answer_known_lookup(&self.session, &handle) {
             Some(answer) => answer?,
             None => {
                 let planning_caller = caller.clone();
-                self.run_statement(true, move |session| async move {
-                    planner::plan_for_client(&session, handle, &planning_caller).await
-                })
-                .await?
+                let current = settings.current.clone();
+                let session = self.client_session(settings)?;
+                let plan = self
+                    .run_statement_as(session, true, move |session| async move {
+                        planner::plan_for_client(&session, handle, &planning_caller, &current).await
+                    })
+                    .await?;
+                if let Some(changed) = plan.settings {
+                    settings.change(changed);
+                }
+                (plan.schema, plan.handle)
             }
         };
         let ticket = TicketStatementQuery {
@@ -265,11 +290,13 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = principal(&request)?;
+        let settings = client_settings(&request);
         let info = self
             .statement_info(
                 StatementHandle::new(query.query),
                 request.into_inner(),
                 &caller,
+                &settings,
             )
             .await?;
         Ok(Response::new(info))
@@ -281,9 +308,10 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = principal(&request)?;
+        let settings = client_settings(&request);
         let handle = self.open_handle(&caller, &query.prepared_statement_handle)?;
         Ok(Response::new(
-            self.statement_info(handle, request.into_inner(), &caller)
+            self.statement_info(handle, request.into_inner(), &caller, &settings)
                 .await?,
         ))
     }
@@ -350,8 +378,9 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
         let caller = principal(&request)?;
+        let session = self.client_session(&client_settings(&request))?;
         let handle = self.open_handle(&caller, &ticket.statement_handle)?;
-        Ok(self.stream_statement(handle, caller, &request.get_ref().ticket))
+        Ok(self.stream_statement(session, handle, caller, &request.get_ref().ticket))
     }
 
     async fn do_get_prepared_statement(
@@ -360,8 +389,9 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
         let caller = principal(&request)?;
+        let session = self.client_session(&client_settings(&request))?;
         let handle = self.open_handle(&caller, &query.prepared_statement_handle)?;
-        Ok(self.stream_statement(handle, caller, &request.get_ref().ticket))
+        Ok(self.stream_statement(session, handle, caller, &request.get_ref().ticket))
     }
 
     async fn do_get_catalogs(
@@ -451,8 +481,10 @@ impl FlightSqlService for QuiverFlightSql {
         if command.transaction_id.is_some() {
             return Err(Error::Unsupported("transactions".into()).into());
         }
-        self.run_statement(true, move |session| async move {
-            planner::execute_update(&session, &command.query, None, &caller).await
+        let settings = client_settings(&request);
+        let session = self.client_session(&settings)?;
+        self.run_statement_as(session, true, move |session| async move {
+            planner::execute_update(&session, &command.query, None, &caller, &settings).await
         })
         .await
     }
@@ -497,13 +529,15 @@ impl FlightSqlService for QuiverFlightSql {
     ) -> Result<i64, Status> {
         let caller = principal(&request)?;
         let handle = self.open_handle(&caller, &query.prepared_statement_handle)?;
+        let settings = client_settings(&request);
+        let session = self.client_session(&settings)?;
         let upload = request.into_inner();
-        self.run_statement(true, move |session| async move {
+        self.run_statement_as(session, true, move |session| async move {
             let params = match collect_parameters(upload).await? {
                 Some(params) => Some(params),
                 None => handle.parameter_batch()?,
             };
-            planner::execute_update(&session, &handle.sql, params, &caller).await
+            planner::execute_update(&session, &handle.sql, params, &caller, &settings).await
         })
         .await
     }
@@ -555,9 +589,12 @@ impl FlightSqlService for QuiverFlightSql {
         if query.transaction_id.is_some() {
             return Err(Error::Unsupported("transactions".into()).into());
         }
+        let session = self.client_session(&client_settings(&request))?;
         let prepared = self
-            .run(move |session| async move { planner::prepare(&session, &query.query).await })
-            .await?;
+            .executor
+            .run(async move { planner::prepare(&session, &query.query).await })
+            .await
+            .map_err(Status::from)?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: self.seal_handle(&caller, &prepared.handle),
             dataset_schema: schema_bytes(&wire_schema(&prepared.dataset_schema))?,
@@ -589,24 +626,21 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<Action>,
     ) -> Result<Response<ActionStream>, Status> {
         principal(&request)?;
+        let settings = client_settings(&request);
         let action = request.into_inner();
         if action.r#type == "CancelFlightInfo" {
             return self.cancel_flight_info(&action.body);
         }
-        if action.r#type == "CloseSession" {
-            // Sessions hold no server state; closing one always succeeds.
-            let result = CloseSessionResult {
-                status: CLOSE_SESSION_CLOSED,
-            };
-            let body = arrow_flight::Result {
-                body: result.encode_to_vec().into(),
-            };
-            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(body)]))));
-        }
-        Err(Status::unimplemented(format!(
-            "unknown action '{}'",
-            action.r#type
-        )))
+        let body = match action.r#type.as_str() {
+            "SetSessionOptions" => session_options::set(&action.body, &settings)?,
+            "GetSessionOptions" => session_options::get(&settings),
+            "CloseSession" => session_options::close(&settings),
+            other => {
+                return Err(Status::unimplemented(format!("unknown action '{other}'")));
+            }
+        };
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))))
     }
 
     async fn do_handshake(

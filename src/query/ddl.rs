@@ -28,6 +28,14 @@ pub async fn run(session: &QuiverSession, command: Command) -> Result<SendableRe
         }
         Command::ReloadModels => return crate::scoring::run_reload(session).await,
         Command::ReloadFeatureViews => return crate::features::run_reload(session).await,
+        // A session setting lives with the client (flight::guard's cookie); here, where there is
+        // no client session (`quiver sql`), it is only checked.
+        Command::Set { name, value } => {
+            crate::query::settings::Settings::default().with(&name, &value)?;
+        }
+        Command::Reset { name } => {
+            crate::query::settings::Settings::default().without(name.as_deref())?;
+        }
         Command::CreateSchema {
             name,
             if_not_exists,

@@ -9,6 +9,7 @@ pub mod dml;
 pub mod planner;
 pub mod prepared;
 pub mod rewrite;
+pub mod settings;
 pub mod statement;
 
 pub use statement::{

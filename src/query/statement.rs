@@ -17,7 +17,7 @@ use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
     ShowStatementFilter, Statement as SqlStatement, Value as SqlValue,
 };
-use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::dialect::{GenericDialect, dialect_from_str};
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::error::{Error, Result};
@@ -76,6 +76,15 @@ pub enum Command {
     ReloadModels,
     /// `RELOAD FEATURE VIEWS`: read `<sql-dir>/features/` again.
     ReloadFeatureViews,
+    /// `SET name = value`: one of the client's session settings (see [`super::settings`]).
+    Set {
+        name: String,
+        value: String,
+    },
+    /// `RESET name` (`Some`), `RESET ALL` (`None`).
+    Reset {
+        name: Option<String>,
+    },
 }
 
 impl Planned {
@@ -168,8 +177,15 @@ pub async fn plan_sql_with(
         }
     }
     let rewritten = rewrite_extensions(sql)?;
-    let mut statements = DFParser::parse_sql_with_dialect(&rewritten.sql, &GenericDialect {})
-        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    // The dialect is the client's session setting (`datafusion.sql_parser.dialect`).
+    let state = session.state();
+    let mut statements = {
+        let dialect = &state.config().options().sql_parser.dialect;
+        let dialect = dialect_from_str(dialect)
+            .ok_or_else(|| Error::InvalidInput(format!("unsupported SQL dialect {dialect}")))?;
+        DFParser::parse_sql_with_dialect(&rewritten.sql, dialect.as_ref())
+            .map_err(|e| Error::InvalidInput(e.to_string()))?
+    };
     let mut statement = match (statements.pop_front(), statements.len()) {
         (Some(statement), 0) => statement,
         (None, _) => return Err(Error::InvalidInput("empty SQL statement".into())),
@@ -192,7 +208,6 @@ pub async fn plan_sql_with(
             show_functions = Some(filter.clone());
         }
     }
-    let state = session.state();
     let references = state.resolve_table_references(&statement)?;
     if references
         .iter()
@@ -417,6 +432,13 @@ fn classify(plan: LogicalPlan, partition_by: Vec<String>) -> Result<Planned> {
                 "transactions: every statement is its own Delta commit".into(),
             ));
         }
+        LogicalPlan::Statement(PlanStatement::SetVariable(set)) => Command::Set {
+            name: set.variable,
+            value: set.value,
+        },
+        LogicalPlan::Statement(PlanStatement::ResetVariable(reset)) => Command::Reset {
+            name: (!reset.variable.eq_ignore_ascii_case("all")).then_some(reset.variable),
+        },
         LogicalPlan::Statement(s) => {
             return Err(Error::Unsupported(format!("{} statements", s.name())));
         }

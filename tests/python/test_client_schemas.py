@@ -141,3 +141,70 @@ def test_a_real_mismatch_says_what_differs(adbc):
             cur.adbc_ingest("cs_mismatch", pa.table({"id": [1], "s": [1.5]}), mode="append")
     message = str(info.value)
     assert "column 's'" in message and "Float64" in message, message
+
+
+# --- session settings ------------------------------------------------------------------------
+
+# The hour of the Unix epoch in the session's time zone.
+HOUR = "SELECT date_part('hour', arrow_cast(0, 'Timestamp(Second, Some(\"UTC\"))')::TIMESTAMPTZ) AS h"
+# ADBC keeps the server's cookies (where the settings travel) only with this option.
+COOKIES = {"adbc.flight.sql.rpc.with_cookie_middleware": "true"}
+
+
+def hour(conn) -> int:
+    return query(conn, HOUR).column("h")[0].as_py()
+
+
+def test_set_changes_the_next_queries_of_that_connection_only(server):
+    with flightsql.connect(server.uri, autocommit=True, db_kwargs=COOKIES) as a, flightsql.connect(
+        server.uri, autocommit=True, db_kwargs=COOKIES
+    ) as b:
+        assert hour(a) == 0 and hour(b) == 0
+        with a.cursor() as cur:
+            cur.execute("SET datafusion.execution.time_zone = '+05:30'")
+            cur.fetchall()
+        assert hour(a) == 5, "the SET connection's next query"
+        assert hour(a) == 5, "and the one after"
+        assert hour(b) == 0, "another connection keeps the server's setting"
+        shown = query(a, "SHOW datafusion.execution.time_zone").to_pylist()
+        assert shown == [{"name": "datafusion.execution.time_zone", "value": "+05:30"}]
+
+        # A parameterized (prepared, bound) query follows the setting too.
+        assert query(a, HOUR + " WHERE ? = 1", parameters=(1,)).column("h")[0].as_py() == 5
+
+        # Limits stay the server's: PermissionDenied, and the session keeps what it had.
+        for statement in ["SET datafusion.runtime.memory_limit = '100G'",
+                          "SET datafusion.execution.target_partitions = 64"]:
+            with pytest.raises(adbc_driver_manager.Error) as info:
+                with a.cursor() as cur:
+                    cur.execute(statement)
+                    cur.fetchall()
+            assert info.value.status_code == adbc_driver_manager.AdbcStatusCode.UNAUTHORIZED, info.value
+            assert "the server's to set" in str(info.value)
+        with pytest.raises(adbc_driver_manager.Error) as info:
+            with a.cursor() as cur:
+                cur.execute("SET datafusion.execution.no_such_setting = 1")
+                cur.fetchall()
+        assert info.value.status_code == adbc_driver_manager.AdbcStatusCode.INVALID_ARGUMENT, info.value
+        assert hour(a) == 5
+
+        with a.cursor() as cur:
+            cur.execute("RESET datafusion.execution.time_zone")
+            cur.fetchall()
+        assert hour(a) == 0
+
+
+def test_flight_sql_session_options_are_connection_options(server):
+    prefix = "adbc.flight.sql.session.option."
+    with flightsql.connect(server.uri, autocommit=True, db_kwargs=COOKIES) as conn:
+        conn.adbc_connection.set_options(**{prefix + "datafusion.execution.time_zone": "-02:00"})
+        assert hour(conn) == 22
+        options = conn.adbc_connection.get_option("adbc.flight.sql.session.options")
+        assert '"datafusion.execution.time_zone":"-02:00"' in options.replace(" ", ""), options
+        conn.adbc_connection.set_options(**{prefix + "datafusion.execution.batch_size": "128"})
+        shown = query(conn, "SHOW datafusion.execution.batch_size").to_pylist()
+        assert shown[0]["value"] == "128"
+        with pytest.raises(adbc_driver_manager.Error) as info:
+            conn.adbc_connection.set_options(**{prefix + "datafusion.runtime.memory_limit": "1T"})
+        assert info.value.status_code == adbc_driver_manager.AdbcStatusCode.UNAUTHORIZED, info.value
+        assert hour(conn) == 22, "a refused option changes nothing"
