@@ -3,17 +3,25 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use adbc_core::options::{AdbcVersion, OptionDatabase, OptionValue};
 use adbc_core::{Connection, Database, Driver, Statement};
 use adbc_driver_manager::{ManagedConnection, ManagedDriver};
+use arrow_flight::FlightDescriptor;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::client::FlightSqlServiceClient;
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use futures::TryStreamExt;
 use quiver::session::QuiverSession;
 use sqllogictest::{DBOutput, DefaultColumnType};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tonic::transport::Channel;
 
 use super::{Broken, SltError, note_broken, output};
 
@@ -86,15 +94,30 @@ impl Server {
     }
 }
 
-/// One ADBC connection to the file's server.
+/// One ADBC connection to the file's server, and the arrow-flight Rust clients (Flight SQL, and
+/// plain Flight with SQL tickets as pyarrow.flight sends them) that read-only queries also run
+/// through.
 pub struct AdbcDb {
     connection: ManagedConnection,
+    sql_client: FlightSqlServiceClient<Channel>,
+    plain_client: FlightServiceClient<Channel>,
     broken: Broken,
     _server: Server,
 }
 
 impl AdbcDb {
-    pub fn connect(driver: &ManagedDriver, server: Server, broken: Broken) -> Result<Self, String> {
+    pub async fn connect(
+        driver: &ManagedDriver,
+        server: Server,
+        broken: Broken,
+    ) -> Result<Self, String> {
+        let channel = Channel::from_shared(format!("http://{}", server.addr))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let sql_client = FlightSqlServiceClient::new(channel.clone());
+        let plain_client = FlightServiceClient::new(channel);
         let uri = format!("grpc://{}", server.addr);
         let database = driver
             .clone()
@@ -103,6 +126,8 @@ impl AdbcDb {
         let connection = database.new_connection().map_err(|e| e.to_string())?;
         Ok(Self {
             connection,
+            sql_client,
+            plain_client,
             broken,
             _server: server,
         })
@@ -145,6 +170,29 @@ fn same(a: &DBOutput<DefaultColumnType>, b: &DBOutput<DefaultColumnType>) -> boo
         ) => t1 == t2 && r1 == r2,
         (DBOutput::StatementComplete(a), DBOutput::StatementComplete(b)) => a == b,
         _ => false,
+    }
+}
+
+/// The batches of a DoGet, checked against the schema GetFlightInfo announced.
+async fn conforming(
+    mut stream: FlightRecordBatchStream,
+    announced: &SchemaRef,
+) -> Result<Vec<RecordBatch>, String> {
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.try_next().await.map_err(|e| e.to_string())? {
+        if batch.schema_ref() != announced {
+            return Err(format!(
+                "a batch's schema {:?} is not the announced {announced:?}",
+                batch.schema()
+            ));
+        }
+        batches.push(batch);
+    }
+    match stream.schema() {
+        Some(schema) if schema != announced => Err(format!(
+            "the stream's schema {schema:?} is not the announced {announced:?}"
+        )),
+        _ => Ok(batches),
     }
 }
 
@@ -193,6 +241,30 @@ impl sqllogictest::AsyncDB for AdbcDb {
             }
             _ => {}
         }
+        if is_read_only(sql) {
+            for (client, answer) in [
+                (
+                    "the Rust Flight SQL client",
+                    self.through_flight_sql(sql).await,
+                ),
+                (
+                    "plain Flight (pyarrow.flight's calls)",
+                    self.through_plain_flight(sql).await,
+                ),
+            ] {
+                match answer {
+                    Ok((schema2, batches2))
+                        if schema2 == schema
+                            && same(&output(sql, &schema2, &batches2), &result) => {}
+                    Ok((schema2, _)) => note_broken(
+                        &self.broken,
+                        sql,
+                        format!("{client}, another result: {schema2:?} vs {schema:?} (ADBC)"),
+                    ),
+                    Err(e) => note_broken(&self.broken, sql, format!("{client}, an error: {e}")),
+                }
+            }
+        }
         Ok(result)
     }
 
@@ -204,6 +276,69 @@ impl sqllogictest::AsyncDB for AdbcDb {
 }
 
 impl AdbcDb {
+    /// A query through arrow-flight's Flight SQL client; the stream's and every batch's schema must
+    /// be the one GetFlightInfo announced.
+    async fn through_flight_sql(
+        &mut self,
+        sql: &str,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
+        let info = self
+            .sql_client
+            .execute(sql.to_string(), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let announced = Arc::new(
+            info.clone()
+                .try_decode_schema()
+                .map_err(|e| e.to_string())?,
+        );
+        let mut batches = Vec::new();
+        for endpoint in info.endpoint {
+            let ticket = endpoint.ticket.ok_or("an endpoint without a ticket")?;
+            let stream = self
+                .sql_client
+                .do_get(ticket)
+                .await
+                .map_err(|e| e.to_string())?;
+            batches.extend(conforming(stream, &announced).await?);
+        }
+        Ok((announced, batches))
+    }
+
+    /// A query as pyarrow.flight runs it: GetFlightInfo of a command descriptor holding the SQL
+    /// text, then DoGet of its ticket.
+    async fn through_plain_flight(
+        &mut self,
+        sql: &str,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
+        let descriptor = FlightDescriptor::new_cmd(sql.to_string());
+        let info = self
+            .plain_client
+            .get_flight_info(descriptor)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let announced = Arc::new(
+            info.clone()
+                .try_decode_schema()
+                .map_err(|e| e.to_string())?,
+        );
+        let mut batches = Vec::new();
+        for endpoint in info.endpoint {
+            let ticket = endpoint.ticket.ok_or("an endpoint without a ticket")?;
+            let data = self
+                .plain_client
+                .do_get(ticket)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .map_err(|s| FlightError::Tonic(Box::new(s)));
+            let stream = FlightRecordBatchStream::new_from_flight_data(data);
+            batches.extend(conforming(stream, &announced).await?);
+        }
+        Ok((announced, batches))
+    }
+
     /// The driver's error as the file sees it; Internal, Unknown and schema mismatches noted as bugs.
     fn failed(&self, sql: &str, e: adbc_core::error::Error) -> SltError {
         use adbc_core::error::Status;

@@ -6,8 +6,10 @@
 //!    `adbc-driver-flightsql` ships, loaded here with `adbc_driver_manager`) against a Quiver server
 //!    on a real gRPC socket: each statement is prepared and executed as the Python DB-API and JDBC
 //!    do (CreatePreparedStatement, GetFlightInfo, DoGet), and each query is also run unprepared
-//!    (CommandStatementQuery) and must give the same rows. The driver refuses a stream whose schema
-//!    differs from the one GetFlightInfo announced, so a schema mismatch fails the file.
+//!    (CommandStatementQuery) and must give the same rows, as must arrow-flight's Rust Flight SQL
+//!    client and plain Flight with the SQL as the command (the calls pyarrow.flight makes). The
+//!    driver refuses a stream whose schema differs from the one GetFlightInfo announced; the Rust
+//!    clients check every batch against it. A mismatch fails the file.
 //!
 //! Both passes compare with the same expected output. An answer with gRPC status Internal or
 //! Unknown fails the file even where the `.slt` expects an error.
@@ -200,7 +202,7 @@ async fn run_file(path: &Path, pass: Pass, driver: Option<&ManagedDriver>) -> Re
     let result = match (pass, driver) {
         (Pass::Adbc, Some(driver)) => {
             let server = adbc::Server::start(session).await?;
-            let db = adbc::AdbcDb::connect(driver, server, broken.clone())?;
+            let db = adbc::AdbcDb::connect(driver, server, broken.clone()).await?;
             run_with(path, db).await
         }
         _ => {
