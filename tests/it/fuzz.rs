@@ -246,7 +246,7 @@ async fn put_errors(
 }
 
 /// A well-formed upload of a batch with a few column types (schema message, then the batch), as
-/// an ingest into `fuzzed` or as the parameters of a prepared `SELECT $1, $2, $3`.
+/// an ingest replacing `fuzzed` or as the parameters of a prepared `SELECT $1, $2, $3`.
 async fn upload_messages(parameters: bool) -> Vec<FlightData> {
     use arrow_flight::encode::FlightDataEncoderBuilder;
     use arrow_flight::sql::{
@@ -302,10 +302,12 @@ async fn upload_messages(parameters: bool) -> Vec<FlightData> {
         .as_any()
         .encode_to_vec()
     } else {
+        // Replace, not append: a mutated upload that still decodes may create `fuzzed` with
+        // another schema (a renamed column), which an append of the unmutated one would not fit.
         CommandStatementIngest {
             table_definition_options: Some(TableDefinitionOptions {
                 if_not_exist: TableNotExistOption::Create.into(),
-                if_exists: TableExistsOption::Append.into(),
+                if_exists: TableExistsOption::Replace.into(),
             }),
             table: "fuzzed".into(),
             ..Default::default()
