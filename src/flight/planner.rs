@@ -196,7 +196,6 @@ fn has_side_effects(planned: &Planned) -> bool {
 /// What a statement writes, named for error messages; `None` for a read-only statement.
 fn write_kind(planned: &Planned) -> Option<&'static str> {
     match planned {
-        Planned::Command(Command::Set { .. } | Command::Reset { .. }) => None,
         Planned::Command(command) => Some(match command {
             Command::CreateSchema { .. } => "CREATE SCHEMA",
             Command::DropSchema { .. } => "DROP SCHEMA",
@@ -206,7 +205,8 @@ fn write_kind(planned: &Planned) -> Option<&'static str> {
             Command::RefreshFeatureViews { .. } => "REFRESH FEATURE VIEW",
             Command::ReloadModels => "RELOAD MODELS",
             Command::ReloadFeatureViews => "RELOAD FEATURE VIEWS",
-            Command::Set { .. } | Command::Reset { .. } => "SET",
+            // A session setting is the caller's own, not a write.
+            Command::Set { .. } | Command::Reset { .. } => return None,
         }),
         Planned::Query(LogicalPlan::Dml(dml)) => Some(dml_name(dml)),
         // EXPLAIN ANALYZE runs its statement.

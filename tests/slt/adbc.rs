@@ -8,11 +8,11 @@ use std::sync::Arc;
 use adbc_core::options::{AdbcVersion, OptionDatabase, OptionValue};
 use adbc_core::{Connection, Database, Driver, Statement};
 use adbc_driver_manager::{ManagedConnection, ManagedDriver};
-use arrow_flight::FlightDescriptor;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::{FlightDescriptor, FlightInfo};
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -287,22 +287,7 @@ impl AdbcDb {
             .execute(sql.to_string(), None)
             .await
             .map_err(|e| e.to_string())?;
-        let announced = Arc::new(
-            info.clone()
-                .try_decode_schema()
-                .map_err(|e| e.to_string())?,
-        );
-        let mut batches = Vec::new();
-        for endpoint in info.endpoint {
-            let ticket = endpoint.ticket.ok_or("an endpoint without a ticket")?;
-            let stream = self
-                .sql_client
-                .do_get(ticket)
-                .await
-                .map_err(|e| e.to_string())?;
-            batches.extend(conforming(stream, &announced).await?);
-        }
-        Ok((announced, batches))
+        self.fetch(info).await
     }
 
     /// A query as pyarrow.flight runs it: GetFlightInfo of a command descriptor holding the SQL
@@ -318,6 +303,12 @@ impl AdbcDb {
             .await
             .map_err(|e| e.to_string())?
             .into_inner();
+        self.fetch(info).await
+    }
+
+    /// Every endpoint of `info` (DoGet is the same call for both clients), each stream checked
+    /// against the schema `info` announced.
+    async fn fetch(&mut self, info: FlightInfo) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
         let announced = Arc::new(
             info.clone()
                 .try_decode_schema()
