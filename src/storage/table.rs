@@ -29,6 +29,7 @@ use object_store::{ObjectMeta, ObjectStoreExt};
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::storage::upkeep;
 use crate::storage::write::take_turn;
 
 /// Which snapshot of a table to read: the latest, or one chosen with `VERSION AS OF` / `TIMESTAMP AS OF`.
@@ -442,7 +443,7 @@ impl TableProvider for DeltaTableProvider {
         insert_op: InsertOp,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         self.check_writable("INSERT")?;
-        self.scan.insert_into(state, input, insert_op).await
+        crate::storage::insert::insert_plan(&self.table, self.schema(), state, input, insert_op)
     }
 
     async fn delete_from(
@@ -489,7 +490,10 @@ pub async fn update_rows(
     for (column, value) in assignments {
         builder = builder.with_update(column, value);
     }
-    let (_, metrics) = builder.await?;
+    let (table, metrics) = builder
+        .with_commit_properties(upkeep::commit_properties())
+        .await?;
+    upkeep::after_commit(&table);
     Ok(metrics.num_updated_rows as u64)
 }
 
@@ -499,11 +503,14 @@ pub async fn delete_rows(mut table: DeltaTable, predicate: Option<Expr>) -> Resu
     let _turn = take_turn(&mut table).await?;
     // delta-rs cannot count rows it drops by removing whole files; count them first on the same snapshot.
     let counted = count_matching(&table, predicate.as_ref()).await?;
-    let mut builder = table.delete();
+    let mut builder = table
+        .delete()
+        .with_commit_properties(upkeep::commit_properties());
     if let Some(predicate) = predicate {
         builder = builder.with_predicate(predicate);
     }
-    let (_, metrics) = builder.await?;
+    let (table, metrics) = builder.await?;
+    upkeep::after_commit(&table);
     Ok(metrics.num_deleted_rows.map_or(counted, |n| n as u64))
 }
 

@@ -17,7 +17,6 @@ use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use futures::StreamExt;
@@ -26,6 +25,7 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 use crate::error::{Error, Result};
 use crate::storage::storable::storable_stream;
 use crate::storage::table::OnceStream;
+use crate::storage::upkeep;
 
 /// How a write treats the data already in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,8 @@ pub enum WriteKind {
     Append,
     /// Replace all rows and the schema (the table is created first if it does not exist).
     Replace,
+    /// Replace all rows, keeping the schema and partitioning (`INSERT OVERWRITE`).
+    Overwrite,
 }
 
 pub struct WriteRequest {
@@ -124,32 +126,43 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
         WriteKind::Replace => builder
             .with_save_mode(SaveMode::Overwrite)
             .with_schema_mode(SchemaMode::Overwrite),
+        WriteKind::Overwrite => builder.with_save_mode(SaveMode::Overwrite),
     };
-    if !transactions.is_empty() {
-        builder = builder.with_commit_properties(
-            CommitProperties::default().with_application_transactions(transactions),
-        );
-    }
+    builder = builder.with_commit_properties(
+        upkeep::commit_properties().with_application_transactions(transactions),
+    );
     if !partition_by.is_empty() {
         builder = builder.with_partition_columns(partition_by);
     }
-    if let Err(e) = builder.await {
-        let original = input_error.lock().ok().and_then(|mut slot| slot.take());
-        if let Some(original) = original {
-            return Err(Error::DataFusion(original));
-        }
-        return Err(match e {
-            deltalake::DeltaTableError::Transaction {
-                source: deltalake::kernel::transaction::TransactionError::MaxCommitAttempts(n),
-            } => Error::Conflict {
-                table: table_name,
-                message: format!(
-                    "other writers committed first {n} times in a row; nothing was written, send \
-                     the data again"
-                ),
-            },
-            other => other.into(),
-        });
-    }
+    let written = match builder.await {
+        Ok(written) => written,
+        Err(e) => return Err(write_error(table_name, e, &input_error)),
+    };
+    upkeep::after_commit(&written);
     Ok(rows.load(Ordering::Relaxed))
+}
+
+/// A failed write as the client should see it: the input's own error when the input failed (a
+/// limit, a bad upload), a lost commit race as [`Error::Conflict`].
+fn write_error(
+    table_name: String,
+    e: deltalake::DeltaTableError,
+    input_error: &Mutex<Option<DataFusionError>>,
+) -> Error {
+    let original = input_error.lock().ok().and_then(|mut slot| slot.take());
+    if let Some(original) = original {
+        return Error::DataFusion(original);
+    }
+    match e {
+        deltalake::DeltaTableError::Transaction {
+            source: deltalake::kernel::transaction::TransactionError::MaxCommitAttempts(n),
+        } => Error::Conflict {
+            table: table_name,
+            message: format!(
+                "other writers committed first {n} times in a row; nothing was written, send the \
+                 data again"
+            ),
+        },
+        other => other.into(),
+    }
 }
