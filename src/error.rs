@@ -88,6 +88,10 @@ pub enum Error {
     #[error("{0}")]
     Corrupt(String),
 
+    /// A table version that exists in the log but whose data files VACUUM removed.
+    #[error("{0}")]
+    VersionGone(String),
+
     /// A bug or an impossible state: reported as Internal and logged at error level.
     #[error("internal error: {0}")]
     Internal(String),
@@ -133,6 +137,7 @@ impl Error {
             Error::Timeout(_) => Code::DeadlineExceeded,
             Error::Cancelled(_) => Code::Cancelled,
             Error::Corrupt(_) => Code::DataLoss,
+            Error::VersionGone(_) => Code::NotFound,
             Error::Internal(_) => Code::Internal,
         }
     }

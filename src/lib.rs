@@ -73,6 +73,7 @@ async fn print_sql(args: SqlArgs) -> Result<()> {
     let session = QuiverSession::open_with(args.warehouse.url()?, options).await?;
     let stream = query::run_sql(&session, &args.statement).await?;
     let batches: Vec<_> = stream.try_collect().await?;
+    storage::upkeep::finish().await;
     println!("{}", pretty_format_batches(&batches)?);
     Ok(())
 }

@@ -116,7 +116,9 @@ pub async fn serve_session(
     writeln!(stdout, "quiver listening on {uri}")?;
     write!(stdout, "{}", banner(&uri))?;
     stdout.flush()?;
-    serve(listener, session, config.server, shutdown).await
+    let served = serve(listener, session, config.server, shutdown).await;
+    crate::storage::upkeep::finish().await;
+    served
 }
 
 /// Serves Flight SQL on `listener` until `shutdown` resolves; in-flight calls get [`DRAIN_TIMEOUT`].

@@ -207,6 +207,8 @@ fn write_kind(planned: &Planned) -> Option<&'static str> {
             Command::ReloadFeatureViews => "RELOAD FEATURE VIEWS",
             // A session setting is the caller's own, not a write.
             Command::Set { .. } | Command::Reset { .. } => return None,
+            Command::Table { operation, .. } if !operation.writes() => return None,
+            Command::Table { operation, .. } => operation.name(),
         }),
         Planned::Query(LogicalPlan::Dml(dml)) => Some(dml_name(dml)),
         // EXPLAIN ANALYZE runs its statement.

@@ -28,6 +28,11 @@ pub async fn run(session: &QuiverSession, command: Command) -> Result<SendableRe
         }
         Command::ReloadModels => return crate::scoring::run_reload(session).await,
         Command::ReloadFeatureViews => return crate::features::run_reload(session).await,
+        Command::Table {
+            schema,
+            table,
+            operation,
+        } => return crate::query::table_ops::run(session, &schema, &table, operation).await,
         // A session setting lives with the client (flight::guard's cookie); here, where there is
         // no client session (`quiver sql`), it is only checked.
         Command::Set { name, value } => {

@@ -5,12 +5,14 @@
 pub mod asof;
 pub mod conform;
 pub mod ddl;
+pub mod delta_sql;
 pub mod dml;
 pub mod planner;
 pub mod prepared;
 pub mod rewrite;
 pub mod settings;
 pub mod statement;
+pub mod table_ops;
 
 pub use statement::{
     Command, Planned, direct_answer, execute, plan_sql, run_sql, schema_and_table,

@@ -15,7 +15,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
-    ShowStatementFilter, Statement as SqlStatement, Value as SqlValue,
+    ObjectName, ShowStatementFilter, Statement as SqlStatement, Value as SqlValue,
 };
 use datafusion::sql::sqlparser::dialect::{GenericDialect, dialect_from_str};
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
@@ -23,6 +23,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use crate::error::{Error, Result};
 use crate::query::asof::nest_asof_joins;
 use crate::query::conform::{conform_batch, conform_stream};
+use crate::query::delta_sql::{self, TableOperation};
 use crate::query::one_batch;
 use crate::query::rewrite::{bind_table_function_args, number_placeholders, rewrite_extensions};
 use crate::query::{ddl, dml};
@@ -85,6 +86,13 @@ pub enum Command {
     Reset {
         name: Option<String>,
     },
+    /// A Delta table statement: OPTIMIZE, VACUUM, RESTORE, DESCRIBE HISTORY / DETAIL, ALTER TABLE
+    /// (see [`super::delta_sql`]).
+    Table {
+        schema: String,
+        table: String,
+        operation: TableOperation,
+    },
 }
 
 impl Planned {
@@ -99,6 +107,9 @@ impl Planned {
             Planned::Command(Command::ReloadModels) => crate::scoring::reload_report_schema(),
             Planned::Command(Command::ReloadFeatureViews) => {
                 crate::features::reload_report_schema()
+            }
+            Planned::Command(Command::Table { operation, .. }) => {
+                super::table_ops::report_schema(operation)
             }
             Planned::Command(_) => Arc::new(Schema::empty()),
         }
@@ -176,6 +187,14 @@ pub async fn plan_sql_with(
             )));
         }
     }
+    if let Some(statement) = delta_sql::parse(sql)? {
+        let (schema, table) = schema_and_table(&object_name_reference(&statement.table))?;
+        return Ok(Planned::Command(Command::Table {
+            schema,
+            table,
+            operation: statement.operation,
+        }));
+    }
     let rewritten = rewrite_extensions(sql)?;
     // The dialect is the client's session setting (`datafusion.sql_parser.dialect`).
     let state = session.state();
@@ -223,6 +242,27 @@ pub async fn plan_sql_with(
         plan = with_user_defined_signatures(&state, plan, filter).await?;
     }
     classify(plan, rewritten.partition_by)
+}
+
+/// A parsed table name as DataFusion reads one: unquoted parts lower-cased.
+fn object_name_reference(name: &ObjectName) -> TableReference {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| match part.as_ident() {
+            Some(ident) if ident.quote_style.is_some() => ident.value.clone(),
+            Some(ident) => ident.value.to_lowercase(),
+            None => part.to_string(),
+        })
+        .collect();
+    match parts.as_slice() {
+        [table] => TableReference::bare(table.as_str()),
+        [schema, table] => TableReference::partial(schema.as_str(), table.as_str()),
+        [catalog, schema, table] => {
+            TableReference::full(catalog.as_str(), schema.as_str(), table.as_str())
+        }
+        _ => TableReference::bare(name.to_string()),
+    }
 }
 
 /// `REFRESH FEATURE VIEW <name>` / `REFRESH FEATURE VIEWS`, which DataFusion's parser does not know.

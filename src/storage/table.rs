@@ -56,6 +56,9 @@ pub async fn open_delta(url: &Url, as_of: &AsOf) -> Result<DeltaTable> {
     if let AsOf::Timestamp(ts) = as_of {
         check_not_before_creation(&table, ts).await?;
     }
+    if *as_of != AsOf::Latest {
+        check_files_present(&table, as_of).await?;
+    }
     Ok(table)
 }
 
@@ -266,6 +269,42 @@ async fn find_corrupt_commit(url: &Url) -> Option<Error> {
     None
 }
 
+/// Checks that the data files of a time-travel snapshot are still there (one listing of the table),
+/// so reading a version VACUUM removed files of is an error naming it, not a failed Parquet read.
+async fn check_files_present(table: &DeltaTable, as_of: &AsOf) -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    use std::collections::HashSet;
+    let snapshot = table.snapshot()?;
+    let store = table.object_store();
+    let present: HashSet<String> = store
+        .list(None)
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect()
+        .await?;
+    let mut views = snapshot.snapshot().file_views(&table.log_store(), None);
+    while let Some(view) = views.next().await {
+        let view = view?;
+        let path = view.object_store_path().to_string();
+        if !present.contains(&path) {
+            return Err(Error::VersionGone(format!(
+                "{} of {} cannot be read: VACUUM removed its data file {path}. Versions inside \
+                 the table's delta.deletedFileRetentionDuration can be read",
+                describe(as_of),
+                table.table_url()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn describe(as_of: &AsOf) -> String {
+    match as_of {
+        AsOf::Latest => "the latest version".into(),
+        AsOf::Version(v) => format!("version {v}"),
+        AsOf::Timestamp(ts) => format!("the version at {ts}"),
+    }
+}
+
 /// delta-rs answers a timestamp older than the table with its first version; Spark and Databricks
 /// reject it, and so does Quiver: there was no data then.
 async fn check_not_before_creation(table: &DeltaTable, ts: &str) -> Result<()> {
@@ -444,6 +483,18 @@ impl TableProvider for DeltaTableProvider {
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         self.check_writable("INSERT")?;
         crate::storage::insert::insert_plan(&self.table, self.schema(), state, input, insert_op)
+    }
+
+    async fn merge_into(
+        &self,
+        state: &dyn Session,
+        source: Arc<dyn ExecutionPlan>,
+        merge_schema: datafusion::common::DFSchemaRef,
+        on: Expr,
+        clauses: Vec<datafusion::logical_expr::dml::MergeIntoClause>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        self.check_writable("MERGE")?;
+        crate::storage::merge::merge_plan(&self.table, state, source, merge_schema, on, clauses)
     }
 
     async fn delete_from(

@@ -35,7 +35,12 @@ pub fn checkpoint_interval(table: &DeltaTable) -> u64 {
     table
         .snapshot()
         .ok()
-        .and_then(|s| s.metadata().configuration().get(CHECKPOINT_INTERVAL).cloned())
+        .and_then(|s| {
+            s.metadata()
+                .configuration()
+                .get(CHECKPOINT_INTERVAL)
+                .cloned()
+        })
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|v| *v > 0)
         .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL)
@@ -49,6 +54,20 @@ pub fn checkpoint_due(version: u64, interval: u64) -> bool {
 
 /// Tables with a checkpoint being written now.
 static RUNNING: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Mutex::default);
+
+/// The checkpoint tasks started and not yet awaited by [`finish`].
+static TASKS: LazyLock<Mutex<Vec<tokio::task::JoinHandle<()>>>> = LazyLock::new(Mutex::default);
+
+/// Waits for the checkpoints being written: before a one-shot process (`quiver sql`) or a
+/// server that is shutting down exits, so a due checkpoint is not lost with it.
+pub async fn finish() {
+    let tasks = std::mem::take(&mut *TASKS.lock().unwrap_or_else(|p| p.into_inner()));
+    for task in tasks {
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "a checkpoint task failed");
+        }
+    }
+}
 
 /// Called with the table a commit returned (loaded at the version it wrote). When that version is
 /// due a checkpoint, writes it (and cleans up expired log files) in a background task and returns
@@ -69,12 +88,18 @@ pub fn after_commit(table: &DeltaTable) {
         }
     }
     let table = table.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = checkpoint(&table).await {
             tracing::warn!(table = %key, version, error = %e, "could not write a checkpoint");
         }
-        RUNNING.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        RUNNING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
     });
+    let mut tasks = TASKS.lock().unwrap_or_else(|p| p.into_inner());
+    tasks.retain(|t| !t.is_finished());
+    tasks.push(task);
 }
 
 /// Writes the checkpoint of the table's loaded version and then removes expired log files (when the

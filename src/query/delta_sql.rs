@@ -1,0 +1,378 @@
+//! Delta table statements DataFusion's parser does not know, in Databricks/Spark syntax: `OPTIMIZE`,
+//! `VACUUM`, `RESTORE TABLE`, `DESCRIBE HISTORY` / `DESCRIBE DETAIL` and `ALTER TABLE ... ADD
+//! COLUMNS / SET TBLPROPERTIES`.
+//!
+//! Read with sqlparser's own parser (names, literals and expressions read as in every other
+//! statement); [`parse`] answers `None` for anything else, which then goes to DataFusion.
+
+use datafusion::sql::sqlparser::ast::{ColumnDef, Expr, Ident, ObjectName, Value};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+use crate::error::{Error, Result};
+use crate::query::rewrite::parse_timestamp;
+use crate::storage::AsOf;
+
+/// One table statement: the table named and what to do with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableStatement {
+    pub table: ObjectName,
+    pub operation: TableOperation,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TableOperation {
+    /// `OPTIMIZE t [WHERE <partition predicate>] [ZORDER BY (c, ...)]`.
+    Optimize {
+        predicate: Option<Box<Expr>>,
+        zorder: Vec<Ident>,
+    },
+    /// `VACUUM t [RETAIN n HOURS] [DRY RUN] [WITHOUT RETENTION CHECK]`: the last clause allows a
+    /// retention shorter than the table's (Spark's `retentionDurationCheck.enabled = false`).
+    Vacuum {
+        retain_hours: Option<f64>,
+        dry_run: bool,
+        check_retention: bool,
+    },
+    /// `RESTORE [TABLE] t [TO] VERSION AS OF n | TIMESTAMP AS OF '...'`.
+    Restore { to: AsOf },
+    /// `DESCRIBE HISTORY t [LIMIT n]`.
+    History { limit: Option<u64> },
+    /// `DESCRIBE DETAIL t`.
+    Detail,
+    /// `ALTER TABLE t ADD COLUMN[S] [(] c type [, ...] [)]`.
+    AddColumns { columns: Vec<ColumnDef> },
+    /// `ALTER TABLE t SET TBLPROPERTIES ('k' = 'v', ...)`.
+    SetProperties { properties: Vec<(String, String)> },
+}
+
+impl TableOperation {
+    /// The statement's name, for messages and permissions.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TableOperation::Optimize { .. } => "OPTIMIZE",
+            TableOperation::Vacuum { .. } => "VACUUM",
+            TableOperation::Restore { .. } => "RESTORE",
+            TableOperation::History { .. } => "DESCRIBE HISTORY",
+            TableOperation::Detail => "DESCRIBE DETAIL",
+            TableOperation::AddColumns { .. } => "ALTER TABLE ADD COLUMNS",
+            TableOperation::SetProperties { .. } => "ALTER TABLE SET TBLPROPERTIES",
+        }
+    }
+
+    /// Whether the statement changes the table (a new commit or removed files).
+    pub fn writes(&self) -> bool {
+        !matches!(
+            self,
+            TableOperation::History { .. } | TableOperation::Detail
+        ) && !matches!(self, TableOperation::Vacuum { dry_run: true, .. })
+    }
+}
+
+/// The statement in `sql` when it is one of this module's; `None` for any other statement.
+pub fn parse(sql: &str) -> Result<Option<TableStatement>> {
+    let dialect = GenericDialect {};
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(sql)
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let parsed = if word(&mut parser, "OPTIMIZE") {
+        optimize(&mut parser)
+    } else if word(&mut parser, "VACUUM") {
+        vacuum(&mut parser)
+    } else if word(&mut parser, "RESTORE") {
+        restore(&mut parser)
+    } else if word(&mut parser, "DESCRIBE") || word(&mut parser, "DESC") {
+        describe(&mut parser)
+    } else if word(&mut parser, "ALTER") && word(&mut parser, "TABLE") {
+        alter(&mut parser)
+    } else {
+        return Ok(None);
+    };
+    let statement = match parsed {
+        Ok(Some(statement)) => statement,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(Error::InvalidInput(e.to_string())),
+    };
+    while parser.consume_token(&Token::SemiColon) {}
+    let rest = parser.peek_token();
+    if rest.token != Token::EOF {
+        return Err(Error::InvalidInput(format!(
+            "unexpected '{}' after {} {}",
+            rest.token,
+            statement.operation.name(),
+            statement.table
+        )));
+    }
+    Ok(Some(statement))
+}
+
+type Parsed = std::result::Result<Option<TableStatement>, ParserError>;
+
+/// Consumes the next token when it is the unquoted word `w` (any case).
+fn word(parser: &mut Parser, w: &str) -> bool {
+    let is = matches!(
+        &parser.peek_token().token,
+        Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(w)
+    );
+    if is {
+        parser.next_token();
+    }
+    is
+}
+
+fn expect_word(parser: &mut Parser, w: &str) -> std::result::Result<(), ParserError> {
+    if word(parser, w) {
+        return Ok(());
+    }
+    parser.expected(w, parser.peek_token())
+}
+
+fn optimize(parser: &mut Parser) -> Parsed {
+    word(parser, "TABLE");
+    let table = parser.parse_object_name(false)?;
+    let predicate = if word(parser, "WHERE") {
+        Some(Box::new(parser.parse_expr()?))
+    } else {
+        None
+    };
+    let zorder = if word(parser, "ZORDER") {
+        expect_word(parser, "BY")?;
+        let parenthesized = parser.consume_token(&Token::LParen);
+        let columns = parser.parse_comma_separated(|p| p.parse_identifier())?;
+        if parenthesized {
+            parser.expect_token(&Token::RParen)?;
+        }
+        columns
+    } else {
+        Vec::new()
+    };
+    Ok(Some(TableStatement {
+        table,
+        operation: TableOperation::Optimize { predicate, zorder },
+    }))
+}
+
+fn vacuum(parser: &mut Parser) -> Parsed {
+    word(parser, "TABLE");
+    let table = parser.parse_object_name(false)?;
+    let retain_hours = if word(parser, "RETAIN") {
+        let token = parser.next_token();
+        let hours = match &token.token {
+            Token::Number(n, _) => n.parse::<f64>().ok().filter(|h| *h >= 0.0),
+            _ => None,
+        };
+        let Some(hours) = hours else {
+            return parser.expected("a number of hours after RETAIN", token);
+        };
+        expect_word(parser, "HOURS")?;
+        Some(hours)
+    } else {
+        None
+    };
+    let (mut dry_run, mut check_retention) = (false, true);
+    loop {
+        if word(parser, "DRY") {
+            expect_word(parser, "RUN")?;
+            dry_run = true;
+        } else if word(parser, "WITHOUT") {
+            expect_word(parser, "RETENTION")?;
+            expect_word(parser, "CHECK")?;
+            check_retention = false;
+        } else {
+            break;
+        }
+    }
+    Ok(Some(TableStatement {
+        table,
+        operation: TableOperation::Vacuum {
+            retain_hours,
+            dry_run,
+            check_retention,
+        },
+    }))
+}
+
+fn restore(parser: &mut Parser) -> Parsed {
+    word(parser, "TABLE");
+    let table = parser.parse_object_name(false)?;
+    word(parser, "TO");
+    let to = if word(parser, "VERSION") {
+        expect_word(parser, "AS")?;
+        expect_word(parser, "OF")?;
+        AsOf::Version(parser.parse_literal_uint()?)
+    } else if word(parser, "TIMESTAMP") {
+        expect_word(parser, "AS")?;
+        expect_word(parser, "OF")?;
+        let text = parser.parse_literal_string()?;
+        let at = parse_timestamp(&text).map_err(|e| ParserError::ParserError(e.to_string()))?;
+        AsOf::Timestamp(at.to_rfc3339())
+    } else {
+        return parser.expected("VERSION AS OF or TIMESTAMP AS OF", parser.peek_token());
+    };
+    Ok(Some(TableStatement {
+        table,
+        operation: TableOperation::Restore { to },
+    }))
+}
+
+fn describe(parser: &mut Parser) -> Parsed {
+    // `DESCRIBE history` describes a table named history: HISTORY and DETAIL are words here only
+    // when a table name follows.
+    let history = word(parser, "HISTORY");
+    if !history && !word(parser, "DETAIL") {
+        return Ok(None);
+    }
+    if parser.peek_token().token == Token::EOF || parser.peek_token().token == Token::SemiColon {
+        return Ok(None);
+    }
+    let table = parser.parse_object_name(false)?;
+    let operation = if history {
+        let limit = if word(parser, "LIMIT") {
+            Some(parser.parse_literal_uint()?)
+        } else {
+            None
+        };
+        TableOperation::History { limit }
+    } else {
+        TableOperation::Detail
+    };
+    Ok(Some(TableStatement { table, operation }))
+}
+
+fn alter(parser: &mut Parser) -> Parsed {
+    let table = parser.parse_object_name(false)?;
+    if word(parser, "ADD") {
+        if !word(parser, "COLUMNS") && !word(parser, "COLUMN") {
+            // ADD CONSTRAINT and the like: DataFusion's answer.
+            return Ok(None);
+        }
+        let parenthesized = parser.consume_token(&Token::LParen);
+        let columns = parser.parse_comma_separated(|p| p.parse_column_def())?;
+        if parenthesized {
+            parser.expect_token(&Token::RParen)?;
+        }
+        return Ok(Some(TableStatement {
+            table,
+            operation: TableOperation::AddColumns { columns },
+        }));
+    }
+    if word(parser, "SET") && word(parser, "TBLPROPERTIES") {
+        parser.expect_token(&Token::LParen)?;
+        let properties = parser.parse_comma_separated(|p| {
+            let key = property_text(p)?;
+            p.expect_token(&Token::Eq)?;
+            let value = property_text(p)?;
+            Ok((key, value))
+        })?;
+        parser.expect_token(&Token::RParen)?;
+        return Ok(Some(TableStatement {
+            table,
+            operation: TableOperation::SetProperties { properties },
+        }));
+    }
+    Ok(None)
+}
+
+/// A property key or value: a quoted string, a number, `true`/`false`, or a dotted name
+/// (`delta.checkpointInterval`).
+fn property_text(parser: &mut Parser) -> std::result::Result<String, ParserError> {
+    if let Token::Word(_) = parser.peek_token().token {
+        let name = parser.parse_object_name(false)?;
+        return Ok(name.to_string());
+    }
+    let value = parser.parse_value()?;
+    Ok(match value.value {
+        Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s,
+        Value::Number(n, _) => n.to_string(),
+        Value::Boolean(b) => b.to_string(),
+        other => other.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(sql: &str) -> TableOperation {
+        parse(sql).unwrap().unwrap().operation
+    }
+
+    #[test]
+    fn databricks_maintenance_statements_parse() {
+        assert_eq!(
+            op("OPTIMIZE events WHERE day = '2026-01-01' ZORDER BY (user_id, item_id)"),
+            TableOperation::Optimize {
+                predicate: Parser::new(&GenericDialect {})
+                    .try_with_sql("day = '2026-01-01'")
+                    .and_then(|mut p| p.parse_expr())
+                    .ok()
+                    .map(Box::new),
+                zorder: vec![Ident::new("user_id"), Ident::new("item_id")],
+            }
+        );
+        assert_eq!(
+            op("vacuum s.t retain 0 hours dry run without retention check;"),
+            TableOperation::Vacuum {
+                retain_hours: Some(0.0),
+                dry_run: true,
+                check_retention: false,
+            }
+        );
+        assert_eq!(
+            op("RESTORE TABLE t TO VERSION AS OF 3"),
+            TableOperation::Restore {
+                to: AsOf::Version(3)
+            }
+        );
+        assert_eq!(
+            op("DESCRIBE HISTORY t LIMIT 5"),
+            TableOperation::History { limit: Some(5) }
+        );
+        assert_eq!(op("DESC DETAIL t"), TableOperation::Detail);
+        assert_eq!(
+            op(
+                "ALTER TABLE t SET TBLPROPERTIES ('delta.checkpointInterval' = '5', delta.appendOnly = false)"
+            ),
+            TableOperation::SetProperties {
+                properties: vec![
+                    ("delta.checkpointInterval".into(), "5".into()),
+                    ("delta.appendOnly".into(), "false".into())
+                ]
+            }
+        );
+        let TableOperation::AddColumns { columns } =
+            op("ALTER TABLE t ADD COLUMNS (a INT, b VARCHAR)")
+        else {
+            panic!("not ADD COLUMNS");
+        };
+        assert_eq!(columns.len(), 2);
+    }
+
+    #[test]
+    fn other_statements_are_left_to_datafusion() {
+        for sql in [
+            "SELECT 1",
+            "DESCRIBE t",
+            "DESCRIBE history",
+            "ALTER TABLE t RENAME TO u",
+            "ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0)",
+        ] {
+            assert_eq!(parse(sql).unwrap(), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        for (sql, expected) in [
+            ("VACUUM t RETAIN x HOURS", "a number of hours"),
+            ("OPTIMIZE t ZORDER (a)", "Expected: BY"),
+            ("RESTORE t TO 3", "VERSION AS OF"),
+            ("VACUUM t DRY", "Expected: RUN"),
+            ("OPTIMIZE t extra", "unexpected 'extra' after OPTIMIZE t"),
+        ] {
+            let e = parse(sql).unwrap_err().to_string();
+            assert!(e.contains(expected), "{sql}: {e}");
+        }
+    }
+}
