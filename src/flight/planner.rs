@@ -253,7 +253,8 @@ pub async fn execute_handle(
 }
 
 /// Runs an update once per parameter row (or once without parameters) and returns the rows affected.
-/// An `INSERT` with many parameter rows becomes a single insert, so it is one Delta commit.
+/// An `INSERT` or `MERGE` with many parameter rows becomes one statement over all of them, so it is
+/// one Delta commit (an upsert of the rows a client sends).
 pub async fn execute_update(
     session: &QuiverSession,
     sql: &str,
@@ -282,9 +283,9 @@ pub async fn execute_update(
         .await;
     };
     if let Planned::Query(LogicalPlan::Dml(dml)) = &planned
-        && matches!(dml.op, WriteOp::Insert(_))
+        && matches!(dml.op, WriteOp::Insert(_) | WriteOp::MergeInto(_))
     {
-        return retry_conflicts(sql, || Box::pin(insert_many(session, dml, &params))).await;
+        return retry_conflicts(sql, || Box::pin(write_many(session, dml, &params))).await;
     }
     let mut total = 0;
     // Other statements run once per row, each planned afresh so it sees the previous row's commit.
@@ -335,8 +336,9 @@ async fn retry_conflicts<'a, T>(
     }
 }
 
-/// Binds every parameter row into the INSERT's source, then inserts all rows in one statement.
-async fn insert_many(
+/// Binds every parameter row into the INSERT's or MERGE's source, then runs the statement once
+/// over all the rows.
+async fn write_many(
     session: &QuiverSession,
     dml: &DmlStatement,
     params: &RecordBatch,
@@ -360,13 +362,28 @@ async fn insert_many(
         .ctx()
         .read_batches(unify(rows)?)?
         .into_unoptimized_plan();
-    let insert = DmlStatement::new(
+    // MERGE's conditions name the source by its alias: the rows keep it.
+    let source = match dml
+        .input
+        .schema()
+        .iter()
+        .next()
+        .and_then(|(q, _)| q.cloned())
+    {
+        Some(alias) if matches!(dml.op, WriteOp::MergeInto(_)) => {
+            datafusion::logical_expr::LogicalPlanBuilder::from(source)
+                .alias(alias)?
+                .build()?
+        }
+        _ => source,
+    };
+    let write = DmlStatement::new(
         dml.table_name.clone(),
         dml.target.clone(),
         dml.op.clone(),
         Arc::new(source),
     );
-    affected_rows(execute(session, Planned::Query(LogicalPlan::Dml(insert))).await?).await
+    affected_rows(execute(session, Planned::Query(LogicalPlan::Dml(write))).await?).await
 }
 
 /// Row-by-row binding gives batches whose types differ in nullability (or are Null where a parameter

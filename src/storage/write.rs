@@ -25,7 +25,7 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 use crate::error::{Error, Result};
 use crate::storage::storable::storable_stream;
 use crate::storage::table::OnceStream;
-use crate::storage::upkeep;
+use crate::storage::{group_commit, upkeep};
 
 /// How a write treats the data already in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +87,14 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
     } = request;
     let table_name = table.table_url().to_string();
     let data = storable_stream(data)?;
+    if kind == WriteKind::Append
+        && transactions.is_empty()
+        && partition_by.is_empty()
+        && table.version().is_some()
+        && group_commit::supports(&table)
+    {
+        return group_commit::append(table, data).await;
+    }
     let _turn = take_turn(&mut table).await?;
     let rows = Arc::new(AtomicU64::new(0));
     // delta-rs flattens an error from the input into a string; the original (a limit, a bad upload)

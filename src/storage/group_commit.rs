@@ -1,0 +1,182 @@
+//! Group commit: appends to one table that arrive together become one Delta commit.
+//!
+//! Each append writes its Parquet files on its own, concurrently with the others and without the
+//! table's write turn (delta-rs's `RecordBatchWriter`, which streams them to storage and rolls at
+//! the target file size). Only its `add` actions queue for the commit: whichever waiting append
+//! gets the turn next commits everything queued by then in one commit and answers every caller in
+//! it. A batch that fails fails while its own files are written, so only its caller; each caller
+//! is acknowledged only once the commit holding its files exists. Under load, commits are as many
+//! as the turns taken, not as the appends, and the log stays short.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use datafusion::execution::SendableRecordBatchStream;
+use deltalake::DeltaTable;
+use deltalake::kernel::transaction::{CommitBuilder, TableReference};
+use deltalake::kernel::{Action, Add};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TablePropertiesExt as _;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use futures::StreamExt;
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::storage::upkeep;
+use crate::storage::write::take_turn;
+
+/// An append waiting for its commit.
+struct Pending {
+    adds: Vec<Add>,
+    done: oneshot::Sender<std::result::Result<u64, Shared>>,
+}
+
+/// A failed group commit as each of its callers sees it.
+#[derive(Debug, Clone)]
+struct Shared {
+    conflict: bool,
+    message: String,
+}
+
+/// Appends whose files are written and whose commit has not been made, per table.
+static QUEUES: LazyLock<Mutex<HashMap<String, Arc<Mutex<Vec<Pending>>>>>> =
+    LazyLock::new(Mutex::default);
+
+fn queue(table: &DeltaTable) -> Arc<Mutex<Vec<Pending>>> {
+    QUEUES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(table.table_url().to_string())
+        .or_default()
+        .clone()
+}
+
+/// Whether appends to `table` can take this path: a loaded table delta-rs's `RecordBatchWriter`
+/// writes (not one with column mapping).
+pub fn supports(table: &DeltaTable) -> bool {
+    RecordBatchWriter::for_table(table).is_ok()
+}
+
+/// Appends `data` to `table` (loaded, existing) and returns the rows written once the commit
+/// holding them exists.
+pub async fn append(mut table: DeltaTable, data: SendableRecordBatchStream) -> Result<u64> {
+    let (adds, rows) = write_files(&table, data).await?;
+    if adds.is_empty() {
+        return Ok(0);
+    }
+    commit(&mut table, adds).await?;
+    Ok(rows)
+}
+
+/// Writes the Parquet files of `data` (nothing committed) and returns their `add` actions and the
+/// rows in them. On an error the files written so far are left unreferenced (VACUUM removes them).
+async fn write_files(
+    table: &DeltaTable,
+    mut data: SendableRecordBatchStream,
+) -> Result<(Vec<Add>, u64)> {
+    let target = table.snapshot()?.table_config().target_file_size().get();
+    let mut writer = RecordBatchWriter::for_table(table)?.with_target_file_size(target);
+    let mut rows = 0u64;
+    while let Some(batch) = data.next().await {
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                writer.reset();
+                return Err(e.into());
+            }
+        };
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        rows += batch.num_rows() as u64;
+        if let Err(e) = writer.write(batch).await {
+            writer.reset();
+            return Err(e.into());
+        }
+    }
+    let adds = writer.flush().await?;
+    Ok((adds, rows))
+}
+
+/// Queues `adds` for the table's next commit and returns its version once it exists.
+async fn commit(table: &mut DeltaTable, adds: Vec<Add>) -> Result<u64> {
+    let queue = queue(table);
+    let (done, mut answer) = oneshot::channel();
+    queue
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Pending { adds, done });
+    let _turn = take_turn(table).await?;
+    // A caller that had the turn before this one may have committed these files with its own.
+    if let Ok(answer) = answer.try_recv() {
+        return answer.map_err(|e| shared_error(table, e));
+    }
+    let group = std::mem::take(&mut *queue.lock().unwrap_or_else(|p| p.into_inner()));
+    let (actions, waiting): (Vec<Vec<Add>>, Vec<_>) =
+        group.into_iter().map(|p| (p.adds, p.done)).unzip();
+    let actions: Vec<Action> = actions.into_iter().flatten().map(Action::Add).collect();
+    let appends = waiting.len();
+    let result = commit_actions(table, actions).await;
+    let shared = result.as_ref().map(|v| *v).map_err(|e| Shared {
+        conflict: e.code() == tonic::Code::Aborted,
+        message: e.to_string(),
+    });
+    for done in waiting {
+        let _ = done.send(shared.clone());
+    }
+    if let Ok(version) = result {
+        tracing::debug!(table = %table.table_url(), version, appends, "group commit");
+        if table.update_incremental(Some(version)).await.is_ok() {
+            upkeep::after_commit(table);
+        }
+    }
+    match answer.try_recv() {
+        Ok(answer) => answer.map_err(|e| shared_error(table, e)),
+        Err(_) => Err(Error::Internal(
+            "a group commit did not answer one of its appends".into(),
+        )),
+    }
+}
+
+/// One commit of appended files on the table's latest version (the caller holds the turn).
+async fn commit_actions(table: &DeltaTable, actions: Vec<Action>) -> Result<u64> {
+    let snapshot = table.snapshot()?;
+    let partition_by = snapshot.metadata().partition_columns().to_vec();
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: (!partition_by.is_empty()).then_some(partition_by),
+        predicate: None,
+    };
+    let finalized = CommitBuilder::from(upkeep::commit_properties())
+        .with_actions(actions)
+        .build(
+            Some(snapshot as &dyn TableReference),
+            table.log_store(),
+            operation,
+        )
+        .await
+        .map_err(|e| match e {
+            deltalake::DeltaTableError::Transaction {
+                source: deltalake::kernel::transaction::TransactionError::MaxCommitAttempts(n),
+            } => Error::Conflict {
+                table: table.table_url().to_string(),
+                message: format!(
+                    "other writers committed first {n} times in a row; nothing was written, send \
+                     the data again"
+                ),
+            },
+            other => other.into(),
+        })?;
+    Ok(finalized.version())
+}
+
+fn shared_error(table: &DeltaTable, e: Shared) -> Error {
+    if e.conflict {
+        Error::Conflict {
+            table: table.table_url().to_string(),
+            message: e.message,
+        }
+    } else {
+        Error::Internal(format!("the commit of this append failed: {}", e.message))
+    }
+}

@@ -1,0 +1,196 @@
+"""Tables that stay healthy, through ADBC against the real server: checkpoints written every
+`delta.checkpointInterval` commits and read by Python deltalake and DuckDB's delta extension,
+OPTIMIZE / VACUUM / RESTORE / DESCRIBE HISTORY / DESCRIBE DETAIL reports, MERGE INTO with the
+client's rows as its source (executemany), and appends running while OPTIMIZE compacts."""
+
+import json
+import threading
+import time
+
+import adbc_driver_flightsql.dbapi as flight_sql
+import deltalake
+import pyarrow as pa
+import pytest
+
+from helpers import ingest, query, rows
+
+
+@pytest.fixture
+def conn(server):
+    with flight_sql.connect(server.uri, autocommit=True) as c:
+        yield c
+
+
+def execute(conn, sql, parameters=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, parameters=parameters)
+        return cur.fetch_arrow_table()
+
+
+def wait_for(path, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear in {seconds} s")
+        time.sleep(0.05)
+
+
+def appended(conn, table, start, count):
+    ingest(conn, table, pa.table({"id": pa.array(range(start, start + count), pa.int64())}), "append")
+
+
+def test_checkpoints_every_interval_are_read_by_deltalake_and_duckdb(server, conn):
+    table = "ckpt_events"
+    ingest(conn, table, pa.table({"id": pa.array([0], pa.int64())}), "create")  # version 0
+    for i in range(1, 25):  # versions 1..24
+        appended(conn, table, i, 1)
+    log = server.warehouse / "public" / table / "_delta_log"
+    # Spark's default interval of 10 (the table sets none): checkpoints after 10 and 20.
+    wait_for(log / "00000000000000000020.checkpoint.parquet")
+    assert (log / "00000000000000000010.checkpoint.parquet").exists()
+    assert not (log / "00000000000000000005.checkpoint.parquet").exists()
+    assert json.loads((log / "_last_checkpoint").read_text())["version"] == 20
+
+    # A table property changes the interval.
+    execute(conn, f"ALTER TABLE {table} SET TBLPROPERTIES ('delta.checkpointInterval' = '3')")  # v25
+    for i in range(25, 28):  # versions 26, 27 (checkpoint), 28
+        appended(conn, table, i, 1)
+    wait_for(log / "00000000000000000027.checkpoint.parquet")
+
+    dt = deltalake.DeltaTable(str(server.warehouse / "public" / table))
+    assert dt.version() == 28
+    assert sorted(dt.to_pyarrow_table()["id"].to_pylist()) == list(range(28))
+
+    duckdb = pytest.importorskip("duckdb")
+    from duckdb_extensions import import_extension
+
+    con = duckdb.connect()
+    import_extension("delta", con=con)
+    location = str(server.warehouse / "public" / table)
+    assert con.sql(f"SELECT count(*), sum(id) FROM delta_scan('{location}')").fetchone() == (28, sum(range(28)))
+
+
+def test_optimize_compacts_and_reports(server, conn):
+    table = "opt_small"
+    ingest(conn, table, pa.table({"id": pa.array([0], pa.int64()), "day": ["mon"]}), "create")
+    for i in range(1, 8):
+        ingest(conn, table, pa.table({"id": pa.array([i], pa.int64()), "day": ["mon"]}), "append")
+    before = sorted(rows(conn, f"SELECT id FROM {table}"), key=lambda r: r["id"])
+    files_before = rows(conn, f"DESCRIBE DETAIL {table}")[0]["num_files"]
+    assert files_before == 8
+
+    report = rows(conn, f"OPTIMIZE {table}")
+    assert len(report) == 1
+    r = report[0]
+    assert (r["table"], r["files_removed"], r["files_added"], r["version"]) == (f"public.{table}", 8, 1, 8)
+    assert r["bytes_removed"] > r["bytes_added"] > 0
+    assert r["duration_ms"] >= 0
+
+    assert sorted(rows(conn, f"SELECT id FROM {table}"), key=lambda r: r["id"]) == before
+    assert rows(conn, f"DESCRIBE DETAIL {table}")[0]["num_files"] == 1
+    # Time travel to before the compaction still works.
+    assert rows(conn, f"SELECT count(*) AS n FROM {table} VERSION AS OF 3") == [{"n": 4}]
+    # Nothing left to compact: no new version.
+    again = rows(conn, f"OPTIMIZE {table}")[0]
+    assert (again["files_removed"], again["files_added"]) == (0, 0)
+
+    history = rows(conn, f"DESCRIBE HISTORY {table} LIMIT 2")
+    assert [h["version"] for h in history] == [8, 7]
+    assert history[0]["operation"] == "OPTIMIZE"
+    assert json.loads(history[0]["operation_metrics"])["numFilesRemoved"] == 8
+    assert history[1]["operation"] == "WRITE"
+    assert json.loads(history[1]["operation_parameters"])["mode"] == "Append"
+    everything = rows(conn, f"DESCRIBE HISTORY {table}")
+    assert [h["version"] for h in everything] == list(range(8, -1, -1))
+
+
+def test_appends_during_optimize_are_kept(server, conn):
+    table = "opt_busy"
+    ingest(conn, table, pa.table({"id": pa.array([0], pa.int64())}), "create")
+    for i in range(1, 40):
+        appended(conn, table, i, 1)
+    errors = []
+    done = threading.Event()
+
+    def writer():
+        try:
+            with flight_sql.connect(server.uri, autocommit=True) as other:
+                next_id = 1000
+                while not done.is_set():
+                    appended(other, table, next_id, 1)
+                    next_id += 1
+                appended(other, table, next_id, 1)
+                writer.last = next_id
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(3):
+            rows(conn, f"OPTIMIZE {table}")
+    finally:
+        done.set()
+        thread.join(timeout=60)
+    assert not errors, errors
+    ids = [r["id"] for r in rows(conn, f"SELECT id FROM {table}")]
+    expected = list(range(40)) + list(range(1000, writer.last + 1))
+    assert sorted(ids) == expected, "an append made during OPTIMIZE was lost or duplicated"
+
+
+def test_vacuum_dry_run_lists_then_removes(server, conn):
+    table = "vac_files"
+    ingest(conn, table, pa.table({"id": pa.array([1, 2], pa.int64())}), "create")
+    ingest(conn, table, pa.table({"id": pa.array([3], pa.int64())}), "append")
+    execute(conn, f"DELETE FROM {table} WHERE id < 3")  # removes version 0's file
+    data = server.warehouse / "public" / table
+    parquet = lambda: sorted(p.name for p in data.glob("*.parquet"))  # noqa: E731
+    before = parquet()
+
+    with pytest.raises(flight_sql.Error, match="WITHOUT RETENTION CHECK"):
+        execute(conn, f"VACUUM {table} RETAIN 1 HOURS")
+    assert rows(conn, f"VACUUM {table}") == []  # nothing older than 7 days
+
+    listed = [r["path"] for r in rows(conn, f"VACUUM {table} RETAIN 0 HOURS DRY RUN WITHOUT RETENTION CHECK")]
+    assert len(listed) == 1 and parquet() == before, "a dry run removed files"
+    removed = [r["path"] for r in rows(conn, f"VACUUM {table} RETAIN 0 HOURS WITHOUT RETENTION CHECK")]
+    assert removed == listed
+    assert parquet() == sorted(set(before) - set(listed))
+    assert rows(conn, f"SELECT id FROM {table}") == [{"id": 3}]
+    with pytest.raises(flight_sql.Error, match="version 0 of .* cannot be read: VACUUM removed"):
+        query(conn, f"SELECT * FROM {table} VERSION AS OF 0")
+
+
+def test_restore_and_merge_from_client_rows(server, conn):
+    table = "users_synced"
+    ingest(conn, table, pa.table({"id": pa.array([1, 2, 3], pa.int64()), "name": ["a", "b", "c"]}), "create")
+    # An upsert of rows the client sends: executemany binds every row into MERGE's source, one commit.
+    commits_before = len(list((server.warehouse / "public" / table / "_delta_log").glob("*.json")))
+    with conn.cursor() as cur:
+        cur.executemany(
+            f"MERGE INTO {table} t USING (SELECT CAST(? AS BIGINT) AS id, CAST(? AS VARCHAR) AS name) s "
+            "ON t.id = s.id WHEN MATCHED THEN UPDATE SET name = s.name "
+            "WHEN NOT MATCHED THEN INSERT (id, name) VALUES (s.id, s.name)",
+            [(2, "B"), (4, "d"), (5, "e")],
+        )
+        assert cur.rowcount == 3
+    commits_after = len(list((server.warehouse / "public" / table / "_delta_log").glob("*.json")))
+    assert commits_after == commits_before + 1, "the upsert took more than one commit"
+    assert rows(conn, f"SELECT * FROM {table} ORDER BY id") == [
+        {"id": 1, "name": "a"},
+        {"id": 2, "name": "B"},
+        {"id": 3, "name": "c"},
+        {"id": 4, "name": "d"},
+        {"id": 5, "name": "e"},
+    ]
+
+    restored = rows(conn, f"RESTORE TABLE {table} TO VERSION AS OF 0")
+    assert restored[0]["version"] == 2 and restored[0]["table"] == f"public.{table}"
+    assert rows(conn, f"SELECT count(*) AS n FROM {table}") == [{"n": 3}]
+    assert rows(conn, f"DESCRIBE HISTORY {table} LIMIT 1")[0]["operation"] == "RESTORE"
+
+    detail = rows(conn, f"DESCRIBE DETAIL {table}")[0]
+    assert detail["format"] == "delta" and detail["version"] == 2
+    assert detail["location"].endswith(f"/public/{table}/")
+    assert detail["partition_columns"] == [] and json.loads(detail["properties"]) == {}
+
