@@ -38,11 +38,13 @@ struct Shared {
     message: String,
 }
 
-/// Appends whose files are written and whose commit has not been made, per table.
-static QUEUES: LazyLock<Mutex<HashMap<String, Arc<Mutex<Vec<Pending>>>>>> =
-    LazyLock::new(Mutex::default);
+/// Appends whose files are written and whose commit has not been made, of one table.
+type Queue = Arc<Mutex<Vec<Pending>>>;
 
-fn queue(table: &DeltaTable) -> Arc<Mutex<Vec<Pending>>> {
+/// The queue of each table appended to.
+static QUEUES: LazyLock<Mutex<HashMap<String, Queue>>> = LazyLock::new(Mutex::default);
+
+fn queue(table: &DeltaTable) -> Queue {
     QUEUES
         .lock()
         .unwrap_or_else(|p| p.into_inner())
