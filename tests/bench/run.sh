@@ -8,6 +8,9 @@
 #                                                         recommend_items (models.rs, models_bench.py)
 #   tests/bench/run.sh load [--clients N] [--seconds N]   64 clients x 60 s of point queries, scans and
 #                                                         ingest against `quiver serve` (load.rs)
+#   tests/bench/run.sh commits [--appends N] [--concurrency N]
+#                                                         small appends to one table with and without
+#                                                         checkpoints, then OPTIMIZE (commits.rs)
 #   tests/bench/run.sh peers [--events N] [--rows N] [--lookups N] [--repeat N] [--only a,b] [--out DIR]
 #                                                         Quiver side by side with pyarrow.flight, DuckDB,
 #                                                         Feast, onnxruntime and deltalake (peers.py);
@@ -19,6 +22,10 @@ if [ "${1:-}" = load ]; then
     shift
     cargo build --release --bin quiver --example load
     exec "$CARGO_TARGET_DIR/release/examples/load" --server "$CARGO_TARGET_DIR/release/quiver" "$@"
+fi
+if [ "${1:-}" = commits ]; then
+    shift
+    exec cargo run --release --example commits -- "$@"
 fi
 if [ "${1:-}" = online ]; then
     shift
