@@ -166,3 +166,100 @@ def test_sigkill_during_ingest_loses_nothing_acknowledged(tmp_path):
         assert dt.to_pyarrow_table().num_rows == sum(
             BATCH_ROWS for k in counts if (k[1] % 2 == 1) == (table == "killed_a")
         )
+
+
+def test_sigkill_during_maintenance_loses_nothing(tmp_path):
+    """SIGKILL while appends, checkpoints (every 2 commits), OPTIMIZE, MERGE and VACUUM run: after a
+    restart every acknowledged append is there once, the merged table has each key once, both
+    tables open in Quiver and deltalake, and the next OPTIMIZE and VACUUM succeed."""
+    rounds = int(os.environ.get("QUIVER_KILL_ROUNDS", "20")) // 2 or 1
+    warehouse = tmp_path / "warehouse"
+    keys = 50
+    srv = Server(warehouse)
+    with dbapi.connect(srv.uri, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.adbc_ingest("busy", batch(-1, 0), mode="create")
+            cur.execute("ALTER TABLE busy SET TBLPROPERTIES ('delta.checkpointInterval' = '2')")
+            cur.execute(
+                f"CREATE TABLE upserted AS SELECT CAST(v AS BIGINT) AS id, CAST(-1 AS BIGINT) AS r "
+                f"FROM generate_series(0, {keys - 1}) t(v)"
+            )
+            cur.execute("ALTER TABLE upserted SET TBLPROPERTIES ('delta.checkpointInterval' = '2')")
+    assert srv.stop() == 0
+    acked: set[tuple[int, int]] = {(-1, 0)}
+    attempted: set[tuple[int, int]] = set(acked)
+    rng = random.Random(20261203)
+    seq = 0
+    for round_ in range(rounds):
+        srv = Server(warehouse)
+        stop = threading.Event()
+
+        def append():
+            nonlocal seq
+            try:
+                with dbapi.connect(srv.uri, autocommit=True) as conn:
+                    while not stop.is_set():
+                        seq += 1
+                        key = (round_, seq)
+                        attempted.add(key)
+                        with conn.cursor() as cur:
+                            cur.adbc_ingest("busy", batch(round_, seq), mode="append")
+                        acked.add(key)
+            except Exception:
+                pass
+
+        def maintain():
+            try:
+                with dbapi.connect(srv.uri, autocommit=True) as conn:
+                    while not stop.is_set():
+                        with conn.cursor() as cur:
+                            cur.execute("OPTIMIZE busy")
+                            cur.fetchall()
+                            cur.execute(
+                                f"MERGE INTO upserted t USING (SELECT CAST(v AS BIGINT) AS id FROM "
+                                f"generate_series(0, {keys + 10}) s(v)) s ON t.id = s.id "
+                                f"WHEN MATCHED THEN UPDATE SET r = {round_} "
+                                f"WHEN NOT MATCHED THEN INSERT (id, r) VALUES (s.id, {round_})"
+                            )
+                            cur.execute("VACUUM upserted RETAIN 0 HOURS WITHOUT RETENTION CHECK")
+                            cur.fetchall()
+            except Exception:
+                pass
+
+        threads = [threading.Thread(target=append), threading.Thread(target=maintain)]
+        for t in threads:
+            t.start()
+        time.sleep(rng.uniform(0.5, 2.0))
+        srv.proc.send_signal(signal.SIGKILL)
+        srv.proc.wait(timeout=30)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+
+    srv = Server(warehouse)
+    try:
+        with dbapi.connect(srv.uri, autocommit=True) as conn:
+            counts = {
+                (r["writer"], r["seq"]): r["n"]
+                for r in rows(conn, "SELECT writer, seq, count(*) AS n FROM busy GROUP BY writer, seq")
+            }
+            ids = rows(conn, "SELECT id, count(*) AS n FROM upserted GROUP BY id ORDER BY id")
+            history = [h["operation"] for h in rows(conn, "DESCRIBE HISTORY upserted")]
+            assert "MERGE" in history and "VACUUM END" in history, "no maintenance ran before the kills"
+            assert "OPTIMIZE" in [h["operation"] for h in rows(conn, "DESCRIBE HISTORY busy")]
+            # The next maintenance runs succeed.
+            rows(conn, "OPTIMIZE busy")
+            rows(conn, "OPTIMIZE upserted")
+            rows(conn, "VACUUM upserted RETAIN 0 HOURS WITHOUT RETENTION CHECK")
+            assert rows(conn, "SELECT count(*) AS n FROM busy") == [{"n": BATCH_ROWS * len(counts)}]
+    finally:
+        assert srv.stop() == 0
+    missing = acked - set(counts)
+    assert not missing, f"acknowledged appends lost: {sorted(missing)[:5]}"
+    assert all(n == BATCH_ROWS for n in counts.values()), "an append is half-visible or duplicated"
+    assert set(counts) <= attempted
+    assert all(r["n"] == 1 for r in ids), "a MERGE wrote a key twice"
+    assert {r["id"] for r in ids} >= set(range(keys))
+    assert list((warehouse / "public" / "busy" / "_delta_log").glob("*.checkpoint.parquet"))
+    for table in ("busy", "upserted"):
+        deltalake.DeltaTable(str(warehouse / "public" / table)).to_pyarrow_table()
