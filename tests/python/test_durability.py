@@ -7,6 +7,7 @@
   Python deltalake).
 """
 
+import itertools
 import os
 import random
 import signal
@@ -33,6 +34,22 @@ def batch(writer: int, seq: int) -> pa.Table:
             "row": pa.array(range(BATCH_ROWS), pa.int64()),
         }
     )
+
+
+def keep_appending(uri, round_, seqs, stop, acked, attempted, table_of, mode):
+    """Appends batches `(round_, seq)` until `stop` or until the server dies under it (whatever was
+    not acknowledged may then be lost); `table_of(seq)` picks the table."""
+    try:
+        with dbapi.connect(uri, autocommit=True) as conn:
+            while not stop.is_set():
+                seq = next(seqs)
+                key = (round_, seq)
+                attempted.add(key)
+                with conn.cursor() as cur:
+                    cur.adbc_ingest(table_of(seq), batch(round_, seq), mode=mode)
+                acked.add(key)
+    except Exception:
+        pass
 
 
 def test_concurrent_writers_every_acknowledged_write_lands_once(fresh_server):
@@ -115,25 +132,16 @@ def test_sigkill_during_ingest_loses_nothing_acknowledged(tmp_path):
     acked: set[tuple[int, int]] = set()
     attempted: set[tuple[int, int]] = set()
     rng = random.Random(20261125)
-    seq = 0
+    seqs = itertools.count(1)
     for round_ in range(rounds):
         srv = Server(warehouse)
         stop = threading.Event()
 
         def write():
-            nonlocal seq
-            try:
-                with dbapi.connect(srv.uri, autocommit=True) as conn:
-                    while not stop.is_set():
-                        seq += 1
-                        key = (round_, seq)
-                        attempted.add(key)
-                        table = "killed_a" if seq % 2 else "killed_b"
-                        with conn.cursor() as cur:
-                            cur.adbc_ingest(table, batch(round_, seq), mode="create_append")
-                        acked.add(key)
-            except Exception:
-                pass  # the server died under us: whatever was not acknowledged may be lost
+            keep_appending(
+                srv.uri, round_, seqs, stop, acked, attempted,
+                lambda seq: "killed_a" if seq % 2 else "killed_b", "create_append",
+            )
 
         writer = threading.Thread(target=write)
         writer.start()
@@ -189,24 +197,13 @@ def test_sigkill_during_maintenance_loses_nothing(tmp_path):
     acked: set[tuple[int, int]] = {(-1, 0)}
     attempted: set[tuple[int, int]] = set(acked)
     rng = random.Random(20261203)
-    seq = 0
+    seqs = itertools.count(1)
     for round_ in range(rounds):
         srv = Server(warehouse)
         stop = threading.Event()
 
         def append():
-            nonlocal seq
-            try:
-                with dbapi.connect(srv.uri, autocommit=True) as conn:
-                    while not stop.is_set():
-                        seq += 1
-                        key = (round_, seq)
-                        attempted.add(key)
-                        with conn.cursor() as cur:
-                            cur.adbc_ingest("busy", batch(round_, seq), mode="append")
-                        acked.add(key)
-            except Exception:
-                pass
+            keep_appending(srv.uri, round_, seqs, stop, acked, attempted, lambda _: "busy", "append")
 
         def maintain():
             try:
