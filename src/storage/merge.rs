@@ -201,6 +201,8 @@ async fn run_merge(
         .merge(source, on)
         .with_source_alias(SOURCE)
         .with_target_alias(TARGET)
+        // The source is read once, as it streams (its values still prune target files).
+        .with_streaming(true)
         .with_session_state(Arc::new(state.clone()))
         .with_commit_properties(upkeep::commit_properties());
     for MergeIntoClause {

@@ -2,6 +2,8 @@
 # Builds the release binary and runs a benchmark; prints figures, asserts nothing.
 #   tests/bench/run.sh [flight] [--rows N] [--repeat N]   Flight DoGet and ingest (flight_bench.py)
 #   tests/bench/run.sh asof [--rows N] [--repeat N]       ASOF JOIN, N x N rows (asof_bench.py)
+#   tests/bench/run.sh merge [--rows N] [--changes N]     MERGE of 100k changed rows into 10M, Quiver
+#                                                         vs Python deltalake (merge_bench.py)
 #   tests/bench/run.sh online [--users N] [--lookups N]   online lookups from the Rust Flight SQL
 #                                                         client, 1 and 50 views (online_lookup.rs)
 #   tests/bench/run.sh models [--items N] [--rows N]      predict vs onnxruntime, recommend p50/p99,
@@ -65,5 +67,5 @@ if [ "${1:-}" = models ]; then
 fi
 cargo build --release --bin quiver
 BENCH=flight
-case "${1:-}" in flight|asof) BENCH="$1"; shift ;; esac
+case "${1:-}" in flight|asof|merge) BENCH="$1"; shift ;; esac
 QUIVER_BIN="$CARGO_TARGET_DIR/release/quiver" "$VENV/bin/python" "tests/bench/${BENCH}_bench.py" "$@"
