@@ -78,6 +78,7 @@ async fn write_files(
 ) -> Result<(Vec<Add>, u64)> {
     let target = table.snapshot()?.table_config().target_file_size().get();
     let mut writer = RecordBatchWriter::for_table(table)?.with_target_file_size(target);
+    let schema = writer.arrow_schema();
     let mut rows = 0u64;
     while let Some(batch) = data.next().await {
         let batch = match batch {
@@ -91,6 +92,16 @@ async fn write_files(
             continue;
         }
         rows += batch.num_rows() as u64;
+        // As delta-rs's own write does: the batch in the table's types (an INSERT's NULL
+        // parameters arrive as type Null, its literals as narrower decimals).
+        let batch = match deltalake::kernel::cast_record_batch(&batch, schema.clone(), false, false)
+        {
+            Ok(batch) => batch,
+            Err(e) => {
+                writer.reset();
+                return Err(e.into());
+            }
+        };
         if let Err(e) = writer.write(batch).await {
             writer.reset();
             return Err(e.into());

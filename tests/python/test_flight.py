@@ -277,7 +277,8 @@ def test_concurrent_writers_all_land(client, server):
     assert rows(client, f"SELECT count(*) AS n, count(DISTINCT w) AS writers FROM {t}") == [
         {"n": 24, "writers": 6}
     ]
-    assert commits(server, t) == 1 + 24
+    # Appends that arrive together are group-committed: never more commits than writes.
+    assert 1 < commits(server, t) <= 1 + 24
 
 
 # --- ListFlights / GetSchema -------------------------------------------------------------------
