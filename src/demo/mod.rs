@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::DemoArgs;
 use crate::error::{Error, Result};
 use crate::features::refresh::Mode;
-use crate::ingest::{IngestMode, ingest};
+use crate::ingest::{IngestMode, IngestOptions, ingest};
 use crate::session::QuiverSession;
 use crate::storage::DEFAULT_SCHEMA;
 use dataset::{Spec, World};
@@ -135,7 +135,15 @@ async fn write_batch(session: &QuiverSession, table: &str, batch: RecordBatch) -
         schema,
         futures::stream::iter([Ok(batch)]),
     ));
-    ingest(session, DEFAULT_SCHEMA, table, IngestMode::Create, data).await?;
+    ingest(
+        session,
+        DEFAULT_SCHEMA,
+        table,
+        IngestMode::Create,
+        IngestOptions::default(),
+        data,
+    )
+    .await?;
     println!(
         "  {table}: {rows} rows written in {}",
         seconds(started.elapsed())
@@ -171,6 +179,7 @@ async fn write_interactions(session: &QuiverSession, world: World) -> Result<()>
         DEFAULT_SCHEMA,
         "interactions",
         IngestMode::Create,
+        IngestOptions::default(),
         data,
     )
     .await;

@@ -211,6 +211,7 @@ pub async fn refresh(session: &QuiverSession, view: &Arc<ViewState>) -> Result<R
             partition_by: Vec::new(),
             data: stream,
             transactions,
+            merge_schema: false,
         },
     )
     .await

@@ -16,14 +16,48 @@ use crate::error::{Error, Result};
 use crate::flight::metadata::path_to_table;
 use crate::flight::parameters;
 use crate::flight::stream::{collect_upload, decode_optional_upload, decode_upload, ipc_stream};
-use crate::ingest::{IngestMode, ingest};
+use crate::ingest::{IngestMode, IngestOptions, ingest};
 use crate::session::QuiverSession;
 use crate::storage::{CATALOG, DEFAULT_SCHEMA};
+
+/// The prefix of the request headers that set ingest options on any upload, e.g.
+/// `x-quiver-ingest-merge-schema: true`. ADBC clients send one with the statement option
+/// `adbc.flight.sql.rpc.call_header.x-quiver-ingest-merge-schema`, pyarrow.flight with
+/// `FlightCallOptions(headers=...)`.
+const OPTION_HEADER: &str = "x-quiver-ingest-";
+
+/// The ingest options of an upload: its `x-quiver-ingest-*` headers, then the options of the Flight
+/// SQL command (which win). A header that is not text is refused.
+pub fn upload_options(
+    headers: &tonic::metadata::MetadataMap,
+    command_options: &std::collections::HashMap<String, String>,
+) -> Result<IngestOptions> {
+    let mut pairs = Vec::new();
+    for entry in headers.iter() {
+        let tonic::metadata::KeyAndValueRef::Ascii(key, value) = entry else {
+            continue;
+        };
+        let Some(name) = key.as_str().strip_prefix(OPTION_HEADER) else {
+            continue;
+        };
+        let value = value
+            .to_str()
+            .map_err(|_| Error::InvalidInput(format!("header '{}' is not text", key.as_str())))?;
+        pairs.push((name, value));
+    }
+    pairs.extend(
+        command_options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    IngestOptions::parse(pairs)
+}
 
 /// CommandStatementIngest (ADBC's `adbc_ingest`): one Delta commit per call.
 pub async fn ingest_command(
     session: &QuiverSession,
     command: CommandStatementIngest,
+    options: IngestOptions,
     upload: PeekableFlightDataStream,
     max_bytes: u64,
 ) -> Result<i64> {
@@ -51,7 +85,7 @@ pub async fn ingest_command(
         .filter(|s| !s.is_empty())
         .unwrap_or(DEFAULT_SCHEMA);
     let data = decode_upload(bounded(upload, max_bytes)).await?;
-    let rows = ingest(session, schema, &command.table, mode, data).await?;
+    let rows = ingest(session, schema, &command.table, mode, options, data).await?;
     Ok(i64::try_from(rows).unwrap_or(i64::MAX))
 }
 
@@ -82,6 +116,7 @@ fn ingest_mode(command: &CommandStatementIngest) -> Result<IngestMode> {
 /// table if it does not exist.
 pub async fn ingest_path(
     session: &QuiverSession,
+    options: IngestOptions,
     mut upload: PeekableFlightDataStream,
     command_type: &str,
     max_bytes: u64,
@@ -102,7 +137,15 @@ pub async fn ingest_path(
     }
     let (schema, table) = path_to_table(&descriptor.path)?;
     let data = decode_upload(bounded(upload, max_bytes)).await?;
-    let rows = ingest(session, &schema, &table, IngestMode::CreateAppend, data).await?;
+    let rows = ingest(
+        session,
+        &schema,
+        &table,
+        IngestMode::CreateAppend,
+        options,
+        data,
+    )
+    .await?;
     Ok(i64::try_from(rows).unwrap_or(i64::MAX))
 }
 

@@ -33,7 +33,9 @@ use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::flight::guard::{client_settings, principal};
 use crate::flight::handle::StatementHandle;
-use crate::flight::ingest::{bound_parameters, collect_parameters, ingest_command, ingest_path};
+use crate::flight::ingest::{
+    bound_parameters, collect_parameters, ingest_command, ingest_path, upload_options,
+};
 use crate::flight::limits::{Admission, Limits};
 use crate::flight::session_cookie::ClientSettings;
 use crate::flight::session_options;
@@ -495,10 +497,11 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         principal(&request)?.authorize_write("ingest")?;
+        let options = upload_options(request.metadata(), &command.options)?;
         let upload = request.into_inner();
         let max_bytes = self.admission.limits().max_upload_bytes;
         self.run_statement(false, move |session| async move {
-            ingest_command(&session, command, upload, max_bytes).await
+            ingest_command(&session, command, options, upload, max_bytes).await
         })
         .await
     }
@@ -548,11 +551,12 @@ impl FlightSqlService for QuiverFlightSql {
         message: Any,
     ) -> Result<Response<PutStream>, Status> {
         principal(&request)?.authorize_write("ingest")?;
+        let options = upload_options(request.metadata(), &Default::default())?;
         let upload = request.into_inner();
         let max_bytes = self.admission.limits().max_upload_bytes;
         let rows = self
             .run_statement(false, move |session| async move {
-                ingest_path(&session, upload, &message.type_url, max_bytes).await
+                ingest_path(&session, options, upload, &message.type_url, max_bytes).await
             })
             .await?;
         let result = DoPutUpdateResult { record_count: rows };

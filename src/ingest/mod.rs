@@ -26,12 +26,58 @@ pub enum IngestMode {
     CreateAppend,
 }
 
+/// What an upload may change besides the rows, named as the client names it (Flight SQL ingest
+/// options, or `x-quiver-ingest-<name>` headers on any upload).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestOptions {
+    /// Spark's `mergeSchema`: columns the upload has and the table lacks are added to the table
+    /// (nullable) in the same commit as the rows, and nullable columns the upload lacks are
+    /// written as nulls. Off (the default): the upload must have exactly the table's columns.
+    pub merge_schema: bool,
+}
+
+impl IngestOptions {
+    /// The options these `(name, value)` pairs set; a name or value Quiver does not know is
+    /// refused, naming it (a misspelled option must not be silently ignored).
+    pub fn parse<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
+        let mut options = IngestOptions::default();
+        for (name, value) in pairs {
+            // `merge_schema`, `mergeSchema` and `merge-schema` are one option.
+            let key: String = name
+                .chars()
+                .filter(|c| !matches!(c, '_' | '-'))
+                .flat_map(char::to_lowercase)
+                .collect();
+            match key.as_str() {
+                "mergeschema" => options.merge_schema = flag(name, value)?,
+                _ => {
+                    return Err(Error::InvalidInput(format!(
+                        "unknown ingest option '{name}' (known: merge_schema)"
+                    )));
+                }
+            }
+        }
+        Ok(options)
+    }
+}
+
+fn flag(name: &str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "on" => Ok(true),
+        "false" | "0" | "off" => Ok(false),
+        _ => Err(Error::InvalidInput(format!(
+            "ingest option '{name}' is true or false, not '{value}'"
+        ))),
+    }
+}
+
 /// Writes an uploaded stream into `schema.table` as one Delta commit; returns the rows written.
 pub async fn ingest(
     session: &QuiverSession,
     schema: &str,
     table: &str,
     mode: IngestMode,
+    options: IngestOptions,
     data: SendableRecordBatchStream,
 ) -> Result<u64> {
     // Compared with the table in the types it will be stored as (metadata dropped, Float16 as
@@ -40,6 +86,7 @@ pub async fn ingest(
     let warehouse = session.warehouse();
     let qualified = format!("{schema}.{table}");
     let existing = warehouse.locate(schema, table).await?;
+    let mut merge_schema = false;
     let (delta, kind) = match (mode, existing) {
         (IngestMode::Create, Some(_)) => {
             return Err(Error::AlreadyExists {
@@ -59,7 +106,8 @@ pub async fn ingest(
                 .await?;
             let current = TableProvider::schema(&provider);
             let delta = provider.delta_table().clone();
-            check_compatible(&qualified, &current, &data.schema())?;
+            merge_schema =
+                check_compatible(&qualified, &current, &data.schema(), options.merge_schema)?;
             (delta, WriteKind::Append)
         }
         (IngestMode::Replace, Some(location)) => (
@@ -73,21 +121,35 @@ pub async fn ingest(
         partition_by: Vec::new(),
         data,
         transactions: Vec::new(),
+        merge_schema,
     };
     write_stream(&session.state(), request).await
 }
 
-/// Checks that appended data has exactly the table's columns with types Delta stores the same way.
-pub fn check_compatible(table: &str, current: &Schema, incoming: &Schema) -> Result<()> {
+/// Checks that appended data has the table's columns with types Delta stores the same way, and
+/// returns whether the write changes the table's schema. Without `merge_schema` the columns must be
+/// exactly the table's; with it, new columns are added and nullable columns may be missing.
+pub fn check_compatible(
+    table: &str,
+    current: &Schema,
+    incoming: &Schema,
+    merge_schema: bool,
+) -> Result<bool> {
     let mismatch = |message: String| Error::SchemaMismatch {
         table: table.to_string(),
         message,
     };
+    let mut changes = false;
     for field in incoming.fields() {
         let Ok(existing) = current.field_with_name(field.name()) else {
+            if merge_schema {
+                changes = true;
+                continue;
+            }
             let columns: Vec<&str> = current.fields().iter().map(|f| f.name().as_str()).collect();
             return Err(mismatch(format!(
-                "column '{}' is not in the table (its columns: {})",
+                "column '{}' is not in the table (its columns: {}); to add it, upload with the \
+                 ingest option merge_schema=true",
                 field.name(),
                 columns.join(", ")
             )));
@@ -101,17 +163,26 @@ pub fn check_compatible(table: &str, current: &Schema, incoming: &Schema) -> Res
             )));
         }
     }
-    if let Some(missing) = current
+    for missing in current
         .fields()
         .iter()
-        .find(|f| incoming.field_with_name(f.name()).is_err())
+        .filter(|f| incoming.field_with_name(f.name()).is_err())
     {
+        if merge_schema && missing.is_nullable() {
+            changes = true;
+            continue;
+        }
+        let why = if merge_schema {
+            " (it is NOT NULL)"
+        } else {
+            ""
+        };
         return Err(mismatch(format!(
-            "column '{}' is missing from the data",
+            "column '{}' is missing from the data{why}",
             missing.name()
         )));
     }
-    Ok(())
+    Ok(changes)
 }
 
 /// The type a column has once in Delta: string/binary encodings, dictionaries and timestamp units
@@ -157,14 +228,14 @@ mod tests {
     fn same_storage_types_are_compatible() {
         let current = schema(vec![("id", DataType::Int64), ("name", DataType::Utf8)]);
         let incoming = schema(vec![("name", DataType::LargeUtf8), ("id", DataType::Int64)]);
-        check_compatible("t", &current, &incoming).expect("compatible");
+        assert!(!check_compatible("t", &current, &incoming, false).expect("compatible"));
     }
 
     #[test]
     fn mismatches_name_the_column() {
         let current = schema(vec![("id", DataType::Int64), ("name", DataType::Utf8)]);
         let wrong_type = schema(vec![("id", DataType::Utf8), ("name", DataType::Utf8)]);
-        let err = check_compatible("t", &current, &wrong_type).unwrap_err();
+        let err = check_compatible("t", &current, &wrong_type, false).unwrap_err();
         assert!(err.to_string().contains("column 'id'"), "{err}");
         let extra = schema(vec![
             ("id", DataType::Int64),
@@ -172,17 +243,54 @@ mod tests {
             ("x", DataType::Int8),
         ]);
         assert!(
-            check_compatible("t", &current, &extra)
+            check_compatible("t", &current, &extra, false)
                 .unwrap_err()
                 .to_string()
                 .contains("'x'")
         );
         let missing = schema(vec![("id", DataType::Int64)]);
         assert!(
-            check_compatible("t", &current, &missing)
+            check_compatible("t", &current, &missing, false)
                 .unwrap_err()
                 .to_string()
                 .contains("'name'")
         );
+    }
+
+    #[test]
+    fn merge_schema_adds_columns_and_allows_nullable_ones_missing() {
+        let current = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+        ]);
+        let wider = schema(vec![
+            ("id", DataType::Int64),
+            ("name", DataType::Utf8),
+            ("score", DataType::Float64),
+        ]);
+        assert!(check_compatible("t", &current, &wider, true).expect("merged"));
+        let narrower = schema(vec![("id", DataType::Int64)]);
+        assert!(check_compatible("t", &current, &narrower, true).expect("merged"));
+        let same = schema(vec![("id", DataType::Int64), ("name", DataType::Utf8)]);
+        assert!(!check_compatible("t", &current, &same, true).expect("same"));
+        // Types still must match, and a NOT NULL column cannot be left out.
+        let wrong_type = schema(vec![("id", DataType::Utf8), ("name", DataType::Utf8)]);
+        assert!(check_compatible("t", &current, &wrong_type, true).is_err());
+        let no_id = schema(vec![("name", DataType::Utf8)]);
+        let err = check_compatible("t", &current, &no_id, true).unwrap_err();
+        assert!(err.to_string().contains("NOT NULL"), "{err}");
+    }
+
+    #[test]
+    fn options_parse_by_any_spelling_and_refuse_unknown_names() {
+        let parsed = IngestOptions::parse([("mergeSchema", "true")]).expect("parsed");
+        assert!(parsed.merge_schema);
+        let parsed = IngestOptions::parse([("merge-schema", "FALSE")]).expect("parsed");
+        assert!(!parsed.merge_schema);
+        assert!(IngestOptions::parse([]).expect("none") == IngestOptions::default());
+        let err = IngestOptions::parse([("merge_schemas", "true")]).unwrap_err();
+        assert!(err.to_string().contains("'merge_schemas'"), "{err}");
+        let err = IngestOptions::parse([("merge_schema", "yes please")]).unwrap_err();
+        assert!(err.to_string().contains("true or false"), "{err}");
     }
 }

@@ -161,6 +161,7 @@ async fn create_table(
         partition_by,
         data,
         transactions: Vec::new(),
+        merge_schema: false,
     };
     write_stream(&session.state(), request).await
 }

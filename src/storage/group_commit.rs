@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::storage::upkeep;
-use crate::storage::write::take_turn;
+use crate::storage::write::{conflict_error, take_turn};
 
 /// An append waiting for its commit.
 struct Pending {
@@ -131,7 +131,7 @@ async fn commit(table: &mut DeltaTable, adds: Vec<Add>) -> Result<u64> {
     let appends = waiting.len();
     let result = commit_actions(table, actions).await;
     let shared = result.as_ref().map(|v| *v).map_err(|e| Shared {
-        conflict: e.code() == tonic::Code::Aborted,
+        conflict: matches!(e, Error::Conflict { .. }),
         message: e.to_string(),
     });
     for done in waiting {
@@ -168,18 +168,7 @@ async fn commit_actions(table: &DeltaTable, actions: Vec<Action>) -> Result<u64>
             operation,
         )
         .await
-        .map_err(|e| match e {
-            deltalake::DeltaTableError::Transaction {
-                source: deltalake::kernel::transaction::TransactionError::MaxCommitAttempts(n),
-            } => Error::Conflict {
-                table: table.table_url().to_string(),
-                message: format!(
-                    "other writers committed first {n} times in a row; nothing was written, send \
-                     the data again"
-                ),
-            },
-            other => other.into(),
-        })?;
+        .map_err(|e| conflict_error(table.table_url().to_string(), e))?;
     Ok(finalized.version())
 }
 

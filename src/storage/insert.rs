@@ -85,6 +85,7 @@ impl DataSink for DeltaInsertSink {
             partition_by: Vec::new(),
             data,
             transactions: Vec::new(),
+            merge_schema: false,
         };
         write_stream(&self.state, request)
             .await

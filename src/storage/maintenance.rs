@@ -321,15 +321,26 @@ pub async fn add_columns(mut table: DeltaTable, columns: &[Field]) -> Result<u64
 }
 
 /// Sets table properties (`delta.checkpointInterval`, `delta.logRetentionDuration`, ...), as one
-/// commit. delta-rs refuses a `delta.` property it does not know, or a value it cannot read.
+/// commit. As Spark: a `delta.` property Delta does not define is refused, any other name (a user's
+/// own, `quiver.autoCompact.minNumFiles`) is kept as given; delta-rs refuses a value it cannot read.
 pub async fn set_properties(
     mut table: DeltaTable,
     properties: HashMap<String, String>,
 ) -> Result<u64> {
+    if let Some(unknown) = properties.keys().find(|k| {
+        k.starts_with("delta.")
+            && k.parse::<deltalake::table::config::TableProperty>()
+                .is_err()
+    }) {
+        return Err(Error::InvalidInput(format!(
+            "table property refused: '{unknown}' is not a Delta table property"
+        )));
+    }
     let _turn = take_turn(&mut table).await?;
     let changed = table
         .set_tbl_properties()
         .with_properties(properties)
+        .with_raise_if_not_exists(false)
         .with_commit_properties(upkeep::commit_properties())
         .await
         .map_err(|e| match e {

@@ -6,15 +6,19 @@
 //! `delta.checkpointInterval` commits (Spark's default of 10 when the table does not say) and then
 //! removes log files older than `delta.logRetentionDuration` (30 days by default) that the new
 //! checkpoint makes unnecessary, as Spark does: in a task of its own, on the runtime that made the
-//! commit (the query runtime), at most one per table at a time.
+//! commit (the query runtime), at most one per table at a time. Tables with
+//! `delta.autoOptimize.autoCompact` on are compacted the same way once they hold
+//! `quiver.autoCompact.minNumFiles` (50) small files.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::checkpoints::{cleanup_metadata, create_checkpoint};
 use deltalake::table::config::TablePropertiesExt as _;
+
+use crate::storage::maintenance;
 
 /// Commits between checkpoints when the table has no `delta.checkpointInterval` (Spark's default).
 pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 10;
@@ -52,54 +56,136 @@ pub fn checkpoint_due(version: u64, interval: u64) -> bool {
     version > 0 && interval > 0 && version.is_multiple_of(interval)
 }
 
-/// Tables with a checkpoint being written now.
-static RUNNING: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Mutex::default);
+/// The table property that turns automatic compaction on (Databricks's name; `true`, `auto` or
+/// `legacy` turn it on, as there). Off unless the table says so.
+const AUTO_COMPACT: &str = "delta.autoOptimize.autoCompact";
 
-/// The checkpoint tasks started and not yet awaited by [`finish`].
-static TASKS: LazyLock<Mutex<Vec<tokio::task::JoinHandle<()>>>> = LazyLock::new(Mutex::default);
+/// The table property with the number of small files (smaller than `delta.targetFileSize`) that
+/// starts an automatic compaction.
+const AUTO_COMPACT_MIN_FILES: &str = "quiver.autoCompact.minNumFiles";
 
-/// Waits for the checkpoints being written: before a one-shot process (`quiver sql`) or a
-/// server that is shutting down exits, so a due checkpoint is not lost with it.
+/// Small files that start an automatic compaction when the table does not say (Databricks's
+/// default for `spark.databricks.delta.autoCompact.minNumFiles`).
+pub const DEFAULT_AUTO_COMPACT_MIN_FILES: usize = 50;
+
+/// Background work after a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Job {
+    Checkpoint,
+    Compaction,
+}
+
+/// The background tasks started, by table and job: at most one running per table and job. A
+/// finished task stays until the next of its kind replaces it or [`finish`] collects it.
+type Tasks = HashMap<(String, Job), tokio::task::JoinHandle<()>>;
+
+static TASKS: LazyLock<Mutex<Tasks>> = LazyLock::new(Mutex::default);
+
+/// Waits for the checkpoints being written, and stops compactions (their commit is atomic: one
+/// stopped leaves only unreferenced files, which VACUUM removes): before a one-shot process
+/// (`quiver sql`) or a server that is shutting down exits, so a due checkpoint is not lost with it.
 pub async fn finish() {
     let tasks = std::mem::take(&mut *TASKS.lock().unwrap_or_else(|p| p.into_inner()));
-    for task in tasks {
-        if let Err(e) = task.await {
-            tracing::warn!(error = %e, "a checkpoint task failed");
+    for ((table, job), task) in tasks {
+        if job == Job::Compaction {
+            task.abort();
+        }
+        match task.await {
+            Err(e) if !e.is_cancelled() => {
+                tracing::warn!(table = %table, ?job, error = %e, "a background task failed");
+            }
+            _ => {}
         }
     }
 }
 
-/// Called with the table a commit returned (loaded at the version it wrote). When that version is
-/// due a checkpoint, writes it (and cleans up expired log files) in a background task and returns
-/// at once; a failure is logged (the table stays readable from its JSON commits; the next interval
-/// tries again).
+/// Starts `work` for the table unless the same job is running for it already.
+fn spawn(table: &DeltaTable, job: Job, work: impl Future<Output = ()> + Send + 'static) {
+    let key = (table.table_url().to_string(), job);
+    let mut tasks = TASKS.lock().unwrap_or_else(|p| p.into_inner());
+    if tasks.get(&key).is_some_and(|task| !task.is_finished()) {
+        return;
+    }
+    tasks.retain(|_, task| !task.is_finished());
+    tasks.insert(key, tokio::spawn(work));
+}
+
+/// Called with the table a commit returned (loaded at the version it wrote), on the runtime that
+/// made the commit (the query runtime); returns at once. When that version is due a checkpoint,
+/// writes it (and cleans up expired log files) in a background task; a failure is logged (the
+/// table stays readable from its JSON commits; the next interval tries again). When the table has
+/// automatic compaction on, a background task compacts it once it holds enough small files.
 pub fn after_commit(table: &DeltaTable) {
     let Some(version) = table.version() else {
         return;
     };
-    if !checkpoint_due(version, checkpoint_interval(table)) {
-        return;
+    if checkpoint_due(version, checkpoint_interval(table)) {
+        let loaded = table.clone();
+        spawn(table, Job::Checkpoint, async move {
+            if let Err(e) = checkpoint(&loaded).await {
+                let table = loaded.table_url();
+                tracing::warn!(%table, version, error = %e, "could not write a checkpoint");
+            }
+        });
     }
-    let key = table.table_url().to_string();
-    {
-        let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
-        if !running.insert(key.clone()) {
-            return;
-        }
+    if let Some(min_files) = auto_compact_min_files(table) {
+        let loaded = table.clone();
+        spawn(table, Job::Compaction, async move {
+            if let Err(e) = auto_compact(loaded.clone(), min_files).await {
+                let table = loaded.table_url();
+                tracing::warn!(%table, error = %e, "automatic compaction failed");
+            }
+        });
     }
-    let table = table.clone();
-    let task = tokio::spawn(async move {
-        if let Err(e) = checkpoint(&table).await {
-            tracing::warn!(table = %key, version, error = %e, "could not write a checkpoint");
-        }
-        RUNNING
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
+}
+
+/// The small-file count that starts a compaction of this table, when it has automatic compaction
+/// on (`delta.autoOptimize.autoCompact`).
+fn auto_compact_min_files(table: &DeltaTable) -> Option<usize> {
+    let snapshot = table.snapshot().ok()?;
+    let configuration = snapshot.metadata().configuration();
+    let on = configuration.get(AUTO_COMPACT).is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "true" | "auto" | "legacy"
+        )
     });
-    let mut tasks = TASKS.lock().unwrap_or_else(|p| p.into_inner());
-    tasks.retain(|t| !t.is_finished());
-    tasks.push(task);
+    on.then(|| {
+        configuration
+            .get(AUTO_COMPACT_MIN_FILES)
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 1)
+            .unwrap_or(DEFAULT_AUTO_COMPACT_MIN_FILES)
+    })
+}
+
+/// Compacts the table (as `OPTIMIZE`, which never blocks writers) when it holds at least
+/// `min_files` files smaller than its target file size.
+async fn auto_compact(table: DeltaTable, min_files: usize) -> crate::error::Result<()> {
+    let snapshot = table.snapshot()?;
+    let target =
+        i64::try_from(snapshot.table_config().target_file_size().get()).unwrap_or(i64::MAX);
+    let small = snapshot
+        .log_data()
+        .iter()
+        .filter(|file| file.size() < target)
+        .count();
+    if small < min_files {
+        return Ok(());
+    }
+    // A session of its own: the query that made the commit has ended by now.
+    let state = datafusion::prelude::SessionContext::new().state();
+    let report = maintenance::optimize(table.clone(), &state, &[], Vec::new()).await?;
+    tracing::info!(
+        table = %table.table_url(),
+        small_files = small,
+        files_removed = report.files_removed,
+        files_added = report.files_added,
+        version = report.version,
+        elapsed = ?report.duration,
+        "automatic compaction"
+    );
+    Ok(())
 }
 
 /// Writes the checkpoint of the table's loaded version and then removes expired log files (when the

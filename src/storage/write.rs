@@ -48,6 +48,9 @@ pub struct WriteRequest {
     pub data: SendableRecordBatchStream,
     /// Delta application transactions (`txn` actions) committed with the rows.
     pub transactions: Vec<Transaction>,
+    /// An append that adds the data's new columns to the table in the same commit, and writes
+    /// nulls for the table's columns the data lacks (delta-rs's `SchemaMode::Merge`).
+    pub merge_schema: bool,
 }
 
 /// Write coordination for tables this process writes: one writer per table at a time, on the
@@ -84,11 +87,13 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
         partition_by,
         data,
         transactions,
+        merge_schema,
     } = request;
     let table_name = table.table_url().to_string();
     let data = storable_stream(data)?;
     if kind == WriteKind::Append
         && transactions.is_empty()
+        && !merge_schema
         && partition_by.is_empty()
         && table.version().is_some()
         && group_commit::supports(&table)
@@ -130,6 +135,9 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
         .with_session_state(Arc::new(state.clone()));
     builder = match kind {
         WriteKind::Create => builder.with_save_mode(SaveMode::ErrorIfExists),
+        WriteKind::Append if merge_schema => builder
+            .with_save_mode(SaveMode::Append)
+            .with_schema_mode(SchemaMode::Merge),
         WriteKind::Append => builder.with_save_mode(SaveMode::Append),
         WriteKind::Replace => builder
             .with_save_mode(SaveMode::Overwrite)
@@ -161,6 +169,12 @@ fn write_error(
     if let Some(original) = original {
         return Error::DataFusion(original);
     }
+    conflict_error(table_name, e)
+}
+
+/// A commit's error as the client should see it: a lost commit race (delta-rs gave up after its
+/// commit attempts) as [`Error::Conflict`], the rest as they are.
+pub(crate) fn conflict_error(table_name: String, e: deltalake::DeltaTableError) -> Error {
     match e {
         deltalake::DeltaTableError::Transaction {
             source: deltalake::kernel::transaction::TransactionError::MaxCommitAttempts(n),

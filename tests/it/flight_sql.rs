@@ -232,6 +232,69 @@ async fn ingest_in_every_mode() {
 }
 
 #[tokio::test]
+async fn ingest_option_merge_schema_adds_a_column_in_the_same_commit() {
+    let server = TestServer::start().await;
+    let mut client = server.sql_client().await;
+    let upload = |b: RecordBatch| futures::stream::iter([Ok(b)]);
+    let create = ingest_command("evo", TableNotExistOption::Create, TableExistsOption::Fail);
+    client
+        .execute_ingest(create, upload(rows(&[1], &["a"])))
+        .await
+        .expect("create");
+    let wider = RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from(vec![2])) as Arc<dyn Array>),
+        (
+            "name",
+            Arc::new(StringArray::from(vec!["b"])) as Arc<dyn Array>,
+        ),
+        (
+            "extra",
+            Arc::new(Int64Array::from(vec![7])) as Arc<dyn Array>,
+        ),
+    ])
+    .expect("wider");
+    let append = ingest_command("evo", TableNotExistOption::Fail, TableExistsOption::Append);
+    let err = client
+        .execute_ingest(append.clone(), upload(wider.clone()))
+        .await
+        .expect_err("a new column without the option");
+    assert_eq!(code(&err), Code::InvalidArgument);
+    assert!(err.to_string().contains("merge_schema=true"), "{err}");
+
+    let mut merging = append.clone();
+    merging
+        .options
+        .insert("merge_schema".into(), "nonsense".into());
+    let err = client
+        .execute_ingest(merging.clone(), upload(wider.clone()))
+        .await
+        .expect_err("a bad value");
+    assert_eq!(code(&err), Code::InvalidArgument);
+    merging.options.insert("merge_schema".into(), "true".into());
+    let n = client
+        .execute_ingest(merging, upload(wider))
+        .await
+        .expect("merged");
+    assert_eq!(n, 1);
+    assert_eq!(
+        server.commits("public", "evo"),
+        2,
+        "schema and rows in one commit"
+    );
+    assert_eq!(
+        query(&mut client, "SELECT id, extra FROM evo ORDER BY id").await,
+        [
+            "+----+-------+",
+            "| id | extra |",
+            "+----+-------+",
+            "| 1  |       |",
+            "| 2  | 7     |",
+            "+----+-------+",
+        ]
+    );
+}
+
+#[tokio::test]
 async fn catalog_metadata() {
     let server = TestServer::start().await;
     let mut client = server.sql_client().await;

@@ -138,6 +138,33 @@ def test_appends_during_optimize_are_kept(server, conn):
     assert sorted(ids) == expected, "an append made during OPTIMIZE was lost or duplicated"
 
 
+def test_auto_compaction_when_the_table_asks_for_it(server, conn):
+    table = "auto_compacted"
+    ingest(conn, table, pa.table({"id": pa.array([0], pa.int64())}), "create")
+    for i in range(1, 6):
+        appended(conn, table, i, 1)
+    # Off by default: six small files stay six.
+    time.sleep(0.5)
+    assert rows(conn, f"DESCRIBE DETAIL {table}")[0]["num_files"] == 6
+    execute(
+        conn,
+        f"ALTER TABLE {table} SET TBLPROPERTIES ('delta.autoOptimize.autoCompact' = 'true', "
+        "'quiver.autoCompact.minNumFiles' = '8')",
+    )
+    properties = json.loads(rows(conn, f"DESCRIBE DETAIL {table}")[0]["properties"])
+    assert properties["quiver.autoCompact.minNumFiles"] == "8"
+    appended(conn, table, 6, 1)  # 7 small files: under the threshold
+    time.sleep(0.5)
+    assert rows(conn, f"DESCRIBE DETAIL {table}")[0]["num_files"] == 7
+    appended(conn, table, 7, 1)  # 8: a compaction starts in the background
+    deadline = time.monotonic() + 30
+    while rows(conn, f"DESCRIBE HISTORY {table} LIMIT 1")[0]["operation"] != "OPTIMIZE":
+        assert time.monotonic() < deadline, "no automatic compaction after 8 small files"
+        time.sleep(0.1)
+    assert rows(conn, f"DESCRIBE DETAIL {table}")[0]["num_files"] == 1
+    assert sorted(r["id"] for r in rows(conn, f"SELECT id FROM {table}")) == list(range(8))
+
+
 def test_vacuum_dry_run_lists_then_removes(server, conn):
     table = "vac_files"
     ingest(conn, table, pa.table({"id": pa.array([1, 2], pa.int64())}), "create")
@@ -194,3 +221,63 @@ def test_restore_and_merge_from_client_rows(server, conn):
     assert detail["location"].endswith(f"/public/{table}/")
     assert detail["partition_columns"] == [] and json.loads(detail["properties"]) == {}
 
+
+
+MERGE_SCHEMA_HEADER = "x-quiver-ingest-merge-schema"
+
+
+def ingest_merging(conn, table, data) -> int:
+    """ADBC ingest with the merge-schema option, sent as a call header by the Flight SQL driver."""
+    with conn.cursor() as cur:
+        cur.adbc_statement.set_options(**{f"adbc.flight.sql.rpc.call_header.{MERGE_SCHEMA_HEADER}": "true"})
+        return cur.adbc_ingest(table, data, mode="append")
+
+
+def test_ingest_merge_schema_adds_columns_in_the_same_commit(server, conn):
+    import pyarrow.flight as flight
+
+    table = "evolving"
+    log = server.warehouse / "public" / table / "_delta_log"
+    ingest(conn, table, pa.table({"id": pa.array([1], pa.int64()), "name": ["a"]}), "create")
+    wider = pa.table({"id": pa.array([2], pa.int64()), "name": ["b"], "score": pa.array([0.5])})
+
+    # Without the option a new column is refused, naming it and the option.
+    with pytest.raises(flight_sql.Error, match="column 'score' is not in the table.*merge_schema=true"):
+        ingest(conn, table, wider, "append")
+    # A misspelled option is refused, not ignored.
+    with conn.cursor() as cur:
+        cur.adbc_statement.set_options(**{"adbc.flight.sql.rpc.call_header.x-quiver-ingest-merge-schemas": "true"})
+        with pytest.raises(flight_sql.Error, match="unknown ingest option 'merge-schemas'"):
+            cur.adbc_ingest(table, wider, mode="append")
+    assert len(list(log.glob("*.json"))) == 1
+
+    # With it: the column is added and the rows written in one commit (metaData and add together).
+    assert ingest_merging(conn, table, wider) == 1
+    commit = [json.loads(line) for line in (log / "00000000000000000001.json").read_text().splitlines()]
+    assert any("metaData" in a for a in commit) and any("add" in a for a in commit)
+    assert len(list(log.glob("*.json"))) == 2
+    # A nullable column the upload lacks is written as nulls.
+    assert ingest_merging(conn, table, pa.table({"id": pa.array([3], pa.int64())})) == 1
+    assert rows(conn, f"SELECT id, name, score FROM {table} ORDER BY id") == [
+        {"id": 1, "name": "a", "score": None},
+        {"id": 2, "name": "b", "score": 0.5},
+        {"id": 3, "name": None, "score": None},
+    ]
+    # Types still must match.
+    with pytest.raises(flight_sql.Error, match="column 'score' has type"):
+        ingest_merging(conn, table, pa.table({"id": pa.array([4], pa.int64()), "score": ["x"]}))
+
+    # Plain Flight: the same option as a header on DoPut to a PATH descriptor.
+    client = flight.FlightClient(server.uri)
+    upload = pa.table({"id": pa.array([5], pa.int64()), "tag": ["t"]})
+    options = flight.FlightCallOptions(headers=[(MERGE_SCHEMA_HEADER.encode(), b"true")])
+    writer, reader = client.do_put(flight.FlightDescriptor.for_path(table), upload.schema, options=options)
+    writer.write_table(upload)
+    writer.done_writing()
+    reader.read()
+    writer.close()
+    client.close()
+
+    dt = deltalake.DeltaTable(str(server.warehouse / "public" / table))
+    assert [f.name for f in dt.schema().fields] == ["id", "name", "score", "tag"]
+    assert sorted(dt.to_pyarrow_table().column("id").to_pylist()) == [1, 2, 3, 5]
