@@ -268,7 +268,6 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub session: SessionOptions,
     pub server: ServerOptions,
-    pub refresh_interval: Option<Duration>,
 }
 
 /// A size like "512MiB" in bytes, more than zero.
@@ -381,8 +380,8 @@ impl ServeArgs {
                 tls,
                 limits,
                 max_message_bytes,
+                refresh_interval,
             },
-            refresh_interval,
         })
     }
 }

@@ -113,6 +113,12 @@ impl Error {
         Status::new(code, without_backtrace(&message))
     }
 
+    /// Whether this is a lost commit race (another writer committed first): the write can be sent
+    /// again on the newer version.
+    pub fn is_write_conflict(&self) -> bool {
+        self.code() == Code::Aborted
+    }
+
     /// The gRPC code this error maps to.
     pub fn code(&self) -> Code {
         match self {

@@ -26,6 +26,9 @@ pub struct ServerOptions {
     pub tls: Option<TlsFiles>,
     pub limits: Limits,
     pub max_message_bytes: usize,
+    /// Refresh every materialized feature view this often (`--refresh-interval`); `None`: only
+    /// on `REFRESH`.
+    pub refresh_interval: Option<Duration>,
 }
 
 impl ServerOptions {
@@ -36,6 +39,7 @@ impl ServerOptions {
             tls: None,
             limits: Limits::default(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            refresh_interval: None,
         })
     }
 }
@@ -100,10 +104,6 @@ pub async fn serve_session(
             message: format!("cannot listen on {}: {e}", config.listen),
         })?;
     let address = listener.local_addr()?;
-    if let Some(interval) = config.refresh_interval {
-        crate::features::refresh::schedule(session.clone(), interval);
-    }
-    crate::scoring::watch(session.clone());
     let shutdown = shutdown_signal()?;
     let scheme = if config.server.tls.is_some() {
         "grpc+tls"
@@ -129,6 +129,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let executor = Arc::new(Executor::new(0)?);
+    // Background work runs on the query runtime, never on the gRPC IO threads: scheduled
+    // refreshes, and reloads of changed model directories.
+    if let Some(interval) = options.refresh_interval {
+        executor.spawn(crate::features::refresh::refresh_every(
+            session.ctx().clone(),
+            session.catalog().clone(),
+            session.features().clone(),
+            interval,
+        ));
+    }
+    executor.spawn(crate::scoring::watch(
+        session.ctx().clone(),
+        session.models().clone(),
+    ));
     let guard = GuardLayer::new(options.auth.clone());
     let service = QuiverFlight::new(QuiverFlightSql::new(
         session,

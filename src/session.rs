@@ -12,12 +12,10 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use url::Url;
 
 use crate::error::Result;
-use crate::features::FeatureStore;
-use crate::query::asof::AsofRelationPlanner;
-use crate::query::planner::QuiverPlanner;
-use crate::query::prepared::PreparedPlans;
+use crate::features::{FEATURES_SCHEMA, FeatureStore};
+use crate::planning::{AsofRelationPlanner, QuiverPlanner};
 use crate::scoring::system::SystemSchema;
-use crate::scoring::{self, ModelRegistry};
+use crate::scoring::{self, ModelRegistry, SYSTEM_SCHEMA};
 use crate::storage::{CATALOG, DEFAULT_SCHEMA, Warehouse, WarehouseCatalog};
 
 /// Everything a query needs: the DataFusion context over the warehouse.
@@ -31,7 +29,6 @@ pub struct QuiverSession {
     catalog: Arc<WarehouseCatalog>,
     features: Arc<FeatureStore>,
     models: Arc<ModelRegistry>,
-    prepared: Arc<PreparedPlans>,
 }
 
 /// Settings of query execution (`quiver serve` / `quiver sql` flags).
@@ -110,14 +107,16 @@ impl QuiverSession {
             Some(dir) => FeatureStore::load(dir)?,
             None => FeatureStore::default(),
         });
-        let catalog = Arc::new(WarehouseCatalog::new(
-            warehouse.clone(),
-            settings,
-            features.clone(),
-            Arc::new(SystemSchema {
-                models: models.clone(),
-            }),
-        ));
+        // The warehouse's catalog, with what the layers above storage serve in it: `system`'s
+        // tables about the server, and materialized feature views from memory.
+        let system = Arc::new(SystemSchema {
+            models: models.clone(),
+        });
+        let catalog = Arc::new(
+            WarehouseCatalog::new(warehouse.clone(), settings)
+                .with_schema(SYSTEM_SCHEMA, system)
+                .with_served_tables(FEATURES_SCHEMA, features.clone()),
+        );
         ctx.register_catalog(CATALOG, catalog.clone());
         catalog.refresh().await?;
         let session = Self {
@@ -126,21 +125,18 @@ impl QuiverSession {
             catalog,
             features,
             models,
-            prepared: Arc::default(),
         };
-        session.features.open_all(&session).await;
+        session
+            .features
+            .open_all(&session.ctx, &session.catalog)
+            .await;
         // Models come last: a two-tower model reads its items with SQL, possibly from feature views.
-        session.models.reload(&session).await?;
+        session.models.reload(&session.ctx).await?;
         Ok(session)
     }
 
     pub fn ctx(&self) -> &SessionContext {
         &self.ctx
-    }
-
-    /// Prepared statements answered without planning (online lookups, recommend calls).
-    pub fn prepared(&self) -> &PreparedPlans {
-        &self.prepared
     }
 
     /// Changes whenever a feature view is materialized again or models are reloaded: what was planned
@@ -178,11 +174,11 @@ impl QuiverSession {
         &self.warehouse
     }
 
-    pub fn catalog(&self) -> &WarehouseCatalog {
+    pub fn catalog(&self) -> &Arc<WarehouseCatalog> {
         &self.catalog
     }
 
-    pub fn features(&self) -> &FeatureStore {
+    pub fn features(&self) -> &Arc<FeatureStore> {
         &self.features
     }
 

@@ -203,7 +203,8 @@ async fn materialize_views(session: &QuiverSession) -> Result<()> {
         let name = view.definition.name.clone();
         let spinner = ProgressBar::new_spinner().with_message(format!("features.{name}"));
         spinner.enable_steady_tick(Duration::from_millis(120));
-        let report = crate::features::refresh::refresh(session, &view).await;
+        let report =
+            crate::features::refresh::refresh(session.ctx(), session.catalog(), &view).await;
         spinner.finish_and_clear();
         let report = report?;
         if report.mode == Mode::Unchanged {
@@ -222,7 +223,7 @@ async fn materialize_views(session: &QuiverSession) -> Result<()> {
 
 /// Loads the models now that their tables exist, and says which serve.
 async fn load_models(session: &QuiverSession, spec: &Spec) -> Result<()> {
-    session.models().reload(session).await?;
+    session.models().reload(session.ctx()).await?;
     let statuses = session.models().statuses();
     if statuses.is_empty() {
         println!("  no models found (--models-dir): recommend() has nothing to serve");

@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 use url::Url;
 
@@ -26,8 +26,7 @@ pub use online::{OnlineIndex, OnlineLookupExec};
 pub use table::FeatureViewTable;
 
 use crate::error::{Error, Result};
-use crate::session::QuiverSession;
-use crate::storage::{AsOf, DeltaTableProvider};
+use crate::storage::{AsOf, DeltaTableProvider, WarehouseCatalog};
 
 /// The subdirectory of `--sql-dir` holding feature views.
 pub const FEATURES_DIR: &str = "features";
@@ -212,9 +211,9 @@ impl FeatureStore {
 
     /// Opens the materialized table of every view that has one and builds the online indexes.
     /// A view that fails is logged and stays unmaterialized; the others open.
-    pub async fn open_all(&self, session: &QuiverSession) {
+    pub async fn open_all(&self, ctx: &SessionContext, catalog: &WarehouseCatalog) {
         for view in self.views() {
-            if let Err(e) = view.reload(session).await {
+            if let Err(e) = view.reload(ctx, catalog).await {
                 tracing::error!(view = %view.definition.name, "cannot open feature view: {e}");
             }
         }
@@ -225,7 +224,11 @@ impl FeatureStore {
     /// its table as it is (a changed definition is materialized by the next refresh, which is
     /// full: the definition's fingerprint differs); a removed file's view goes (its table stays).
     /// A file that no longer parses is reported and its previous version keeps serving.
-    pub async fn reload(&self, session: &QuiverSession) -> Result<Vec<ViewReload>> {
+    pub async fn reload(
+        &self,
+        ctx: &SessionContext,
+        catalog: &WarehouseCatalog,
+    ) -> Result<Vec<ViewReload>> {
         if self.dir.is_none() {
             return Err(Error::InvalidInput(
                 "RELOAD FEATURE VIEWS: no SQL directory is configured (--sql-dir)".into(),
@@ -253,7 +256,7 @@ impl FeatureStore {
             // As at start, a table that does not fit the definition (a renamed key column) leaves
             // the view unmaterialized: its table reads from Delta until a refresh rewrites it.
             let error = view
-                .reload(session)
+                .reload(ctx, catalog)
                 .await
                 .err()
                 .map(|e| format!("not served online until the next REFRESH of the view: {e}"));
@@ -297,10 +300,9 @@ pub fn reload_report_schema() -> SchemaRef {
     ]))
 }
 
-/// `RELOAD FEATURE VIEWS`.
-pub async fn run_reload(session: &QuiverSession) -> Result<SendableRecordBatchStream> {
-    let report = session.features().reload(session).await?;
-    let batch = RecordBatch::try_new(
+/// A reload's report as the rows of [`reload_report_schema`].
+pub fn reload_report_batch(report: &[ViewReload]) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(
         reload_report_schema(),
         vec![
             Arc::new(StringArray::from_iter_values(
@@ -313,8 +315,7 @@ pub async fn run_reload(session: &QuiverSession) -> Result<SendableRecordBatchSt
                 report.iter().map(|r| r.error.as_deref()),
             )),
         ],
-    )?;
-    crate::query::one_batch(batch)
+    )?)
 }
 
 impl ViewState {
@@ -323,14 +324,13 @@ impl ViewState {
     }
 
     /// Reads the view's table at its latest version and swaps in its schema and online index.
-    pub async fn reload(&self, session: &QuiverSession) -> Result<()> {
+    pub async fn reload(&self, ctx: &SessionContext, catalog: &WarehouseCatalog) -> Result<()> {
         let name = &self.definition.name;
-        let Some(location) = session.warehouse().locate(FEATURES_SCHEMA, name).await? else {
+        let Some(location) = catalog.warehouse().locate(FEATURES_SCHEMA, name).await? else {
             return Ok(());
         };
         let url = location.url().clone();
-        let provider = session
-            .catalog()
+        let provider = catalog
             .provider(
                 format!("{FEATURES_SCHEMA}.{name}"),
                 &location,
@@ -340,9 +340,7 @@ impl ViewState {
         let version = provider.delta_table().version().unwrap_or_default();
         let schema = datafusion::catalog::TableProvider::schema(&provider);
         let index = if self.definition.online {
-            Some(Arc::new(
-                self.build_index(session, provider, version).await?,
-            ))
+            Some(Arc::new(self.build_index(ctx, provider, version).await?))
         } else {
             None
         };
@@ -364,13 +362,12 @@ impl ViewState {
 
     async fn build_index(
         &self,
-        session: &QuiverSession,
+        ctx: &SessionContext,
         provider: DeltaTableProvider,
         version: u64,
     ) -> Result<OnlineIndex> {
         let schema = datafusion::catalog::TableProvider::schema(&provider);
-        let batches: Vec<_> = session
-            .ctx()
+        let batches: Vec<_> = ctx
             .read_table(Arc::new(provider))?
             .execute_stream()
             .await?

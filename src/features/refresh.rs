@@ -26,18 +26,18 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::{provider_as_source, source_as_provider};
-use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::utils::disjunction;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast};
-use datafusion::prelude::{col, lit};
+use datafusion::prelude::{SessionContext, col, lit};
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 
-use super::{FEATURES_SCHEMA, FeatureView, ViewState};
+use super::{FEATURES_SCHEMA, FeatureStore, FeatureView, ViewState};
 use crate::error::{Error, Result};
-use crate::session::QuiverSession;
 use crate::storage::changes::{appended_files, limited_to, read_of, replace_read};
-use crate::storage::{AsOf, DeltaTableProvider, WriteKind, WriteRequest, open_delta, write_stream};
+use crate::storage::{
+    AsOf, DeltaTableProvider, WarehouseCatalog, WriteKind, WriteRequest, open_delta, write_stream,
+};
 
 /// More changed entities than this and an incremental refresh would filter on a list longer than a
 /// full recompute is worth: the refresh is full.
@@ -99,7 +99,11 @@ enum Plan {
 }
 
 /// Refreshes `view`; concurrent refreshes of one view run one after the other.
-pub async fn refresh(session: &QuiverSession, view: &Arc<ViewState>) -> Result<Report> {
+pub async fn refresh(
+    ctx: &SessionContext,
+    catalog: &WarehouseCatalog,
+    view: &Arc<ViewState>,
+) -> Result<Report> {
     let _one_at_a_time = view.refresh_lock.lock().await;
     let started = Instant::now();
     let definition = &view.definition;
@@ -109,7 +113,7 @@ pub async fn refresh(session: &QuiverSession, view: &Arc<ViewState>) -> Result<R
             definition.name
         )));
     }
-    let state = session.state();
+    let state = ctx.state();
     let query = state
         .create_logical_plan(&definition.sql)
         .await
@@ -117,7 +121,7 @@ pub async fn refresh(session: &QuiverSession, view: &Arc<ViewState>) -> Result<R
     check_output(definition, query.schema())?;
     let (sources, untracked) = sources_of(&query)?;
 
-    let location = session
+    let location = catalog
         .warehouse()
         .locate(FEATURES_SCHEMA, &definition.name)
         .await?;
@@ -155,7 +159,8 @@ pub async fn refresh(session: &QuiverSession, view: &Arc<ViewState>) -> Result<R
         }
         Plan::Full(reason) => (Mode::Full, reason, None, query.clone()),
         Plan::Incremental(changes) => {
-            let keys = changed_entities(session, definition, &query, &sources, &changes).await?;
+            let keys =
+                changed_entities(ctx, catalog, definition, &query, &sources, &changes).await?;
             let count: usize = keys.iter().map(RecordBatch::num_rows).sum();
             let changed: Vec<String> = changes
                 .iter()
@@ -170,7 +175,7 @@ pub async fn refresh(session: &QuiverSession, view: &Arc<ViewState>) -> Result<R
                 ),
                 (n, Some(target)) => {
                     let filter = key_filter(&definition.entity, &keys)?;
-                    let data = merge_plan(session, definition, &query, target, filter).await?;
+                    let data = merge_plan(catalog, definition, &query, target, filter).await?;
                     let reason = format!("appends to {}", changed.join(", "));
                     (Mode::Incremental, reason, Some(n as u64), data)
                 }
@@ -186,25 +191,24 @@ pub async fn refresh(session: &QuiverSession, view: &Arc<ViewState>) -> Result<R
     let table = match (target, &location) {
         (Some(table), _) => table,
         (None, _) => {
-            session
+            catalog
                 .warehouse()
                 .create_schema(FEATURES_SCHEMA, true)
                 .await?;
-            let url = session
+            let url = catalog
                 .warehouse()
                 .new_table_url(FEATURES_SCHEMA, &definition.name)
                 .await?;
             DeltaTable::try_from_url(url).await?
         }
     };
-    let stream = session
-        .ctx()
+    let stream = ctx
         .execute_logical_plan(data)
         .await?
         .execute_stream()
         .await?;
     let rows = write_stream(
-        &session.state(),
+        &state,
         WriteRequest {
             table,
             kind: WriteKind::Replace,
@@ -217,10 +221,10 @@ pub async fn refresh(session: &QuiverSession, view: &Arc<ViewState>) -> Result<R
     .await
     .map_err(|e| in_view(definition, e))?;
 
-    view.reload(session).await?;
+    view.reload(ctx, catalog).await?;
     if location.is_none() {
         // A new table (maybe in a new schema): renew the cached name listing.
-        session.catalog().refresh().await?;
+        catalog.refresh().await?;
     }
     let version = view.materialized().map(|m| m.version);
     let report = Report {
@@ -293,7 +297,8 @@ async fn decide(view: &FeatureView, sources: &[Source], target: &DeltaTable) -> 
 /// The entities whose rows the appended files can change: for each changed source and each place
 /// the query reads it, the query run with that one read limited to the new files, keys only.
 async fn changed_entities(
-    session: &QuiverSession,
+    ctx: &SessionContext,
+    catalog: &WarehouseCatalog,
     view: &FeatureView,
     query: &LogicalPlan,
     sources: &[Source],
@@ -302,12 +307,7 @@ async fn changed_entities(
     let mut branches = Vec::new();
     for (s, files) in changes {
         let source = &sources[*s];
-        let provider = limited_to(
-            &source.table,
-            session.catalog().settings().clone(),
-            files.clone(),
-        )
-        .await?;
+        let provider = limited_to(&source.table, catalog.settings().clone(), files.clone()).await?;
         let occurrences = count_reads(query, &source.name)?;
         for occurrence in 0..occurrences {
             let limited = replace_read(query.clone(), &source.name, occurrence, &provider)?;
@@ -320,18 +320,13 @@ async fn changed_entities(
         union = union.union(branch)?;
     }
     let plan = union.distinct()?.build()?;
-    Ok(session
-        .ctx()
-        .execute_logical_plan(plan)
-        .await?
-        .collect()
-        .await?)
+    Ok(ctx.execute_logical_plan(plan).await?.collect().await?)
 }
 
 /// The rows to write: the view's current rows for unchanged entities, and the query recomputed for
 /// the changed ones (`filter` selects them; DataFusion pushes it down to the sources).
 async fn merge_plan(
-    session: &QuiverSession,
+    catalog: &WarehouseCatalog,
     view: &FeatureView,
     query: &LogicalPlan,
     target: &DeltaTable,
@@ -344,7 +339,7 @@ async fn merge_plan(
         format!("{FEATURES_SCHEMA}.{}", view.name),
         target.clone(),
         &AsOf::Latest,
-        session.catalog().settings(),
+        catalog.settings(),
     )
     .await?;
     let output = recomputed.schema().clone();
@@ -494,7 +489,7 @@ pub fn report_schema() -> SchemaRef {
     ]))
 }
 
-fn report_batch(reports: &[Report]) -> Result<RecordBatch> {
+pub fn report_batch(reports: &[Report]) -> Result<RecordBatch> {
     let strings = |f: fn(&Report) -> String| {
         Arc::new(StringArray::from_iter_values(reports.iter().map(f))) as _
     };
@@ -523,35 +518,24 @@ fn report_batch(reports: &[Report]) -> Result<RecordBatch> {
     )?)
 }
 
-/// `REFRESH FEATURE VIEW name` (one view) or `REFRESH FEATURE VIEWS` (every materialized view, in
-/// name order; the first failure stops it).
-pub async fn run(session: &QuiverSession, name: Option<&str>) -> Result<SendableRecordBatchStream> {
-    let features = session.features();
-    let views: Vec<Arc<ViewState>> = match name {
-        Some(name) => vec![features.view(name)?],
-        None => features.materialized_views(),
-    };
-    let mut reports = Vec::with_capacity(views.len());
-    for view in &views {
-        reports.push(refresh(session, view).await?);
-    }
-    crate::query::one_batch(report_batch(&reports)?)
-}
-
-/// Refreshes every materialized view every `interval` until the process ends. A failing view is
-/// logged and retried at the next tick; the others still refresh.
-pub fn schedule(session: QuiverSession, interval: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Refreshes every materialized view of `features` every `interval`, for ever: spawn it on the
+/// runtime the refreshes should run on (the server's query runtime). A failing view is logged and
+/// retried at the next tick; the others still refresh.
+pub async fn refresh_every(
+    ctx: SessionContext,
+    catalog: Arc<WarehouseCatalog>,
+    features: Arc<FeatureStore>,
+    interval: Duration,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
         ticks.tick().await;
-        loop {
-            ticks.tick().await;
-            for view in session.features().materialized_views() {
-                if let Err(e) = refresh(&session, &view).await {
-                    tracing::error!(view = %view.definition.name, "scheduled refresh failed: {e}");
-                }
+        for view in features.materialized_views() {
+            if let Err(e) = refresh(&ctx, &catalog, &view).await {
+                tracing::error!(view = %view.definition.name, "scheduled refresh failed: {e}");
             }
         }
-    })
+    }
 }

@@ -25,7 +25,8 @@ use super::online::{
     KeyTerm, MAX_LOOKUP_KEYS, OnlineIndex, OnlineLookupExec, key_combinations, key_terms,
     key_values, lookup_keys, non_null,
 };
-use super::{FEATURES_SCHEMA, Materialized, ViewState};
+use super::{FEATURES_SCHEMA, FeatureStore, Materialized, ViewState};
+use crate::storage::catalog::ServedTables;
 use crate::storage::{AsOf, DeltaTableProvider, open_delta};
 
 /// Answers `SELECT <columns> FROM features.<view> WHERE <key filters>` straight from the index, without
@@ -146,6 +147,20 @@ impl Lookup {
         RecordBatch::try_new(self.schema.clone(), batch.columns().to_vec())
             .ok()
             .map(Ok)
+    }
+}
+
+/// Materialized views are served from memory in place of their Delta tables in the `features`
+/// schema (the catalog asks at planning; the session registers the store for that schema).
+impl ServedTables for FeatureStore {
+    fn latest(&self, table: &str, settings: &Arc<SessionState>) -> Option<Arc<dyn TableProvider>> {
+        let view = self.get(table)?;
+        let materialized = view.materialized()?;
+        Some(Arc::new(FeatureViewTable::new(
+            view,
+            materialized,
+            settings.clone(),
+        )))
     }
 }
 

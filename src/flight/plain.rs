@@ -100,10 +100,12 @@ impl QuiverFlight {
         let planning_caller = caller.clone();
         let current = settings.current.clone();
         let session = self.sql.client_session(settings)?;
+        let prepared = self.sql.prepared().clone();
         let plan = self
             .sql
             .run_statement_as(session, true, move |session| async move {
-                planner::plan_for_client(&session, handle, &planning_caller, &current).await
+                planner::plan_for_client(&session, &prepared, handle, &planning_caller, &current)
+                    .await
             })
             .await?;
         if let Some(changed) = plan.settings {

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::flight::handle::StatementHandle;
 use crate::flight::session_cookie::ClientSettings;
 use crate::query::Command;
+use crate::query::prepared::PreparedPlans;
 use crate::query::settings::Settings;
 use crate::query::statement::plan_sql_with;
 use crate::query::statement::row_parameters;
@@ -92,6 +93,7 @@ impl ClientPlan {
 /// `SET` / `RESET` change the returned settings. Queries are only planned.
 pub async fn plan_for_client(
     session: &QuiverSession,
+    prepared: &PreparedPlans,
     handle: StatementHandle,
     caller: &Principal,
     settings: &Settings,
@@ -99,7 +101,7 @@ pub async fn plan_for_client(
     let params = handle.parameter_batch()?;
     // A prepared lookup or recommend call: planned once, then only bound and answered.
     if let Some(params) = params.as_ref().filter(|p| p.num_rows() == 1)
-        && let Some(direct) = session.prepared().direct(session, &handle.sql).await
+        && let Some(direct) = prepared.direct(session, &handle.sql).await
         && let Some(answer) = direct.answer(params).await
     {
         return Ok(ClientPlan::done(with_answer(handle, answer?)?));
@@ -155,13 +157,13 @@ fn changed_settings(planned: &Planned, settings: &Settings) -> Result<Option<Set
 /// query runtime. `None` for any other statement.
 pub fn answer_known_lookup(
     session: &QuiverSession,
+    prepared: &PreparedPlans,
     handle: &StatementHandle,
 ) -> Option<Result<(SchemaRef, StatementHandle)>> {
     if handle.parameters.is_empty() {
         return None;
     }
-    let direct = session
-        .prepared()
+    let direct = prepared
         .current(session, &handle.sql)
         .filter(|d| d.is_lookup())?;
     // Parameters that do not decode or are not one row take the usual path, which says why.

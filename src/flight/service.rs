@@ -43,6 +43,7 @@ use crate::flight::stream::{
     FlightDataStream, batch_to_flight, batches_to_flight, execute_to_flight, wire_schema,
 };
 use crate::flight::{metadata, planner};
+use crate::query::prepared::PreparedPlans;
 use crate::session::QuiverSession;
 
 type ActionStream =
@@ -54,6 +55,8 @@ type PutStream = Pin<Box<dyn Stream<Item = Result<PutResult, Status>> + Send + '
 #[derive(Clone)]
 pub struct QuiverFlightSql {
     session: QuiverSession,
+    /// Prepared statements answered without planning (online lookups, recommend calls).
+    prepared: Arc<PreparedPlans>,
     executor: Arc<Executor>,
     auth: Arc<Auth>,
     admission: Arc<Admission>,
@@ -70,6 +73,7 @@ impl QuiverFlightSql {
     ) -> Result<Self> {
         Ok(Self {
             session,
+            prepared: Arc::default(),
             executor,
             auth,
             admission: Arc::new(Admission::new(limits)),
@@ -128,6 +132,10 @@ impl QuiverFlightSql {
         &self.session
     }
 
+    pub fn prepared(&self) -> &Arc<PreparedPlans> {
+        &self.prepared
+    }
+
     /// The session a client's statements run in: the server's, with the client's settings.
     pub fn client_session(&self, settings: &ClientSettings) -> Result<QuiverSession, Status> {
         self.session
@@ -184,23 +192,32 @@ impl QuiverFlightSql {
         caller: &Principal,
         settings: &ClientSettings,
     ) -> Result<FlightInfo, Status> {
-        let (schema, handle) = match planner::answer_known_lookup(&self.session, &handle) {
-            Some(answer) => answer?,
-            None => {
-                let planning_caller = caller.clone();
-                let current = settings.current.clone();
-                let session = self.client_session(settings)?;
-                let plan = self
-                    .run_statement_as(session, true, move |session| async move {
-                        planner::plan_for_client(&session, handle, &planning_caller, &current).await
-                    })
-                    .await?;
-                if let Some(changed) = plan.settings {
-                    settings.change(changed);
+        let (schema, handle) =
+            match planner::answer_known_lookup(&self.session, &self.prepared, &handle) {
+                Some(answer) => answer?,
+                None => {
+                    let planning_caller = caller.clone();
+                    let current = settings.current.clone();
+                    let session = self.client_session(settings)?;
+                    let prepared = self.prepared.clone();
+                    let plan = self
+                        .run_statement_as(session, true, move |session| async move {
+                            planner::plan_for_client(
+                                &session,
+                                &prepared,
+                                handle,
+                                &planning_caller,
+                                &current,
+                            )
+                            .await
+                        })
+                        .await?;
+                    if let Some(changed) = plan.settings {
+                        settings.change(changed);
+                    }
+                    (plan.schema, plan.handle)
                 }
-                (plan.schema, plan.handle)
-            }
-        };
+            };
         let ticket = TicketStatementQuery {
             statement_handle: self.seal_handle(caller, &handle),
         };

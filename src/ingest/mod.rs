@@ -3,10 +3,16 @@
 //! SQL `INSERT`, `CREATE TABLE AS` and `DELETE` reach Delta through the table provider instead
 //! (see `storage::table`); uploads come here because they bring their own schema and a mode.
 
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, TimeUnit};
 use datafusion::catalog::TableProvider;
+use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use deltalake::DeltaTable;
+use futures::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::session::QuiverSession;
@@ -82,7 +88,7 @@ pub async fn ingest(
 ) -> Result<u64> {
     // Compared with the table in the types it will be stored as (metadata dropped, Float16 as
     // Float32, ...); what Delta cannot store is refused here, naming the column.
-    let data = storable_stream(data)?;
+    let mut data = storable_stream(data)?;
     let warehouse = session.warehouse();
     let qualified = format!("{schema}.{table}");
     let existing = warehouse.locate(schema, table).await?;
@@ -97,7 +103,13 @@ pub async fn ingest(
         (IngestMode::Append, None) => return Err(Error::TableNotFound(qualified)),
         (IngestMode::Create | IngestMode::Replace | IngestMode::CreateAppend, None) => {
             let url = warehouse.new_table_url(schema, table).await?;
-            (DeltaTable::try_from_url(url).await?, WriteKind::Create)
+            // Another upload may create the table first: create_append then appends to it.
+            let kind = match mode {
+                IngestMode::CreateAppend => WriteKind::CreateOrAppend,
+                IngestMode::Replace => WriteKind::Replace,
+                _ => WriteKind::Create,
+            };
+            (DeltaTable::try_from_url(url).await?, kind)
         }
         (IngestMode::Append | IngestMode::CreateAppend, Some(location)) => {
             let provider = session
@@ -108,6 +120,9 @@ pub async fn ingest(
             let delta = provider.delta_table().clone();
             merge_schema =
                 check_compatible(&qualified, &current, &data.schema(), options.merge_schema)?;
+            if merge_schema {
+                data = with_table_nullability(&qualified, &current, data);
+            }
             (delta, WriteKind::Append)
         }
         (IngestMode::Replace, Some(location)) => (
@@ -124,6 +139,41 @@ pub async fn ingest(
         merge_schema,
     };
     write_stream(&session.state(), request).await
+}
+
+/// The upload with the table's nullability on the columns the table has. delta-rs merges the two
+/// schemas field by field, and a column nullable on either side (pyarrow's are) would become
+/// nullable in the table; a null in a NOT NULL column fails the upload instead.
+fn with_table_nullability(
+    table: &str,
+    current: &Schema,
+    data: SendableRecordBatchStream,
+) -> SendableRecordBatchStream {
+    let fields: Vec<Field> = data
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match current.field_with_name(f.name()) {
+            Ok(existing) => f.as_ref().clone().with_nullable(existing.is_nullable()),
+            Err(_) => f.as_ref().clone().with_nullable(true),
+        })
+        .collect();
+    let schema = Arc::new(Schema::new_with_metadata(
+        fields,
+        data.schema().metadata().clone(),
+    ));
+    let table = table.to_string();
+    let relabel = schema.clone();
+    let batches = data.map(move |batch| {
+        let batch = batch?;
+        RecordBatch::try_new(relabel.clone(), batch.columns().to_vec()).map_err(|e| {
+            DataFusionError::External(Box::new(Error::SchemaMismatch {
+                table: table.clone(),
+                message: e.to_string(),
+            }))
+        })
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, batches))
 }
 
 /// Checks that appended data has the table's columns with types Delta stores the same way, and
@@ -143,6 +193,23 @@ pub fn check_compatible(
     for field in incoming.fields() {
         let Ok(existing) = current.field_with_name(field.name()) else {
             if merge_schema {
+                if let Some(same) = current
+                    .fields()
+                    .iter()
+                    .find(|f| f.name().eq_ignore_ascii_case(field.name()))
+                {
+                    return Err(mismatch(format!(
+                        "column '{}' differs from the table's column '{}' only in case",
+                        field.name(),
+                        same.name()
+                    )));
+                }
+                if field.data_type() == &DataType::Null {
+                    return Err(mismatch(format!(
+                        "new column '{}' has no type (every value is null): give it one",
+                        field.name()
+                    )));
+                }
                 changes = true;
                 continue;
             }

@@ -11,8 +11,8 @@ use deltalake::DeltaTable;
 use url::Url;
 
 use crate::error::{Error, Result};
-use crate::query::one_batch;
 use crate::query::statement::Command;
+use crate::query::{admin, one_batch};
 use crate::session::QuiverSession;
 use crate::storage::table::count_batch;
 use crate::storage::{AsOf, WriteKind, WriteRequest, open_delta, write_stream};
@@ -24,10 +24,10 @@ pub async fn run(session: &QuiverSession, command: Command) -> Result<SendableRe
     let warehouse = session.warehouse();
     match command {
         Command::RefreshFeatureViews { name } => {
-            return crate::features::refresh::run(session, name.as_deref()).await;
+            return admin::refresh_views(session, name.as_deref()).await;
         }
-        Command::ReloadModels => return crate::scoring::run_reload(session).await,
-        Command::ReloadFeatureViews => return crate::features::run_reload(session).await,
+        Command::ReloadModels => return admin::reload_models(session).await,
+        Command::ReloadFeatureViews => return admin::reload_feature_views(session).await,
         Command::Table {
             schema,
             table,

@@ -2,12 +2,11 @@
 //!
 //! `plan_sql` turns text into a [`Planned`] (no side effects), `execute` runs it as a stream.
 
-pub mod asof;
+pub mod admin;
 pub mod conform;
 pub mod ddl;
 pub mod delta_sql;
 pub mod dml;
-pub mod planner;
 pub mod prepared;
 pub mod rewrite;
 pub mod settings;

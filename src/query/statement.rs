@@ -21,7 +21,7 @@ use datafusion::sql::sqlparser::dialect::{GenericDialect, dialect_from_str};
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::error::{Error, Result};
-use crate::query::asof::nest_asof_joins;
+use crate::planning::asof::nest_asof_joins;
 use crate::query::conform::{conform_batch, conform_stream};
 use crate::query::delta_sql::{self, TableOperation};
 use crate::query::one_batch;

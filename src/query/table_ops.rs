@@ -108,7 +108,8 @@ pub async fn run(
                 .map(|f| f.literal())
                 .collect::<Result<Vec<FilterLiteral<'_>>>>()?;
             let zorder = zorder.into_iter().map(|c| c.value).collect();
-            let report = maintenance::optimize(delta, &session.state(), &literals, zorder).await?;
+            let report =
+                maintenance::optimize(delta, &session.state(), &literals, zorder, None).await?;
             optimize_columns(&name, &report)
         }
         TableOperation::Vacuum {

@@ -29,14 +29,13 @@ use std::time::SystemTime;
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::SessionContext;
 
 use crate::error::{Error, Result};
 use crate::scoring::exclusion::Exclusion;
 use crate::scoring::onnx::OnnxModel;
 use crate::scoring::retrieval::Retrieval;
 use crate::scoring::spec::{ModelKind, ModelSpec};
-use crate::session::QuiverSession;
 
 /// The schema of `system.models`.
 pub const SYSTEM_SCHEMA: &str = "system";
@@ -205,8 +204,13 @@ impl ModelRegistry {
             .collect()
     }
 
+    /// The models directory (`--models-dir`), if one is configured.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     /// Loads new and changed model directories, drops removed ones, and retries failed ones.
-    pub async fn reload(&self, session: &QuiverSession) -> Result<Vec<ReloadOutcome>> {
+    pub async fn reload(&self, ctx: &SessionContext) -> Result<Vec<ReloadOutcome>> {
         let Some(dir) = self.dir.clone() else {
             return Ok(Vec::new());
         };
@@ -230,7 +234,7 @@ impl ModelRegistry {
             } else {
                 "loaded"
             };
-            match load(session, &dir, &name).await {
+            match load(ctx, &dir, &name).await {
                 Ok(model) => {
                     tracing::info!(model = %name, version = %model.spec.version, "model {action}");
                     outcomes.push(outcome(&name, action, Some(&model), None));
@@ -347,7 +351,7 @@ fn scan(dir: &Path) -> Result<BTreeMap<String, Fingerprint>> {
 
 /// Loads one model directory: the spec, the tract plan (on a blocking thread: optimizing is CPU
 /// work), and for two-tower models the item index.
-async fn load(session: &QuiverSession, dir: &Path, name: &str) -> Result<Model> {
+async fn load(ctx: &SessionContext, dir: &Path, name: &str) -> Result<Model> {
     let model_dir = dir.join(name);
     let spec = ModelSpec::read(&model_dir, name)?;
     let onnx = {
@@ -359,13 +363,13 @@ async fn load(session: &QuiverSession, dir: &Path, name: &str) -> Result<Model> 
     };
     let retrieval = match spec.kind {
         ModelKind::Scorer => None,
-        ModelKind::TwoTower => Some(Retrieval::load(session, &spec, &model_dir).await?),
+        ModelKind::TwoTower => Some(Retrieval::load(ctx, &spec, &model_dir).await?),
     };
     let exclusion = match (&retrieval, &spec.exclude) {
         (Some(_), Some(exclude)) => {
             let exclusion = Exclusion::new(exclude.query.clone());
             // Built now so the first call does not wait for it; a failure waits for that call.
-            if let Err(e) = exclusion.bring_up_to_date(&session.state()).await {
+            if let Err(e) = exclusion.bring_up_to_date(&ctx.state()).await {
                 tracing::info!(model = name, error = %e, "[exclude] index not built at load");
             }
             Some(exclusion)
@@ -395,14 +399,8 @@ pub fn reload_report_schema() -> SchemaRef {
     ]))
 }
 
-/// `RELOAD MODELS`.
-pub async fn run_reload(session: &QuiverSession) -> Result<SendableRecordBatchStream> {
-    if session.models().dir.is_none() {
-        return Err(Error::InvalidInput(
-            "RELOAD MODELS: no models directory is configured (--models-dir)".into(),
-        ));
-    }
-    let outcomes = session.models().reload(session).await?;
+/// A reload's outcomes as the rows of [`reload_report_schema`].
+pub fn reload_report_batch(outcomes: &[ReloadOutcome]) -> Result<RecordBatch> {
     let column = |f: &dyn Fn(&ReloadOutcome) -> Option<String>| -> ArrayRef {
         Arc::new(StringArray::from(
             outcomes.iter().map(f).collect::<Vec<_>>(),
@@ -417,7 +415,7 @@ pub async fn run_reload(session: &QuiverSession) -> Result<SendableRecordBatchSt
             column(&|o| o.error.clone()),
         ],
     )?;
-    crate::query::one_batch(batch)
+    Ok(batch)
 }
 
 /// How often the server looks for changed model directories.
@@ -426,22 +424,22 @@ pub const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2
 /// Reloads models whose directories changed, every [`WATCH_INTERVAL`]. Checking is a directory
 /// listing and file metadata; a file still being copied fails to load, is reported, and is retried
 /// when its size or time changes again.
-pub fn watch(session: QuiverSession) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(WATCH_INTERVAL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            if !session.models().changed() {
-                continue;
-            }
-            // A task of its own: a panic while loading is logged, and the watch goes on.
-            let loading = session.clone();
-            match tokio::spawn(async move { loading.models().reload(&loading).await }).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!("reloading models failed: {e}"),
-                Err(e) => tracing::error!("reloading models panicked: {e}"),
-            }
+/// For ever: spawn it on the runtime the loads should run on (the server's query runtime).
+pub async fn watch(ctx: SessionContext, models: Arc<ModelRegistry>) {
+    let mut ticks = tokio::time::interval(WATCH_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if !models.changed() {
+            continue;
         }
-    })
+        // A task of its own (on the same runtime): a panic while loading is logged, and the
+        // watch goes on.
+        let (ctx, loading) = (ctx.clone(), models.clone());
+        match tokio::spawn(async move { loading.reload(&ctx).await }).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("reloading models failed: {e}"),
+            Err(e) => tracing::error!("reloading models panicked: {e}"),
+        }
+    }
 }

@@ -10,6 +10,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type};
 use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 use tract_onnx::prelude::{IntoTValue, TVec, Tensor, tvec};
 
@@ -17,7 +18,6 @@ use crate::error::{Error, Result};
 use crate::scoring::onnx::OnnxModel;
 use crate::scoring::quantized::{QuantizedMatrix, survivors};
 use crate::scoring::spec::{ElementType, Metric, ModelSpec, TensorSpec};
-use crate::session::QuiverSession;
 
 /// Items per item-tower call while the matrix is built.
 const ITEM_TOWER_BATCH: usize = 8192;
@@ -54,13 +54,13 @@ pub struct Scored {
 }
 
 impl Retrieval {
-    pub async fn load(session: &QuiverSession, spec: &ModelSpec, dir: &Path) -> Result<Self> {
+    pub async fn load(ctx: &SessionContext, spec: &ModelSpec, dir: &Path) -> Result<Self> {
         let dim = spec.outputs[0].width();
         let items = spec
             .items
             .as_ref()
             .ok_or_else(|| Error::InvalidInput("a two_tower model needs [items]".into()))?;
-        let rows = query(session, &items.query, "[items] query").await?;
+        let rows = query(ctx, &items.query, "[items] query").await?;
         let (item_ids, mut matrix) = match &items.tower {
             Some(tower) => embed_items(&dir.join(tower), &rows, dim).await?,
             None => read_embeddings(&rows, dim)?,
@@ -82,7 +82,7 @@ impl Retrieval {
         }
         let known_users = match &spec.users {
             Some(users) => {
-                let rows = query(session, &users.query, "[users] query").await?;
+                let rows = query(ctx, &users.query, "[users] query").await?;
                 Some(
                     int64_column(&rows, 0, "[users] query")?
                         .values()
@@ -95,7 +95,7 @@ impl Retrieval {
         };
         let fallback = match &spec.fallback {
             Some(fallback) => {
-                read_fallback(&query(session, &fallback.query, "[fallback] query").await?)?
+                read_fallback(&query(ctx, &fallback.query, "[fallback] query").await?)?
             }
             None => Vec::new(),
         };
@@ -324,15 +324,14 @@ fn normalize(row: &mut [f32]) {
     }
 }
 
-async fn query(session: &QuiverSession, sql: &str, what: &str) -> Result<RecordBatch> {
+async fn query(ctx: &SessionContext, sql: &str, what: &str) -> Result<RecordBatch> {
     let failed = |e: Error| Error::InvalidInput(format!("{what} ({sql}): {e}"));
     // DataFusion's own entry point, read-only: a model's queries are plain SELECTs.
     let read_only = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
-    let frame = session
-        .ctx()
+    let frame = ctx
         .sql_with_options(sql, read_only)
         .await
         .map_err(|e| failed(e.into()))?;

@@ -4,8 +4,13 @@
 //! query), reading only the commits since the table was last read ([`Snapshots`]). Only the name
 //! listings that DataFusion asks for synchronously (`information_schema`, `SHOW TABLES`) are cached,
 //! and [`WarehouseCatalog::refresh`] renews them before such a statement.
+//!
+//! The layers above add what storage does not know about, through the composition root
+//! (`session`): schemas of their own (`system`) and tables served in place of a warehouse table at
+//! its latest version (materialized feature views, answered from memory), see [`ServedTables`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -16,9 +21,6 @@ use datafusion::error::Result as DFResult;
 use datafusion::execution::context::SessionState;
 
 use crate::error::Result;
-use crate::features::{FEATURES_SCHEMA, FeatureStore, FeatureViewTable};
-use crate::scoring::SYSTEM_SCHEMA;
-use crate::scoring::system::SystemSchema;
 use crate::storage::table::{AsOf, DeltaTableProvider, Snapshots};
 use crate::storage::warehouse::{TableLocation, Warehouse, valid_name};
 
@@ -31,34 +33,55 @@ pub const AS_OF_SEPARATOR: char = '@';
 /// Cached name listing: schema -> table names.
 type Listing = BTreeMap<String, Vec<String>>;
 
+/// Tables a higher layer serves in place of one warehouse schema's Delta tables, when they are
+/// read at their latest version (time travel always reads the Delta table).
+pub trait ServedTables: Debug + Send + Sync {
+    /// The table served for `table`, or `None` to read the Delta table. `settings` is the session
+    /// with Quiver's scan settings.
+    fn latest(&self, table: &str, settings: &Arc<SessionState>) -> Option<Arc<dyn TableProvider>>;
+}
+
 #[derive(Debug)]
 pub struct WarehouseCatalog {
     warehouse: Arc<Warehouse>,
     listing: Arc<RwLock<Listing>>,
     settings: Arc<SessionState>,
     snapshots: Arc<Snapshots>,
-    features: Arc<FeatureStore>,
-    /// `system.models` and any other read-only table about the server.
-    system: Arc<SystemSchema>,
+    /// Schemas not in the warehouse (`system`), by name.
+    extra: BTreeMap<String, Arc<dyn SchemaProvider>>,
+    /// Tables served in place of a warehouse schema's, by schema name.
+    served: HashMap<String, Arc<dyn ServedTables>>,
 }
 
 impl WarehouseCatalog {
     /// `settings` is a session with Quiver's configuration (no catalogs): delta-rs reads its scan
     /// options from it.
-    pub fn new(
-        warehouse: Arc<Warehouse>,
-        settings: Arc<SessionState>,
-        features: Arc<FeatureStore>,
-        system: Arc<SystemSchema>,
-    ) -> Self {
+    pub fn new(warehouse: Arc<Warehouse>, settings: Arc<SessionState>) -> Self {
         Self {
             warehouse,
             listing: Arc::default(),
             settings,
             snapshots: Arc::default(),
-            features,
-            system,
+            extra: BTreeMap::new(),
+            served: HashMap::new(),
         }
+    }
+
+    /// This catalog with a schema of its own under `name` (not a warehouse directory).
+    pub fn with_schema(mut self, name: &str, schema: Arc<dyn SchemaProvider>) -> Self {
+        self.extra.insert(name.to_string(), schema);
+        self
+    }
+
+    /// This catalog with `tables` served in place of schema `name`'s Delta tables at their latest
+    /// version.
+    pub fn with_served_tables(mut self, name: &str, tables: Arc<dyn ServedTables>) -> Self {
+        self.served.insert(name.to_string(), tables);
+        self
+    }
+
+    pub fn warehouse(&self) -> &Arc<Warehouse> {
+        &self.warehouse
     }
 
     /// The session with Quiver's scan settings that delta-rs reads them from.
@@ -103,13 +126,13 @@ impl CatalogProvider for WarehouseCatalog {
             .read()
             .map(|l| l.keys().cloned().collect())
             .unwrap_or_default();
-        names.push(SYSTEM_SCHEMA.to_string());
+        names.extend(self.extra.keys().cloned());
         names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        if name == SYSTEM_SCHEMA {
-            return Some(self.system.clone());
+        if let Some(schema) = self.extra.get(name) {
+            return Some(schema.clone());
         }
         // Any well-formed name resolves: a schema made by another writer since the last listing must
         // still be queryable. Missing tables are then reported by `table()`.
@@ -120,7 +143,7 @@ impl CatalogProvider for WarehouseCatalog {
                 listing: self.listing.clone(),
                 settings: self.settings.clone(),
                 snapshots: self.snapshots.clone(),
-                features: self.features.clone(),
+                served: self.served.get(name).cloned(),
             }) as Arc<dyn SchemaProvider>
         })
     }
@@ -133,7 +156,7 @@ pub struct WarehouseSchema {
     listing: Arc<RwLock<Listing>>,
     settings: Arc<SessionState>,
     snapshots: Arc<Snapshots>,
-    features: Arc<FeatureStore>,
+    served: Option<Arc<dyn ServedTables>>,
 }
 
 #[async_trait]
@@ -148,18 +171,13 @@ impl SchemaProvider for WarehouseSchema {
 
     async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
         let (table, as_of) = split_as_of(name)?;
-        // A materialized feature view at its latest version: served from memory where it can be,
-        // without opening the Delta table at planning. Time travel reads the Delta table.
-        if self.name == FEATURES_SCHEMA
-            && as_of == AsOf::Latest
-            && let Some(view) = self.features.get(table)
-            && let Some(materialized) = view.materialized()
+        // A table a higher layer serves (a materialized feature view, from memory) without
+        // opening the Delta table at planning. Time travel reads the Delta table.
+        if as_of == AsOf::Latest
+            && let Some(served) = &self.served
+            && let Some(provider) = served.latest(table, &self.settings)
         {
-            return Ok(Some(Arc::new(FeatureViewTable::new(
-                view.clone(),
-                materialized,
-                self.settings.clone(),
-            ))));
+            return Ok(Some(provider));
         }
         let Some(location) = self.warehouse.locate(&self.name, table).await? else {
             return Ok(None);

@@ -131,7 +131,7 @@ async fn commit(table: &mut DeltaTable, adds: Vec<Add>) -> Result<u64> {
     let appends = waiting.len();
     let result = commit_actions(table, actions).await;
     let shared = result.as_ref().map(|v| *v).map_err(|e| Shared {
-        conflict: matches!(e, Error::Conflict { .. }),
+        conflict: e.is_write_conflict(),
         message: e.to_string(),
     });
     for done in waiting {

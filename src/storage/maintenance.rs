@@ -56,6 +56,7 @@ pub async fn optimize(
     state: &SessionState,
     filters: &[FilterLiteral<'_>],
     zorder: Vec<String>,
+    concurrency: Option<usize>,
 ) -> Result<OptimizeReport> {
     let started = Instant::now();
     let mut attempt = 1;
@@ -72,6 +73,9 @@ pub async fn optimize(
             .with_commit_properties(upkeep::commit_properties());
         if !zorder.is_empty() {
             builder = builder.with_type(OptimizeType::ZOrder(zorder.clone()));
+        }
+        if let Some(tasks) = concurrency {
+            builder = builder.with_max_concurrent_tasks(tasks.max(1));
         }
         match builder.await {
             Ok((optimized, metrics)) => {
@@ -327,6 +331,9 @@ pub async fn set_properties(
     mut table: DeltaTable,
     properties: HashMap<String, String>,
 ) -> Result<u64> {
+    for (key, value) in &properties {
+        upkeep::check_property(key, value)?;
+    }
     if let Some(unknown) = properties.keys().find(|k| {
         k.starts_with("delta.")
             && k.parse::<deltalake::table::config::TableProperty>()

@@ -84,17 +84,23 @@ static TASKS: LazyLock<Mutex<Tasks>> = LazyLock::new(Mutex::default);
 /// Waits for the checkpoints being written, and stops compactions (their commit is atomic: one
 /// stopped leaves only unreferenced files, which VACUUM removes): before a one-shot process
 /// (`quiver sql`) or a server that is shutting down exits, so a due checkpoint is not lost with it.
+/// Repeats until no task is left (a compaction that committed meanwhile may have started one).
 pub async fn finish() {
-    let tasks = std::mem::take(&mut *TASKS.lock().unwrap_or_else(|p| p.into_inner()));
-    for ((table, job), task) in tasks {
-        if job == Job::Compaction {
-            task.abort();
+    loop {
+        let tasks = std::mem::take(&mut *TASKS.lock().unwrap_or_else(|p| p.into_inner()));
+        if tasks.is_empty() {
+            return;
         }
-        match task.await {
-            Err(e) if !e.is_cancelled() => {
-                tracing::warn!(table = %table, ?job, error = %e, "a background task failed");
+        for ((table, job), task) in tasks {
+            if job == Job::Compaction {
+                task.abort();
             }
-            _ => {}
+            match task.await {
+                Err(e) if !e.is_cancelled() => {
+                    tracing::warn!(table = %table, ?job, error = %e, "a background task failed");
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -139,17 +145,49 @@ pub fn after_commit(table: &DeltaTable) {
     }
 }
 
+/// Checks a table property this module reads, as it is set (`ALTER TABLE ... SET TBLPROPERTIES`):
+/// a value it could not read, or a `quiver.` property that does not exist, is refused rather than
+/// silently meaning the default.
+pub fn check_property(key: &str, value: &str) -> crate::error::Result<()> {
+    let refused = |why: &str| {
+        Err(crate::error::Error::InvalidInput(format!(
+            "table property refused: '{key}' = '{value}': {why}"
+        )))
+    };
+    if key == AUTO_COMPACT {
+        if auto_compact_on(value).is_none() {
+            return refused("it is true, false, auto or legacy");
+        }
+    } else if key == AUTO_COMPACT_MIN_FILES {
+        if !value.trim().parse::<usize>().is_ok_and(|n| n > 1) {
+            return refused("it is a whole number of files, at least 2");
+        }
+    } else if key.starts_with("quiver.") {
+        return refused(&format!(
+            "Quiver's table properties are {AUTO_COMPACT_MIN_FILES}"
+        ));
+    }
+    Ok(())
+}
+
+/// `delta.autoOptimize.autoCompact`'s values as Databricks reads them; `None`: not one of them.
+fn auto_compact_on(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "auto" | "legacy" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
 /// The small-file count that starts a compaction of this table, when it has automatic compaction
 /// on (`delta.autoOptimize.autoCompact`).
 fn auto_compact_min_files(table: &DeltaTable) -> Option<usize> {
     let snapshot = table.snapshot().ok()?;
     let configuration = snapshot.metadata().configuration();
-    let on = configuration.get(AUTO_COMPACT).is_some_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "true" | "auto" | "legacy"
-        )
-    });
+    let on = configuration
+        .get(AUTO_COMPACT)
+        .and_then(|v| auto_compact_on(v))
+        .unwrap_or(false);
     on.then(|| {
         configuration
             .get(AUTO_COMPACT_MIN_FILES)
@@ -159,28 +197,60 @@ fn auto_compact_min_files(table: &DeltaTable) -> Option<usize> {
     })
 }
 
-/// Compacts the table (as `OPTIMIZE`, which never blocks writers) when it holds at least
-/// `min_files` files smaller than its target file size.
-async fn auto_compact(table: DeltaTable, min_files: usize) -> crate::error::Result<()> {
+/// Small files each table kept after its last automatic compaction (alone in their partition,
+/// or too big to combine within the target size): compaction starts again only once
+/// `min_files` more have arrived, not after every commit.
+static LEFT_AFTER_COMPACTION: LazyLock<Mutex<HashMap<String, usize>>> =
+    LazyLock::new(Mutex::default);
+
+/// One automatic compaction at a time in the process, each rewriting one file at a time: it
+/// shares the query runtime with queries and writers.
+static COMPACTION: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+fn small_files(table: &DeltaTable) -> crate::error::Result<usize> {
     let snapshot = table.snapshot()?;
     let target =
         i64::try_from(snapshot.table_config().target_file_size().get()).unwrap_or(i64::MAX);
-    let small = snapshot
+    Ok(snapshot
         .log_data()
         .iter()
         .filter(|file| file.size() < target)
-        .count();
-    if small < min_files {
+        .count())
+}
+
+/// Compacts the table (as `OPTIMIZE`, which never blocks writers) when it holds at least
+/// `min_files` more files smaller than its target size than its last compaction left.
+async fn auto_compact(mut table: DeltaTable, min_files: usize) -> crate::error::Result<()> {
+    let key = table.table_url().to_string();
+    let left = |key: &str| {
+        LEFT_AFTER_COMPACTION
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    };
+    if small_files(&table)? < left(&key) + min_files {
         return Ok(());
     }
-    // A session of its own: the query that made the commit has ended by now.
+    let _one_at_a_time = COMPACTION
+        .acquire()
+        .await
+        .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
+    // A session of its own: the statement that made the commit has ended by now.
     let state = datafusion::prelude::SessionContext::new().state();
-    let report = maintenance::optimize(table.clone(), &state, &[], Vec::new()).await?;
+    let report = maintenance::optimize(table.clone(), &state, &[], Vec::new(), Some(1)).await?;
+    table.update_incremental(Some(report.version)).await?;
+    let remaining = small_files(&table)?;
+    LEFT_AFTER_COMPACTION
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, remaining);
     tracing::info!(
         table = %table.table_url(),
-        small_files = small,
         files_removed = report.files_removed,
         files_added = report.files_added,
+        small_files_left = remaining,
         version = report.version,
         elapsed = ?report.duration,
         "automatic compaction"

@@ -32,6 +32,9 @@ use crate::storage::{group_commit, upkeep};
 pub enum WriteKind {
     /// Create the table; fails if it exists.
     Create,
+    /// Create the table, or add the rows if another writer created it first (ADBC's
+    /// create_append, racing another upload to a new table).
+    CreateOrAppend,
     /// Add rows (the table is created first if it does not exist).
     Append,
     /// Replace all rows and the schema (the table is created first if it does not exist).
@@ -101,6 +104,7 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
         return group_commit::append(table, data).await;
     }
     let _turn = take_turn(&mut table).await?;
+    let kind = settle_new_table(&mut table, kind).await?;
     let rows = Arc::new(AtomicU64::new(0));
     // delta-rs flattens an error from the input into a string; the original (a limit, a bad upload)
     // is kept here so the client gets its status.
@@ -134,7 +138,9 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
         .with_input_plan(plan)
         .with_session_state(Arc::new(state.clone()));
     builder = match kind {
-        WriteKind::Create => builder.with_save_mode(SaveMode::ErrorIfExists),
+        WriteKind::Create | WriteKind::CreateOrAppend => {
+            builder.with_save_mode(SaveMode::ErrorIfExists)
+        }
         WriteKind::Append if merge_schema => builder
             .with_save_mode(SaveMode::Append)
             .with_schema_mode(SchemaMode::Merge),
@@ -156,6 +162,27 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
     };
     upkeep::after_commit(&written);
     Ok(rows.load(Ordering::Relaxed))
+}
+
+/// A write to a table that did not exist when the writer looked may find it created by another
+/// writer once it has the turn: loaded now, it is appended to or replaced as `kind` says, and
+/// `Create` fails cleanly.
+async fn settle_new_table(table: &mut DeltaTable, kind: WriteKind) -> Result<WriteKind> {
+    if table.version().is_some() {
+        return Ok(kind);
+    }
+    match table.load().await {
+        Ok(()) => match kind {
+            WriteKind::Create => Err(Error::AlreadyExists {
+                kind: "table",
+                name: table.table_url().to_string(),
+            }),
+            WriteKind::CreateOrAppend => Ok(WriteKind::Append),
+            other => Ok(other),
+        },
+        // Still no table (or none readable: the create then says why).
+        Err(_) => Ok(kind),
+    }
 }
 
 /// A failed write as the client should see it: the input's own error when the input failed (a

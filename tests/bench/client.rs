@@ -237,6 +237,8 @@ pub async fn server_steps(
     use quiver::flight::stream::batches_to_flight;
     let auth = Auth::open().expect("auth");
     let me = Principal::anonymous();
+    // The server's cache of prepared plans, as the Flight service holds it.
+    let prepared = quiver::query::prepared::PreparedPlans::default();
     let sealed = StatementHandle::new(sql).seal(&auth, &me);
     let names = [
         "client encode",
@@ -273,8 +275,7 @@ pub async fn server_steps(
         t[4] = Instant::now();
         executor.run(async { Ok(()) }).await.expect("hop");
         t[5] = Instant::now();
-        let direct = session
-            .prepared()
+        let direct = prepared
             .direct(session, &handle.sql)
             .await
             .expect("a direct answer");

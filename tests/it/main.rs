@@ -7,6 +7,7 @@ mod feature_views;
 mod features;
 mod flight_sql;
 mod fuzz;
+mod layers;
 mod models;
 mod plain_flight;
 mod prepared;

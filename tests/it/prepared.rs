@@ -8,6 +8,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, AsArray, Int64Array, ListArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::Int64Type;
 use futures::TryStreamExt;
+use quiver::query::prepared::PreparedPlans;
 use quiver::query::run_sql;
 use quiver::session::{QuiverSession, SessionOptions};
 
@@ -30,9 +31,8 @@ async fn run(session: &QuiverSession, sql: &str) -> Vec<RecordBatch> {
         .expect(sql)
 }
 
-async fn events_30d(session: &QuiverSession, user: i64) -> i64 {
-    let direct = session
-        .prepared()
+async fn events_30d(session: &QuiverSession, prepared: &PreparedPlans, user: i64) -> i64 {
+    let direct = prepared
         .direct(session, LOOKUP)
         .await
         .expect("an online lookup is answered directly");
@@ -78,19 +78,19 @@ async fn a_prepared_lookup_is_planned_once_per_generation_of_the_views() {
     ] {
         run(&session, sql).await;
     }
-    let prepared = session.prepared();
+    let prepared = PreparedPlans::default();
     assert!(
         prepared.current(&session, LOOKUP).is_none(),
         "nothing kept yet"
     );
-    assert_eq!(events_30d(&session, 1).await, 1);
+    assert_eq!(events_30d(&session, &prepared, 1).await, 1);
     // Kept: the next request is answered without planning, for any key.
     assert!(
         prepared
             .current(&session, LOOKUP)
             .is_some_and(|d| d.is_lookup())
     );
-    assert_eq!(events_30d(&session, 2).await, 1);
+    assert_eq!(events_30d(&session, &prepared, 2).await, 1);
 
     // A refresh swaps the index: the kept plan (which holds the old one) is out of date at once.
     run(
@@ -100,7 +100,11 @@ async fn a_prepared_lookup_is_planned_once_per_generation_of_the_views() {
     .await;
     run(&session, "REFRESH FEATURE VIEW user_activity").await;
     assert!(prepared.current(&session, LOOKUP).is_none());
-    assert_eq!(events_30d(&session, 1).await, 2, "the refreshed row");
+    assert_eq!(
+        events_30d(&session, &prepared, 1).await,
+        2,
+        "the refreshed row"
+    );
 
     // A key that is not a value of the key column is an error naming the column; a string that is
     // one is taken as it.
@@ -225,7 +229,7 @@ async fn a_prepared_recommend_call_binds_its_arguments_and_follows_reloads() {
         run(&session, sql).await;
     }
     let sql = "SELECT item_id, score FROM recommend('mf', ?, ?)";
-    let prepared = session.prepared();
+    let prepared = PreparedPlans::default();
     for (user, k) in [(3i64, 4i64), (4, 2), (45, 3)] {
         let params = RecordBatch::try_from_iter([
             (

@@ -268,6 +268,34 @@ def test_ingest_create_append(adbc, server):
     ]
 
 
+def test_concurrent_create_append_to_a_new_table_all_land(server):
+    # Uploads that all find the table missing race to create it: one creates, the others append
+    # (found by the 64-client load benchmark: the losers failed with "a table already exists").
+    import threading
+
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    t = "adbc_racing_create_append"
+    errors, barrier = [], threading.Barrier(8)
+
+    def upload(i):
+        try:
+            with flight_sql.connect(server.uri, autocommit=True) as conn:
+                barrier.wait()
+                ingest(conn, t, sample([i], [f"n{i}"]), "create_append")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    with flight_sql.connect(server.uri, autocommit=True) as conn:
+        assert rows(conn, f"SELECT count(*) AS n, count(DISTINCT id) AS d FROM {t}") == [{"n": 8, "d": 8}]
+
+
 def test_ingest_schema_mismatch_names_the_column(adbc, server):
     t = "adbc_ingest_mismatch"
     ingest(adbc, t, sample([1], ["a"]), "create")

@@ -238,7 +238,8 @@ def test_ingest_merge_schema_adds_columns_in_the_same_commit(server, conn):
 
     table = "evolving"
     log = server.warehouse / "public" / table / "_delta_log"
-    ingest(conn, table, pa.table({"id": pa.array([1], pa.int64()), "name": ["a"]}), "create")
+    created = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("name", pa.string())])
+    ingest(conn, table, pa.table({"id": [1], "name": ["a"]}, schema=created), "create")
     wider = pa.table({"id": pa.array([2], pa.int64()), "name": ["b"], "score": pa.array([0.5])})
 
     # Without the option a new column is refused, naming it and the option.
@@ -263,9 +264,17 @@ def test_ingest_merge_schema_adds_columns_in_the_same_commit(server, conn):
         {"id": 2, "name": "b", "score": 0.5},
         {"id": 3, "name": None, "score": None},
     ]
-    # Types still must match.
+    # Types still must match; a NOT NULL column stays NOT NULL (the upload's columns are nullable)
+    # and refuses a null; a new column needs a type; names differing only in case are refused.
     with pytest.raises(flight_sql.Error, match="column 'score' has type"):
         ingest_merging(conn, table, pa.table({"id": pa.array([4], pa.int64()), "score": ["x"]}))
+    with pytest.raises(flight_sql.Error, match="(?i)id.*null"):
+        ingest_merging(conn, table, pa.table({"id": pa.array([None], pa.int64()), "more": [1]}))
+    with pytest.raises(flight_sql.Error, match="new column 'nothing' has no type"):
+        ingest_merging(conn, table, pa.table({"id": pa.array([4], pa.int64()), "nothing": pa.nulls(1)}))
+    with pytest.raises(flight_sql.Error, match="column 'NAME' differs from the table's column 'name' only in case"):
+        ingest_merging(conn, table, pa.table({"id": pa.array([4], pa.int64()), "NAME": ["x"]}))
+    assert len(list(log.glob("*.json"))) == 3
 
     # Plain Flight: the same option as a header on DoPut to a PATH descriptor.
     client = flight.FlightClient(server.uri)
@@ -279,5 +288,10 @@ def test_ingest_merge_schema_adds_columns_in_the_same_commit(server, conn):
     client.close()
 
     dt = deltalake.DeltaTable(str(server.warehouse / "public" / table))
-    assert [f.name for f in dt.schema().fields] == ["id", "name", "score", "tag"]
+    assert [(f.name, f.nullable) for f in dt.schema().fields] == [
+        ("id", False),
+        ("name", True),
+        ("score", True),
+        ("tag", True),
+    ]
     assert sorted(dt.to_pyarrow_table().column("id").to_pylist()) == [1, 2, 3, 5]
