@@ -164,24 +164,24 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
     Ok(rows.load(Ordering::Relaxed))
 }
 
-/// A write to a table that did not exist when the writer looked may find it created by another
-/// writer once it has the turn: loaded now, it is appended to or replaced as `kind` says, and
-/// `Create` fails cleanly.
+/// A write that creates the table may find it created by another writer once it has the turn (the
+/// handle it was given may even have been loaded already): `CreateOrAppend` then appends to it
+/// (ADBC's create_append, racing another upload to a new table), and `Create` fails cleanly.
 async fn settle_new_table(table: &mut DeltaTable, kind: WriteKind) -> Result<WriteKind> {
-    if table.version().is_some() {
+    if !matches!(kind, WriteKind::Create | WriteKind::CreateOrAppend) {
         return Ok(kind);
     }
-    match table.load().await {
-        Ok(()) => match kind {
-            WriteKind::Create => Err(Error::AlreadyExists {
-                kind: "table",
-                name: table.table_url().to_string(),
-            }),
-            WriteKind::CreateOrAppend => Ok(WriteKind::Append),
-            other => Ok(other),
-        },
-        // Still no table (or none readable: the create then says why).
-        Err(_) => Ok(kind),
+    if table.version().is_none() {
+        // Still no table, or none readable: the create then says why.
+        let _ = table.load().await;
+    }
+    match (table.version(), kind) {
+        (None, kind) => Ok(kind),
+        (Some(_), WriteKind::CreateOrAppend) => Ok(WriteKind::Append),
+        (Some(_), _) => Err(Error::AlreadyExists {
+            kind: "table",
+            name: table.table_url().to_string(),
+        }),
     }
 }
 

@@ -3,11 +3,13 @@
 //!
 //!   tests/bench/run.sh commits [--appends N] [--concurrency N]
 //!
-//! For each mode it reports the latency of the append that makes commit 100, 1,000, ... and of a
-//! `SELECT count(*)` in a fresh session (which must read the log from scratch: the newest
-//! checkpoint and the commits after it, or every commit without one), then the file count and a
-//! scan's time before and after `OPTIMIZE`. `--concurrency` appends from that many tasks at once
-//! (group commit joins them).
+//! Three modes: checkpoints every 10 commits; no checkpoints; checkpoints and automatic compaction
+//! (`delta.autoOptimize.autoCompact`, 50 small files). For each it reports the mean and the
+//! slowest of the 100 appends before commit 100, 1,000, ... (one at a time: each alone in its
+//! commit) and a `SELECT count(*)` in a fresh session (which must read the log from scratch: the
+//! newest checkpoint and the commits after it, or every commit without one), then the file count
+//! and a scan's time before and after `OPTIMIZE`. `--concurrency` appends from that many tasks at
+//! once (group commit joins them).
 
 use std::time::{Duration, Instant};
 
@@ -54,7 +56,7 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-async fn mode(args: &Args, checkpoints: bool) {
+async fn mode(args: &Args, checkpoints: bool, auto_compact: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let warehouse = url::Url::from_directory_path(dir.path()).expect("url");
     let session = QuiverSession::open_with(warehouse.clone(), SessionOptions::default())
@@ -68,10 +70,17 @@ async fn mode(args: &Args, checkpoints: bool) {
         &format!("ALTER TABLE small SET TBLPROPERTIES ('delta.checkpointInterval' = '{interval}')"),
     )
     .await;
-    let label = if checkpoints {
-        "checkpoints every 10"
-    } else {
-        "no checkpoints"
+    if auto_compact {
+        run(
+            &session,
+            "ALTER TABLE small SET TBLPROPERTIES ('delta.autoOptimize.autoCompact' = 'true')",
+        )
+        .await;
+    }
+    let label = match (checkpoints, auto_compact) {
+        (true, true) => "checkpoints + auto-compaction",
+        (true, false) => "checkpoints every 10",
+        (false, _) => "no checkpoints",
     };
     let marks: Vec<usize> = [100, 1_000, 5_000, 10_000, 50_000]
         .into_iter()
@@ -81,7 +90,7 @@ async fn mode(args: &Args, checkpoints: bool) {
     let mut done = 0;
     for mark in &marks {
         // Appends up to just before the mark, then the one that makes it, timed alone.
-        while done + args.concurrency < *mark {
+        while done + args.concurrency <= mark.saturating_sub(100) {
             let tasks: Vec<_> = (0..args.concurrency)
                 .map(|i| {
                     let session = session.clone();
@@ -100,12 +109,19 @@ async fn mode(args: &Args, checkpoints: bool) {
             }
             done += args.concurrency;
         }
-        while done + 1 < *mark {
+        // The last 100 appends before the mark, one at a time, each timed.
+        let window_start = mark.saturating_sub(100).max(done);
+        while done < window_start {
             run(&session, &format!("INSERT INTO small VALUES ({done}, 0.5)")).await;
             done += 1;
         }
-        let append = timed(&session, &format!("INSERT INTO small VALUES ({done}, 0.5)")).await;
-        done += 1;
+        let mut window = Vec::new();
+        while done < *mark {
+            window.push(timed(&session, &format!("INSERT INTO small VALUES ({done}, 0.5)")).await);
+            done += 1;
+        }
+        let mean = window.iter().sum::<Duration>() / window.len().max(1) as u32;
+        let slowest = window.iter().max().copied().unwrap_or_default();
         quiver::storage::upkeep::finish().await;
         let fresh = QuiverSession::open_with(warehouse.clone(), SessionOptions::default())
             .await
@@ -113,9 +129,11 @@ async fn mode(args: &Args, checkpoints: bool) {
         let count = timed(&fresh, "SELECT count(*) FROM small").await;
         let again = timed(&fresh, "SELECT count(*) FROM small").await;
         println!(
-            "commits[{label}]: {mark:>6} appends: append {:>9} | count(*) fresh session {:>9}, \
-             again {:>9} | {:.0} s so far",
-            ms(append),
+            "commits[{label}]: {mark:>6} appends: last {} appends mean {:>9}, slowest {:>9} | \
+             count(*) fresh session {:>9}, again {:>9} | {:.0} s so far",
+            window.len(),
+            ms(mean),
+            ms(slowest),
             ms(count),
             ms(again),
             started.elapsed().as_secs_f64()
@@ -170,7 +188,8 @@ fn main() {
         args.appends, args.concurrency
     );
     runtime.block_on(async {
-        mode(&args, true).await;
-        mode(&args, false).await;
+        mode(&args, true, false).await;
+        mode(&args, false, false).await;
+        mode(&args, true, true).await;
     });
 }

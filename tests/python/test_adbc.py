@@ -276,7 +276,8 @@ def test_concurrent_create_append_to_a_new_table_all_land(server):
     import adbc_driver_flightsql.dbapi as flight_sql
 
     t = "adbc_racing_create_append"
-    errors, barrier = [], threading.Barrier(8)
+    RACERS = 32
+    errors, barrier = [], threading.Barrier(RACERS)
 
     def upload(i):
         try:
@@ -286,14 +287,14 @@ def test_concurrent_create_append_to_a_new_table_all_land(server):
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=upload, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(RACERS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
     assert not errors, errors
     with flight_sql.connect(server.uri, autocommit=True) as conn:
-        assert rows(conn, f"SELECT count(*) AS n, count(DISTINCT id) AS d FROM {t}") == [{"n": 8, "d": 8}]
+        assert rows(conn, f"SELECT count(*) AS n, count(DISTINCT id) AS d FROM {t}") == [{"n": RACERS, "d": RACERS}]
 
 
 def test_ingest_schema_mismatch_names_the_column(adbc, server):
