@@ -6,6 +6,7 @@
 //! version (`tests/run.sh`: 16 clients, 5 s, debug build); the full run is
 //!
 //!     tests/bench/run.sh load            # 64 clients, 60 s, release build
+//!     tests/bench/run.sh load --auto-compact true   # the ingest table compacted as it grows
 
 mod client;
 
@@ -27,6 +28,8 @@ struct Args {
     clients: usize,
     seconds: u64,
     rows: u64,
+    /// Create the ingest table first with `delta.autoOptimize.autoCompact` on.
+    auto_compact: bool,
 }
 
 fn args() -> Args {
@@ -38,6 +41,7 @@ fn args() -> Args {
         clients: 64,
         seconds: 60,
         rows: 200_000,
+        auto_compact: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -47,6 +51,9 @@ fn args() -> Args {
             "--clients" => parsed.clients = value.parse().expect("--clients N"),
             "--seconds" => parsed.seconds = value.parse().expect("--seconds N"),
             "--rows" => parsed.rows = value.parse().expect("--rows N"),
+            "--auto-compact" => {
+                parsed.auto_compact = value.parse().expect("--auto-compact true|false")
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -193,13 +200,24 @@ fn main() {
         )
         .await
         .expect("create events");
+        if args.auto_compact {
+            for statement in [
+                "CREATE TABLE ingested (id BIGINT, value DOUBLE)",
+                "ALTER TABLE ingested SET TBLPROPERTIES ('delta.autoOptimize.autoCompact' = 'true')",
+            ] {
+                sql.execute_update(statement.into(), None)
+                    .await
+                    .expect(statement);
+            }
+        }
     });
     println!(
-        "load: {} clients, {} s, events table {} rows (set up in {:.1} s), server {}",
+        "load: {} clients, {} s, events table {} rows (set up in {:.1} s), auto-compaction {}, server {}",
         args.clients,
         args.seconds,
         args.rows,
         setup_started.elapsed().as_secs_f64(),
+        if args.auto_compact { "on" } else { "off" },
         args.server
     );
 

@@ -8,7 +8,8 @@
 #                                                         client, 1 and 50 views (online_lookup.rs)
 #   tests/bench/run.sh models [--items N] [--rows N]      predict vs onnxruntime, recommend p50/p99,
 #                                                         recommend_items (models.rs, models_bench.py)
-#   tests/bench/run.sh load [--clients N] [--seconds N]   64 clients x 60 s of point queries, scans and
+#   tests/bench/run.sh load [--clients N] [--seconds N] [--auto-compact true]
+#                                                         64 clients x 60 s of point queries, scans and
 #                                                         ingest against `quiver serve` (load.rs)
 #   tests/bench/run.sh commits [--appends N] [--concurrency N]
 #                                                         small appends to one table with and without
