@@ -348,6 +348,8 @@ fn main() {
     }
     let lost = landed.0 != tally.ingested_rows || landed.1 != tally.ingested_rows;
     if !tally.errors.is_empty() || lost {
+        // `exit` runs no destructors: stop the server first, or it outlives this run.
+        drop(server);
         std::process::exit(1);
     }
 }
