@@ -159,7 +159,7 @@ pub fn check_property(key: &str, value: &str) -> crate::error::Result<()> {
             return refused("it is true, false, auto or legacy");
         }
     } else if key == AUTO_COMPACT_MIN_FILES {
-        if !value.trim().parse::<usize>().is_ok_and(|n| n > 1) {
+        if min_files(value).is_none() {
             return refused("it is a whole number of files, at least 2");
         }
     } else if key.starts_with("quiver.") {
@@ -168,6 +168,11 @@ pub fn check_property(key: &str, value: &str) -> crate::error::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// `quiver.autoCompact.minNumFiles`'s value: a whole number of files, at least 2.
+fn min_files(value: &str) -> Option<usize> {
+    value.trim().parse::<usize>().ok().filter(|n| *n > 1)
 }
 
 /// `delta.autoOptimize.autoCompact`'s values as Databricks reads them; `None`: not one of them.
@@ -191,8 +196,7 @@ fn auto_compact_min_files(table: &DeltaTable) -> Option<usize> {
     on.then(|| {
         configuration
             .get(AUTO_COMPACT_MIN_FILES)
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|n| *n > 1)
+            .and_then(|v| min_files(v))
             .unwrap_or(DEFAULT_AUTO_COMPACT_MIN_FILES)
     })
 }
