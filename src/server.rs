@@ -128,7 +128,10 @@ pub async fn serve(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let executor = Arc::new(Executor::new(0)?);
+    let executor = Arc::new(Executor::new("quiver-exec", 0)?);
+    // A quarter of the cores (at least one) for uploads: see `executor`.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let uploads = Arc::new(Executor::new("quiver-upload", (cores / 4).max(1))?);
     // Background work runs on the query runtime, never on the gRPC IO threads: scheduled
     // refreshes, and reloads of changed model directories.
     if let Some(interval) = options.refresh_interval {
@@ -147,6 +150,7 @@ pub async fn serve(
     let service = QuiverFlight::new(QuiverFlightSql::new(
         session,
         executor,
+        uploads,
         options.auth,
         options.limits,
     )?);

@@ -58,6 +58,8 @@ pub struct QuiverFlightSql {
     /// Prepared statements answered without planning (online lookups, recommend calls).
     prepared: Arc<PreparedPlans>,
     executor: Arc<Executor>,
+    /// Where uploads run (their own runtime, so queries cannot starve them).
+    uploads: Arc<Executor>,
     auth: Arc<Auth>,
     admission: Arc<Admission>,
     sql_info: Arc<SqlInfoData>,
@@ -68,6 +70,7 @@ impl QuiverFlightSql {
     pub fn new(
         session: QuiverSession,
         executor: Arc<Executor>,
+        uploads: Arc<Executor>,
         auth: Arc<Auth>,
         limits: Limits,
     ) -> Result<Self> {
@@ -75,6 +78,7 @@ impl QuiverFlightSql {
             session,
             prepared: Arc::default(),
             executor,
+            uploads,
             auth,
             admission: Arc::new(Admission::new(limits)),
             sql_info: Arc::new(metadata::sql_info()?),
@@ -120,12 +124,24 @@ impl QuiverFlightSql {
         Fut: Future<Output = Result<T>> + Send + 'static,
         T: Send + 'static,
     {
-        let slot = self.admission.admit(timed)?;
-        let fut = work(session);
-        self.executor
-            .run(async move { slot.bound(fut).await })
-            .await
-            .map_err(Status::from)
+        admitted(&self.admission, &self.executor, timed, work(session)).await
+    }
+
+    /// Runs an upload (not under `--query-timeout`) on the uploads' runtime within the
+    /// concurrency cap.
+    pub async fn run_upload<F, Fut, T>(&self, work: F) -> Result<T, Status>
+    where
+        F: FnOnce(QuiverSession) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        admitted(
+            &self.admission,
+            &self.uploads,
+            false,
+            work(self.session.clone()),
+        )
+        .await
     }
 
     pub fn session(&self) -> &QuiverSession {
@@ -223,6 +239,25 @@ impl QuiverFlightSql {
         };
         flight_info(descriptor, &schema, ticket.as_any().encode_to_vec())
     }
+}
+
+/// Runs `work` on `executor` once admitted under the concurrency cap (`timed`: under
+/// `--query-timeout`).
+async fn admitted<Fut, T>(
+    admission: &Admission,
+    executor: &Executor,
+    timed: bool,
+    work: Fut,
+) -> Result<T, Status>
+where
+    Fut: Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let slot = admission.admit(timed)?;
+    executor
+        .run(async move { slot.bound(work).await })
+        .await
+        .map_err(Status::from)
 }
 
 impl QuiverFlightSql {
@@ -517,7 +552,7 @@ impl FlightSqlService for QuiverFlightSql {
         let options = upload_options(request.metadata(), &command.options)?;
         let upload = request.into_inner();
         let max_bytes = self.admission.limits().max_upload_bytes;
-        self.run_statement(false, move |session| async move {
+        self.run_upload(move |session| async move {
             ingest_command(&session, command, options, upload, max_bytes).await
         })
         .await
@@ -572,7 +607,7 @@ impl FlightSqlService for QuiverFlightSql {
         let upload = request.into_inner();
         let max_bytes = self.admission.limits().max_upload_bytes;
         let rows = self
-            .run_statement(false, move |session| async move {
+            .run_upload(move |session| async move {
                 ingest_path(&session, options, upload, &message.type_url, max_bytes).await
             })
             .await?;

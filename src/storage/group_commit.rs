@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::storage::upkeep;
-use crate::storage::write::{conflict_error, take_turn};
+use crate::storage::write::{conflict_error, to_latest, turn};
 
 /// An append waiting for its commit.
 struct Pending {
@@ -119,17 +119,30 @@ async fn commit(table: &mut DeltaTable, adds: Vec<Add>) -> Result<u64> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(Pending { adds, done });
-    let _turn = take_turn(table).await?;
-    // A caller that had the turn before this one may have committed these files with its own.
-    if let Ok(answer) = answer.try_recv() {
-        return answer.map_err(|e| shared_error(table, e));
+    // Either a caller that has the turn commits these files with its own (most appends under load
+    // end here, without ever taking the turn or reading the log), or this one gets the turn first
+    // and commits everything queued by then.
+    let turn = turn(table);
+    let _turn = tokio::select! {
+        biased;
+        answered = &mut answer => return answered_with(table, answered),
+        guard = turn.lock_owned() => guard,
+    };
+    if let Ok(answered) = answer.try_recv() {
+        return answered.map_err(|e| shared_error(table, e));
     }
+    // Whatever happens next answers every append taken here, so none is committed after its
+    // caller was told it failed.
+    let latest = to_latest(table).await;
     let group = std::mem::take(&mut *queue.lock().unwrap_or_else(|p| p.into_inner()));
     let (actions, waiting): (Vec<Vec<Add>>, Vec<_>) =
         group.into_iter().map(|p| (p.adds, p.done)).unzip();
     let actions: Vec<Action> = actions.into_iter().flatten().map(Action::Add).collect();
     let appends = waiting.len();
-    let result = commit_actions(table, actions).await;
+    let result = match latest {
+        Ok(()) => commit_actions(table, actions).await,
+        Err(e) => Err(e),
+    };
     let shared = result.as_ref().map(|v| *v).map_err(|e| Shared {
         conflict: e.is_write_conflict(),
         message: e.to_string(),
@@ -170,6 +183,19 @@ async fn commit_actions(table: &DeltaTable, actions: Vec<Action>) -> Result<u64>
         .await
         .map_err(|e| conflict_error(table.table_url().to_string(), e))?;
     Ok(finalized.version())
+}
+
+fn answered_with(
+    table: &DeltaTable,
+    answered: std::result::Result<std::result::Result<u64, Shared>, oneshot::error::RecvError>,
+) -> Result<u64> {
+    match answered {
+        Ok(answer) => answer.map_err(|e| shared_error(table, e)),
+        // Only a committer that panicked drops its callers unanswered.
+        Err(_) => Err(Error::Internal(
+            "the group commit holding this append was abandoned".into(),
+        )),
+    }
 }
 
 fn shared_error(table: &DeltaTable, e: Shared) -> Error {

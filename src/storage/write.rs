@@ -67,19 +67,29 @@ pub struct WriteRequest {
 /// Returns once `table` is this process's writer: the guard ends the turn. A loaded table is brought
 /// to its latest version; a handle never loaded is a table being created and has none.
 pub async fn take_turn(table: &mut DeltaTable) -> Result<OwnedMutexGuard<()>> {
+    let guard = turn(table).lock_owned().await;
+    to_latest(table).await?;
+    Ok(guard)
+}
+
+/// The lock whose holder is `table`'s writer in this process.
+pub(crate) fn turn(table: &DeltaTable) -> Arc<AsyncMutex<()>> {
     static TURNS: LazyLock<Mutex<HashMap<String, Arc<AsyncMutex<()>>>>> =
         LazyLock::new(Mutex::default);
-    let turn = TURNS
+    TURNS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .entry(table.table_url().to_string())
         .or_default()
-        .clone();
-    let guard = turn.lock_owned().await;
+        .clone()
+}
+
+/// Brings a loaded table to its latest version (a handle never loaded stays as it is).
+pub(crate) async fn to_latest(table: &mut DeltaTable) -> Result<()> {
     if table.version().is_some() {
         table.update_state().await?;
     }
-    Ok(guard)
+    Ok(())
 }
 
 /// Writes `request.data` as one Delta commit and returns the number of rows written.

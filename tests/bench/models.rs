@@ -111,7 +111,7 @@ fn main() {
         server.block_on(interactions(&session, args.users));
     }
     server.block_on(async {
-        let executor = quiver::executor::Executor::new(0).expect("executor");
+        let executor = quiver::executor::Executor::new("quiver-exec", 0).expect("executor");
         let users = args.users as u64;
         for model in &models {
             server_steps(

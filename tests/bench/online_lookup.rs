@@ -103,7 +103,7 @@ fn run(args: &Args, views: usize) {
             .await
             .expect("session");
         in_process(&session, users).await;
-        let executor = quiver::executor::Executor::new(0).expect("executor");
+        let executor = quiver::executor::Executor::new("quiver-exec", 0).expect("executor");
         for keys in [1, 100] {
             let marks = vec!["?"; keys].join(", ");
             let sql = format!("SELECT * FROM features.view_0 WHERE user_id IN ({marks})");
