@@ -13,7 +13,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use datafusion::execution::SendableRecordBatchStream;
 use deltalake::DeltaTable;
-use deltalake::kernel::transaction::{CommitBuilder, TableReference};
+use deltalake::kernel::transaction::{CommitBuilder, FinalizedCommit, TableReference};
 use deltalake::kernel::{Action, Add};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt as _;
@@ -143,18 +143,19 @@ async fn commit(table: &mut DeltaTable, adds: Vec<Add>) -> Result<u64> {
         Ok(()) => commit_actions(table, actions).await,
         Err(e) => Err(e),
     };
-    let shared = result.as_ref().map(|v| *v).map_err(|e| Shared {
+    let shared = result.as_ref().map(|c| c.version()).map_err(|e| Shared {
         conflict: e.is_write_conflict(),
         message: e.to_string(),
     });
     for done in waiting {
         let _ = done.send(shared.clone());
     }
-    if let Ok(version) = result {
-        tracing::debug!(table = %table.table_url(), version, appends, "group commit");
-        if table.update_incremental(Some(version)).await.is_ok() {
-            upkeep::after_commit(table);
-        }
+    if let Ok(committed) = result {
+        tracing::debug!(table = %table.table_url(), version = committed.version(), appends, "group commit");
+        // The state after the commit, as delta-rs's own operations keep it: reading the log
+        // again would replay every live file once more.
+        table.state = Some(committed.snapshot());
+        upkeep::after_commit(table);
     }
     match answer.try_recv() {
         Ok(answer) => answer.map_err(|e| shared_error(table, e)),
@@ -165,7 +166,7 @@ async fn commit(table: &mut DeltaTable, adds: Vec<Add>) -> Result<u64> {
 }
 
 /// One commit of appended files on the table's latest version (the caller holds the turn).
-async fn commit_actions(table: &DeltaTable, actions: Vec<Action>) -> Result<u64> {
+async fn commit_actions(table: &DeltaTable, actions: Vec<Action>) -> Result<FinalizedCommit> {
     let snapshot = table.snapshot()?;
     let partition_by = snapshot.metadata().partition_columns().to_vec();
     let operation = DeltaOperation::Write {
@@ -173,7 +174,7 @@ async fn commit_actions(table: &DeltaTable, actions: Vec<Action>) -> Result<u64>
         partition_by: (!partition_by.is_empty()).then_some(partition_by),
         predicate: None,
     };
-    let finalized = CommitBuilder::from(upkeep::commit_properties())
+    CommitBuilder::from(upkeep::commit_properties())
         .with_actions(actions)
         .build(
             Some(snapshot as &dyn TableReference),
@@ -181,8 +182,7 @@ async fn commit_actions(table: &DeltaTable, actions: Vec<Action>) -> Result<u64>
             operation,
         )
         .await
-        .map_err(|e| conflict_error(table.table_url().to_string(), e))?;
-    Ok(finalized.version())
+        .map_err(|e| conflict_error(table.table_url().to_string(), e))
 }
 
 fn answered_with(

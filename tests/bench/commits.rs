@@ -1,7 +1,7 @@
 //! Commit benchmark: many small appends to one table, in process (no server), with and without
 //! checkpoints; then OPTIMIZE. Prints figures, asserts nothing.
 //!
-//!   tests/bench/run.sh commits [--appends N] [--concurrency N]
+//!   tests/bench/run.sh commits [--appends N] [--concurrency N] [--modes checkpoints,none,auto]
 //!
 //! Three modes: checkpoints every 10 commits; no checkpoints; checkpoints and automatic compaction
 //! (`delta.autoOptimize.autoCompact`, 50 small files). For each it reports the mean and the
@@ -20,12 +20,16 @@ use quiver::session::{QuiverSession, SessionOptions};
 struct Args {
     appends: usize,
     concurrency: usize,
+    /// Which of `checkpoints`, `none` (no checkpoints) and `auto` (checkpoints and automatic
+    /// compaction) to run, in that order.
+    modes: Vec<String>,
 }
 
 fn args() -> Args {
     let mut parsed = Args {
         appends: 5_000,
         concurrency: 1,
+        modes: vec!["checkpoints".into(), "none".into(), "auto".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -33,6 +37,7 @@ fn args() -> Args {
         match flag.as_str() {
             "--appends" => parsed.appends = value.parse().expect("--appends N"),
             "--concurrency" => parsed.concurrency = value.parse().expect("--concurrency N"),
+            "--modes" => parsed.modes = value.split(',').map(str::to_string).collect(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -155,11 +160,24 @@ async fn mode(args: &Args, checkpoints: bool, auto_compact: bool) {
     };
     let on_disk = files(&dir.path().join("public/small"));
     let scan = "SELECT sum(v), count(DISTINCT id) FROM small";
+    let live_before = live_files(&session).await;
     let before = timed(&session, scan).await;
     let optimize = timed(&session, "OPTIMIZE small").await;
     let after = timed(&session, scan).await;
-    let detail = run(&session, "DESCRIBE DETAIL small").await;
-    let live = detail
+    let live_after = live_files(&session).await;
+    println!(
+        "commits[{label}]: log entries {log}; {on_disk} data files on disk; scan {} over \
+         {live_before} live files; OPTIMIZE {}; scan {} over {live_after}",
+        ms(before),
+        ms(optimize),
+        ms(after),
+    );
+}
+
+/// The files the table's latest version references (`DESCRIBE DETAIL`'s `num_files`).
+async fn live_files(session: &QuiverSession) -> i64 {
+    let detail = run(session, "DESCRIBE DETAIL small").await;
+    detail
         .first()
         .and_then(|b| b.column_by_name("num_files").cloned())
         .and_then(|c| {
@@ -167,14 +185,7 @@ async fn mode(args: &Args, checkpoints: bool, auto_compact: bool) {
                 .downcast_ref::<datafusion::arrow::array::Int64Array>()
                 .map(|a| a.value(0))
         })
-        .unwrap_or(-1);
-    println!(
-        "commits[{label}]: log entries {log}; scan {} over {on_disk} data files; OPTIMIZE {}; \
-         scan {} over {live} data files",
-        ms(before),
-        ms(optimize),
-        ms(after),
-    );
+        .unwrap_or(-1)
 }
 
 fn main() {
@@ -188,8 +199,13 @@ fn main() {
         args.appends, args.concurrency
     );
     runtime.block_on(async {
-        mode(&args, true, false).await;
-        mode(&args, false, false).await;
-        mode(&args, true, true).await;
+        for name in &args.modes {
+            match name.as_str() {
+                "checkpoints" => mode(&args, true, false).await,
+                "none" => mode(&args, false, false).await,
+                "auto" => mode(&args, true, true).await,
+                other => panic!("unknown mode {other}: checkpoints, none or auto"),
+            }
+        }
     });
 }

@@ -11,7 +11,7 @@
 #   tests/bench/run.sh load [--clients N] [--seconds N] [--auto-compact true]
 #                                                         64 clients x 60 s of point queries, scans and
 #                                                         ingest against `quiver serve` (load.rs)
-#   tests/bench/run.sh commits [--appends N] [--concurrency N]
+#   tests/bench/run.sh commits [--appends N] [--concurrency N] [--modes checkpoints,none,auto]
 #                                                         small appends to one table with and without
 #                                                         checkpoints, then OPTIMIZE (commits.rs)
 #   tests/bench/run.sh peers [--events N] [--rows N] [--lookups N] [--repeat N] [--only a,b] [--out DIR]
