@@ -12,6 +12,7 @@ pub mod rewrite;
 pub mod settings;
 pub mod statement;
 pub mod table_ops;
+pub mod update;
 
 pub use statement::{
     Command, Planned, direct_answer, execute, plan_sql, run_sql, schema_and_table,

@@ -1,0 +1,200 @@
+//! Updates from clients: a statement with many parameter rows (`executemany`), and the re-run of a
+//! write that lost a Delta commit race to another writer.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, RecordBatch, UInt64Array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
+use futures::TryStreamExt;
+
+use crate::error::{Error, Result};
+use crate::query::statement::row_parameters;
+use crate::query::{Planned, execute, plan_sql};
+use crate::session::QuiverSession;
+
+/// Runs a planned update once per parameter row (or once without parameters) and returns the rows
+/// affected. An `INSERT` or `MERGE` with many parameter rows becomes one statement over all of
+/// them, so it is one Delta commit (an upsert of the rows a client sends). A statement that loses a
+/// commit race with another writer runs again from planning.
+pub async fn run(
+    session: &QuiverSession,
+    sql: &str,
+    planned: Planned,
+    params: Option<RecordBatch>,
+) -> Result<i64> {
+    let Some(params) = params.filter(|p| p.num_rows() > 0) else {
+        let mut first = Some(planned);
+        return retry_conflicts(sql, || {
+            let planned = first.take();
+            Box::pin(async move {
+                let planned = match planned {
+                    Some(planned) => planned,
+                    None => plan_sql(session, sql).await?,
+                };
+                affected_rows(execute(session, planned).await?).await
+            })
+        })
+        .await;
+    };
+    if let Planned::Query(LogicalPlan::Dml(dml)) = &planned
+        && matches!(dml.op, WriteOp::Insert(_) | WriteOp::MergeInto(_))
+    {
+        return retry_conflicts(sql, || Box::pin(write_many(session, dml, &params))).await;
+    }
+    let mut total = 0;
+    // Other statements run once per row, each planned afresh so it sees the previous row's commit.
+    for row in 0..params.num_rows() {
+        let params = &params;
+        total += retry_conflicts(sql, || {
+            Box::pin(async move {
+                let bound = plan_sql(session, sql).await?.bind(params, row)?;
+                affected_rows(execute(session, bound).await?).await
+            })
+        })
+        .await?;
+    }
+    Ok(total)
+}
+
+/// Attempts of one write statement before a lost Delta commit race is reported.
+const WRITE_ATTEMPTS: u32 = 5;
+
+/// Runs a write statement, again from planning when it lost a commit race with another writer
+/// (`Aborted`: nothing of it was committed, so running it again on the newer version is what a
+/// serial order would have done). After [`WRITE_ATTEMPTS`] the conflict is reported as `Aborted`.
+pub async fn retry_conflicts<'a, T>(
+    statement: &str,
+    mut attempt: impl FnMut() -> futures::future::BoxFuture<'a, Result<T>>,
+) -> Result<T> {
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(e) if e.is_write_conflict() && tries < WRITE_ATTEMPTS => {
+                // Exponential backoff with jitter, so racing writers do not meet again.
+                let jitter = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_nanos() % 20));
+                let wait = std::time::Duration::from_millis((10 << tries) + jitter);
+                tracing::info!(tries, ?wait, error = %e, "write conflict; running the statement again");
+                tokio::time::sleep(wait).await;
+                tries += 1;
+            }
+            Err(e) if e.is_write_conflict() => {
+                return Err(Error::Conflict {
+                    table: statement.chars().take(120).collect(),
+                    message: format!("{e} (gave up after {tries} attempts; retry the statement)"),
+                });
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Binds every parameter row into the INSERT's or MERGE's source, then runs the statement once
+/// over all the rows.
+async fn write_many(
+    session: &QuiverSession,
+    dml: &DmlStatement,
+    params: &RecordBatch,
+) -> Result<i64> {
+    let mut rows = Vec::with_capacity(params.num_rows());
+    for row in 0..params.num_rows() {
+        let source = dml
+            .input
+            .as_ref()
+            .clone()
+            .with_param_values(row_parameters(params, row)?)?;
+        let batches = session
+            .ctx()
+            .execute_logical_plan(source)
+            .await?
+            .collect()
+            .await?;
+        rows.extend(batches);
+    }
+    let source = session
+        .ctx()
+        .read_batches(unify(rows)?)?
+        .into_unoptimized_plan();
+    // MERGE's conditions name the source by its alias: the rows keep it.
+    let source = match dml
+        .input
+        .schema()
+        .iter()
+        .next()
+        .and_then(|(q, _)| q.cloned())
+    {
+        Some(alias) if matches!(dml.op, WriteOp::MergeInto(_)) => {
+            datafusion::logical_expr::LogicalPlanBuilder::from(source)
+                .alias(alias)?
+                .build()?
+        }
+        _ => source,
+    };
+    let write = DmlStatement::new(
+        dml.table_name.clone(),
+        dml.target.clone(),
+        dml.op.clone(),
+        Arc::new(source),
+    );
+    affected_rows(execute(session, Planned::Query(LogicalPlan::Dml(write))).await?).await
+}
+
+/// Row-by-row binding gives batches whose types differ in nullability (or are Null where a parameter
+/// was NULL); brings them to one nullable schema, taking each column's type from its first non-Null.
+fn unify(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    let Some(first) = batches.first() else {
+        return Ok(batches);
+    };
+    let fields: Vec<Field> = (0..first.num_columns())
+        .map(|c| {
+            let data_type = batches
+                .iter()
+                .map(|b| b.column(c).data_type())
+                .find(|t| **t != DataType::Null)
+                .unwrap_or(&DataType::Null)
+                .clone();
+            Field::new(first.schema().field(c).name(), data_type, true)
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    batches
+        .iter()
+        .map(|b| {
+            let columns = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(column, field)| cast(column, field.data_type()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(RecordBatch::try_new(schema.clone(), columns)?)
+        })
+        .collect()
+}
+
+/// The rows a statement affected: the `count` DML returns, or the rows of anything else.
+pub async fn affected_rows(stream: SendableRecordBatchStream) -> Result<i64> {
+    let is_count = {
+        let schema = stream.schema();
+        schema.fields().len() == 1 && schema.field(0).name() == "count"
+    };
+    // Folded batch by batch: an update that returns rows never holds them all.
+    let total: u64 = stream
+        .try_fold(0u64, |total, batch| async move {
+            let rows = if is_count {
+                batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .map_or(0, |a| a.iter().flatten().sum::<u64>())
+            } else {
+                batch.num_rows() as u64
+            };
+            Ok(total + rows)
+        })
+        .await?;
+    Ok(i64::try_from(total).unwrap_or(i64::MAX))
+}
