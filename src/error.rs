@@ -92,6 +92,11 @@ pub enum Error {
     #[error("{0}")]
     VersionGone(String),
 
+    /// An error said with where it arose (a feature view's file and line); its status is its
+    /// cause's, so a lost commit race stays `Aborted` and a missing table `NotFound`.
+    #[error("{context}: {source}")]
+    Context { context: String, source: Box<Error> },
+
     /// A bug or an impossible state: reported as Internal and logged at error level.
     #[error("internal error: {0}")]
     Internal(String),
@@ -144,6 +149,7 @@ impl Error {
             Error::Cancelled(_) => Code::Cancelled,
             Error::Corrupt(_) => Code::DataLoss,
             Error::VersionGone(_) => Code::NotFound,
+            Error::Context { source, .. } => source.code(),
             Error::Internal(_) => Code::Internal,
         }
     }
@@ -292,6 +298,20 @@ mod tests {
         let df: DataFusionError = inner.into();
         let wrapped = DataFusionError::Context("planning".into(), Box::new(df));
         assert_eq!(Error::DataFusion(wrapped).code(), Code::NotFound);
+        let conflict = Error::Conflict {
+            table: "t".into(),
+            message: "another writer committed first".into(),
+        };
+        let said = Error::Context {
+            context: "feature view v (v.sql:3)".into(),
+            source: Box::new(conflict),
+        };
+        assert_eq!(said.code(), Code::Aborted);
+        assert!(said.is_write_conflict());
+        assert_eq!(
+            said.to_string(),
+            "feature view v (v.sql:3): write conflict on t: another writer committed first"
+        );
     }
 
     #[test]

@@ -456,15 +456,14 @@ fn check_output(view: &FeatureView, schema: &DFSchema) -> Result<()> {
 
 /// Prefixes an error with the view's file and the line its query starts on.
 fn in_view(view: &FeatureView, error: Error) -> Error {
-    let message = format!(
-        "feature view {} ({}:{}): {error}",
-        view.name,
-        view.path.display(),
-        view.sql_line
-    );
-    match error.code() {
-        tonic::Code::InvalidArgument | tonic::Code::NotFound => Error::InvalidInput(message),
-        _ => Error::Internal(message),
+    Error::Context {
+        context: format!(
+            "feature view {} ({}:{})",
+            view.name,
+            view.path.display(),
+            view.sql_line
+        ),
+        source: Box::new(error),
     }
 }
 
