@@ -6,7 +6,9 @@
 //! gets the turn next commits everything queued by then in one commit and answers every caller in
 //! it. A batch that fails fails while its own files are written, so only its caller; each caller
 //! is acknowledged only once the commit holding its files exists. Under load, commits are as many
-//! as the turns taken, not as the appends, and the log stays short.
+//! as the turns taken, not as the appends, and the log stays short. An append whose files another
+//! caller committed never takes the turn; the commit itself is a task of its own, so a caller that
+//! disconnects does not stop the commit the others wait for.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -19,7 +21,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedMutexGuard, oneshot};
 
 use crate::error::{Error, Result};
 use crate::storage::upkeep;
@@ -61,12 +63,12 @@ pub fn supports(table: &DeltaTable) -> bool {
 
 /// Appends `data` to `table` (loaded, existing) and returns the rows written once the commit
 /// holding them exists.
-pub async fn append(mut table: DeltaTable, data: SendableRecordBatchStream) -> Result<u64> {
+pub async fn append(table: DeltaTable, data: SendableRecordBatchStream) -> Result<u64> {
     let (adds, rows) = write_files(&table, data).await?;
     if adds.is_empty() {
         return Ok(0);
     }
-    commit(&mut table, adds).await?;
+    commit(&table, adds).await?;
     Ok(rows)
 }
 
@@ -112,7 +114,7 @@ async fn write_files(
 }
 
 /// Queues `adds` for the table's next commit and returns its version once it exists.
-async fn commit(table: &mut DeltaTable, adds: Vec<Add>) -> Result<u64> {
+async fn commit(table: &DeltaTable, adds: Vec<Add>) -> Result<u64> {
     let queue = queue(table);
     let (done, mut answer) = oneshot::channel();
     queue
@@ -123,7 +125,7 @@ async fn commit(table: &mut DeltaTable, adds: Vec<Add>) -> Result<u64> {
     // end here, without ever taking the turn or reading the log), or this one gets the turn first
     // and commits everything queued by then.
     let turn = turn(table);
-    let _turn = tokio::select! {
+    let turn = tokio::select! {
         biased;
         answered = &mut answer => return answered_with(table, answered),
         guard = turn.lock_owned() => guard,
@@ -131,16 +133,24 @@ async fn commit(table: &mut DeltaTable, adds: Vec<Add>) -> Result<u64> {
     if let Ok(answered) = answer.try_recv() {
         return answered.map_err(|e| shared_error(table, e));
     }
+    // The group's commit runs as a task of its own: a caller that goes away (a client that
+    // disconnects) must not stop a commit that answers the other callers in it.
+    tokio::spawn(commit_group(table.clone(), queue, turn));
+    answered_with(table, answer.await)
+}
+
+/// Commits every append queued on `table` (the turn is held) and answers each of their callers.
+async fn commit_group(mut table: DeltaTable, queue: Queue, _turn: OwnedMutexGuard<()>) {
     // Whatever happens next answers every append taken here, so none is committed after its
     // caller was told it failed.
-    let latest = to_latest(table).await;
+    let latest = to_latest(&mut table).await;
     let group = std::mem::take(&mut *queue.lock().unwrap_or_else(|p| p.into_inner()));
     let (actions, waiting): (Vec<Vec<Add>>, Vec<_>) =
         group.into_iter().map(|p| (p.adds, p.done)).unzip();
     let actions: Vec<Action> = actions.into_iter().flatten().map(Action::Add).collect();
     let appends = waiting.len();
     let result = match latest {
-        Ok(()) => commit_actions(table, actions).await,
+        Ok(()) => commit_actions(&table, actions).await,
         Err(e) => Err(e),
     };
     let shared = result.as_ref().map(|c| c.version()).map_err(|e| Shared {
@@ -155,13 +165,7 @@ async fn commit(table: &mut DeltaTable, adds: Vec<Add>) -> Result<u64> {
         // The state after the commit, as delta-rs's own operations keep it: reading the log
         // again would replay every live file once more.
         table.state = Some(committed.snapshot());
-        upkeep::after_commit(table);
-    }
-    match answer.try_recv() {
-        Ok(answer) => answer.map_err(|e| shared_error(table, e)),
-        Err(_) => Err(Error::Internal(
-            "a group commit did not answer one of its appends".into(),
-        )),
+        upkeep::after_commit(&table);
     }
 }
 
@@ -191,7 +195,7 @@ fn answered_with(
 ) -> Result<u64> {
     match answered {
         Ok(answer) => answer.map_err(|e| shared_error(table, e)),
-        // Only a committer that panicked drops its callers unanswered.
+        // Only a group commit that panicked drops its callers unanswered.
         Err(_) => Err(Error::Internal(
             "the group commit holding this append was abandoned".into(),
         )),
