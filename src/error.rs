@@ -256,13 +256,39 @@ fn delta_code(e: &DeltaTableError) -> Code {
             TransactionError::DeltaTableAppendOnly => Code::FailedPrecondition,
             TransactionError::UnsupportedTableFeatures(_)
             | TransactionError::TableFeaturesRequired(_) => Code::Unimplemented,
-            _ => Code::Internal,
+            TransactionError::ObjectStore { source } => object_store_code(source),
+            // A commit Quiver built that could not be written as JSON, or a log store failing in a
+            // way it does not classify: the server's problem.
+            TransactionError::SerializeLogJson { .. } | TransactionError::LogStoreError { .. } => {
+                Code::Internal
+            }
         },
         DeltaTableError::MissingFeature { .. }
         | DeltaTableError::UnsupportedColumnMapping { .. } => Code::Unimplemented,
         DeltaTableError::GenericError { source } => external_code(source.as_ref()),
         DeltaTableError::ObjectStore { source } => object_store_code(source),
-        _ => Code::Internal,
+        DeltaTableError::NoStartingVersionOrTimestamp
+        | DeltaTableError::ChangeDataNotEnabled { .. }
+        | DeltaTableError::ChangeDataInvalidVersionRange { .. }
+        | DeltaTableError::ChangeDataTimestampGreaterThanCommit { .. } => Code::InvalidArgument,
+        // A log or data file that does not read as Delta says it should (written by someone else,
+        // or damaged), a table not loaded yet, or a failure delta-rs does not classify: not the
+        // caller's input. Listed one by one, so a new variant must be mapped here on purpose.
+        DeltaTableError::KernelError(_)
+        | DeltaTableError::Kernel { .. }
+        | DeltaTableError::Parquet { .. }
+        | DeltaTableError::Arrow { .. }
+        | DeltaTableError::InvalidJsonLog { .. }
+        | DeltaTableError::InvalidStatsJson { .. }
+        | DeltaTableError::VersionDowngrade { .. }
+        | DeltaTableError::NoSchema
+        | DeltaTableError::Io { .. }
+        | DeltaTableError::CommitValidation { .. }
+        | DeltaTableError::SerializeLogJson { .. }
+        | DeltaTableError::MetadataError(_)
+        | DeltaTableError::NotInitialized
+        | DeltaTableError::NotInitializedWithFiles(_)
+        | DeltaTableError::ChangeDataNotRecorded { .. } => Code::Internal,
     }
 }
 

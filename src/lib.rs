@@ -14,6 +14,7 @@ pub mod executor;
 pub mod features;
 pub mod flight;
 pub mod ingest;
+pub mod parameters;
 pub mod planning;
 pub mod query;
 pub mod scoring;

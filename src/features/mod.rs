@@ -2,19 +2,23 @@
 //! `features`, and the online ones served from memory.
 //!
 //! `definition` parses a view file, `refresh` materializes a view (incrementally where the sources
-//! only had appends), `online` is the in-memory index and its lookup operator, `table` is the table
-//! provider SQL sees for `features.<view>`.
+//! only had appends), `online` is the in-memory index, `keys` reads which keys a statement's filters
+//! pin, `lookup_exec` is the lookup operator, `table` is the table provider SQL sees for
+//! `features.<view>`.
 
 pub mod definition;
+pub mod keys;
+pub mod lookup_exec;
 pub mod online;
 pub mod refresh;
 pub mod table;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::SessionContext;
@@ -22,7 +26,8 @@ use futures::TryStreamExt;
 use url::Url;
 
 pub use definition::{DefinitionError, FEATURES_SCHEMA, FeatureView};
-pub use online::{OnlineIndex, OnlineLookupExec};
+pub use lookup_exec::OnlineLookupExec;
+pub use online::OnlineIndex;
 pub use table::FeatureViewTable;
 
 use crate::error::{Error, Result};
@@ -37,7 +42,7 @@ pub struct FeatureStore {
     /// `<sql-dir>/features`; `None` without `--sql-dir` (no views, nothing to reload).
     dir: Option<PathBuf>,
     /// The views as last read, swapped whole by a reload.
-    loaded: RwLock<Arc<Loaded>>,
+    loaded: ArcSwap<Loaded>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
     /// Bumped each time any view's materialized table or index is swapped, or the views are.
@@ -67,7 +72,7 @@ pub struct ViewReload {
 #[derive(Debug)]
 pub struct ViewState {
     pub definition: FeatureView,
-    materialized: RwLock<Option<Arc<Materialized>>>,
+    materialized: ArcSwapOption<Materialized>,
     /// One refresh of a view at a time.
     refresh_lock: tokio::sync::Mutex<()>,
     /// The store's [`FeatureStore::generation`].
@@ -92,28 +97,30 @@ impl FeatureStore {
             dir: Some(sql_dir.join(FEATURES_DIR)),
             ..Self::default()
         };
-        let loaded = store.read_files()?;
-        if let Ok(mut held) = store.loaded.write() {
-            *held = Arc::new(loaded);
-        }
+        let files = match &store.dir {
+            Some(dir) => sql_files(dir)?,
+            None => Vec::new(),
+        };
+        let loaded = store.parse_files(files);
+        store.loaded.store(Arc::new(loaded));
         Ok(store)
     }
 
-    /// The definitions in the directory now, each with nothing materialized yet.
-    fn read_files(&self) -> Result<Loaded> {
-        let mut loaded = Loaded::default();
-        let Some(dir) = &self.dir else {
-            return Ok(loaded);
+    /// The directory's files read again, on tokio's blocking pool (reading files blocks).
+    async fn read_files(&self) -> Result<Loaded> {
+        let Some(dir) = self.dir.clone() else {
+            return Ok(Loaded::default());
         };
-        if !dir.is_dir() {
-            tracing::info!(dir = %dir.display(), "no feature view directory");
-            return Ok(loaded);
-        }
-        let mut files = Vec::new();
-        collect_sql_files(dir, &mut files)?;
-        files.sort();
-        for path in files {
-            let text = std::fs::read_to_string(&path)?;
+        let files = tokio::task::spawn_blocking(move || sql_files(&dir))
+            .await
+            .map_err(|e| Error::Internal(format!("reading the feature view files: {e}")))??;
+        Ok(self.parse_files(files))
+    }
+
+    /// The definitions in `files` (path and text), each with nothing materialized yet.
+    fn parse_files(&self, files: Vec<(PathBuf, String)>) -> Loaded {
+        let mut loaded = Loaded::default();
+        for (path, text) in files {
             match FeatureView::parse(&path, &text) {
                 Ok(view) => {
                     if let Some(other) = loaded.views.get(&view.name) {
@@ -133,7 +140,7 @@ impl FeatureStore {
                         view.name.clone(),
                         Arc::new(ViewState {
                             definition: view,
-                            materialized: RwLock::new(None),
+                            materialized: ArcSwapOption::empty(),
                             refresh_lock: tokio::sync::Mutex::new(()),
                             generation: self.generation.clone(),
                         }),
@@ -151,16 +158,15 @@ impl FeatureStore {
             }
         }
         tracing::info!(
-            dir = %dir.display(),
             loaded = loaded.views.len(),
             invalid = loaded.invalid.len(),
             "feature views"
         );
-        Ok(loaded)
+        loaded
     }
 
     fn loaded(&self) -> Arc<Loaded> {
-        self.loaded.read().map(|l| l.clone()).unwrap_or_default()
+        self.loaded.load_full()
     }
 
     /// Changes each time a view is materialized again or the views are reloaded, so whatever was
@@ -236,7 +242,7 @@ impl FeatureStore {
         }
         let _one = self.reloading.lock().await;
         let old = self.loaded();
-        let fresh = self.read_files()?;
+        let fresh = self.read_files().await?;
         let mut next = Loaded::default();
         let mut report = Vec::new();
         let outcome = |view: &str, action, error: Option<String>| ViewReload {
@@ -283,9 +289,7 @@ impl FeatureStore {
         for r in &report {
             tracing::info!(view = %r.view, action = r.action, error = ?r.error, "feature view reload");
         }
-        if let Ok(mut held) = self.loaded.write() {
-            *held = Arc::new(next);
-        }
+        self.loaded.store(Arc::new(next));
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(report)
     }
@@ -320,7 +324,7 @@ pub fn reload_report_batch(report: &[ViewReload]) -> Result<RecordBatch> {
 
 impl ViewState {
     pub fn materialized(&self) -> Option<Arc<Materialized>> {
-        self.materialized.read().ok().and_then(|m| m.clone())
+        self.materialized.load_full()
     }
 
     /// Reads the view's table at its latest version and swaps in its schema and online index.
@@ -353,9 +357,7 @@ impl ViewState {
             version,
             index,
         });
-        if let Ok(mut held) = self.materialized.write() {
-            *held = Some(materialized);
-        }
+        self.materialized.store(Some(materialized));
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
@@ -383,6 +385,25 @@ impl ViewState {
             version,
         )?)
     }
+}
+
+/// The `.sql` files under `dir` (in subdirectories too) and their text, in path order; none when
+/// the directory does not exist.
+fn sql_files(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+    if !dir.is_dir() {
+        tracing::info!(dir = %dir.display(), "no feature view directory");
+        return Ok(Vec::new());
+    }
+    let mut paths = Vec::new();
+    collect_sql_files(dir, &mut paths)?;
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path)?;
+            Ok((path, text))
+        })
+        .collect()
 }
 
 fn collect_sql_files(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {

@@ -34,7 +34,7 @@ use deltalake::kernel::Transaction;
 
 use super::{FEATURES_SCHEMA, FeatureStore, FeatureView, ViewState};
 use crate::error::{Error, Result};
-use crate::storage::changes::{appended_files, limited_to, read_of, replace_read};
+use crate::storage::changes::{Changes, changes_since, limited_to, read_of, replace_read};
 use crate::storage::{
     AsOf, DeltaTableProvider, WarehouseCatalog, WriteKind, WriteRequest, open_delta, write_stream,
 };
@@ -269,22 +269,12 @@ async fn decide(view: &FeatureView, sources: &[Source], target: &DeltaTable) -> 
         let Some(recorded) = recorded else {
             return Ok(Plan::Full(format!("{} is a new source", source.name)));
         };
-        if recorded == source.version {
-            continue;
-        }
-        if view.full_refresh {
+        match changes_since(&source.table, &source.name, recorded).await? {
+            Changes::None => {}
             // Recomputed whole whenever a source moved; never rewritten when none did.
-            return Ok(Plan::Full("@refresh full".into()));
-        }
-        if recorded > source.version {
-            return Ok(Plan::Full(format!(
-                "{} is at version {}, older than the {recorded} last refreshed (was it recreated?)",
-                source.name, source.version
-            )));
-        }
-        match appended_files(&source.table, &source.name, recorded, source.version).await? {
-            Ok(files) => changes.push((s, files)),
-            Err(reason) => return Ok(Plan::Full(reason)),
+            _ if view.full_refresh => return Ok(Plan::Full("@refresh full".into())),
+            Changes::Appended(files) => changes.push((s, files)),
+            Changes::Other(reason) => return Ok(Plan::Full(reason)),
         }
     }
     Ok(if changes.is_empty() {

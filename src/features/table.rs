@@ -21,10 +21,11 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::prelude::{col, lit};
 
-use super::online::{
-    KeyTerm, MAX_LOOKUP_KEYS, OnlineIndex, OnlineLookupExec, key_combinations, key_terms,
-    key_values, lookup_keys, non_null,
+use super::keys::{
+    KeyTerm, MAX_LOOKUP_KEYS, key_combinations, key_terms, key_values, lookup_keys, non_null,
 };
+use super::lookup_exec::OnlineLookupExec;
+use super::online::OnlineIndex;
 use super::{FEATURES_SCHEMA, FeatureStore, Materialized, ViewState};
 use crate::storage::catalog::ServedTables;
 use crate::storage::{AsOf, DeltaTableProvider, open_delta};

@@ -149,12 +149,16 @@ pub async fn ingest_path(
     Ok(i64::try_from(rows).unwrap_or(i64::MAX))
 }
 
-/// The upload, failing with ResourceExhausted once it has carried more than `max_bytes` of Arrow data
-/// (`--max-upload-size`). The write it feeds is then abandoned before its commit: nothing is visible.
-fn bounded(
-    upload: PeekableFlightDataStream,
+/// The upload (rows to ingest, or a prepared statement's parameters), failing with ResourceExhausted
+/// once it has carried more than `max_bytes` of Arrow data (`--max-upload-size`). The write it feeds
+/// is then abandoned before its commit: nothing is visible.
+pub fn bounded<S>(
+    upload: S,
     max_bytes: u64,
-) -> impl Stream<Item = Result<FlightData, Status>> + Send + 'static {
+) -> impl Stream<Item = Result<FlightData, Status>> + Send + 'static
+where
+    S: Stream<Item = Result<FlightData, Status>> + Send + 'static,
+{
     let mut seen: u64 = 0;
     upload.map(move |message| {
         let message = message?;
@@ -162,7 +166,7 @@ fn bounded(
         if seen > max_bytes {
             return Err(Status::resource_exhausted(format!(
                 "upload larger than the server's limit of {} (--max-upload-size): split it into \
-                 several ingest calls",
+                 several calls",
                 bytesize::ByteSize(max_bytes)
             )));
         }

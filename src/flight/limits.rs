@@ -4,8 +4,8 @@
 //! A statement takes a [`Slot`] before it runs; the slot carries the deadline and a cancellation
 //! token, and gives its place back when dropped (the query finished, failed, or the client left).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -50,12 +50,12 @@ pub struct Admission {
     cancels: Mutex<Cancels>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Cancels {
     /// Running DoGets by ticket.
     running: HashMap<Vec<u8>, Vec<(u64, CancellationToken)>>,
-    /// Tickets cancelled before (or after) they ran, oldest first.
-    cancelled: VecDeque<Vec<u8>>,
+    /// Tickets cancelled before (or after) they ran, the least used forgotten first.
+    cancelled: quick_cache::unsync::Cache<Vec<u8>, ()>,
     next_id: u64,
 }
 
@@ -66,6 +66,16 @@ pub struct Slot {
     timeout: Option<Duration>,
     pub cancel: CancellationToken,
     registration: Option<(Arc<Admission>, Vec<u8>, u64)>,
+}
+
+impl Default for Cancels {
+    fn default() -> Self {
+        Self {
+            running: HashMap::new(),
+            cancelled: quick_cache::unsync::Cache::new(CANCELLED_MEMORY),
+            next_id: 0,
+        }
+    }
 }
 
 impl Admission {
@@ -106,7 +116,7 @@ impl Admission {
     pub fn admit_ticket(self: &Arc<Self>, ticket: &[u8]) -> Result<Slot> {
         let mut slot = self.admit(true)?;
         let mut cancels = self.cancels.lock().map_err(|_| poisoned())?;
-        if cancels.cancelled.iter().any(|t| t == ticket) {
+        if cancels.cancelled.get(ticket).is_some() {
             slot.cancel.cancel();
         }
         let id = cancels.next_id;
@@ -124,12 +134,7 @@ impl Admission {
     /// too. Returns whether a running one was found.
     pub fn cancel_ticket(&self, ticket: &[u8]) -> Result<bool> {
         let mut cancels = self.cancels.lock().map_err(|_| poisoned())?;
-        if !cancels.cancelled.iter().any(|t| t == ticket) {
-            if cancels.cancelled.len() == CANCELLED_MEMORY {
-                cancels.cancelled.pop_front();
-            }
-            cancels.cancelled.push_back(ticket.to_vec());
-        }
+        cancels.cancelled.insert(ticket.to_vec(), ());
         let running = cancels.running.get(ticket);
         for (_, token) in running.into_iter().flatten() {
             token.cancel();
@@ -138,9 +143,9 @@ impl Admission {
     }
 
     fn unregister(&self, ticket: &[u8], id: u64) {
-        if let Ok(mut cancels) = self.cancels.lock()
-            && let Some(running) = cancels.running.get_mut(ticket)
-        {
+        // A panic elsewhere while the lock was held leaves the map whole: each change is one call.
+        let mut cancels = self.cancels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(running) = cancels.running.get_mut(ticket) {
             running.retain(|(other, _)| *other != id);
             if running.is_empty() {
                 cancels.running.remove(ticket);

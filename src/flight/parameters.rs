@@ -9,7 +9,7 @@
 //! which also name what is wrong with a malformed one.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 
 use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
@@ -18,16 +18,15 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::ipc::convert::fb_to_schema;
 use datafusion::arrow::ipc::reader::read_record_batch;
 use datafusion::arrow::ipc::root_as_message;
-use foldhash::fast::RandomState;
+use quick_cache::sync::Cache;
 
 use crate::error::{Error, Result};
 
-/// Distinct schema messages kept; past it the cache starts again.
+/// Distinct schema messages kept; past it the least used go first.
 const SCHEMAS_KEPT: usize = 256;
 
 /// Decoded schemas by their IPC message (the flatbuffer bytes).
-static SCHEMAS: LazyLock<Mutex<HashMap<Bytes, SchemaRef, RandomState>>> =
-    LazyLock::new(Default::default);
+static SCHEMAS: LazyLock<Cache<Bytes, SchemaRef>> = LazyLock::new(|| Cache::new(SCHEMAS_KEPT));
 
 /// Decodes IPC messages, each its flatbuffer header and its body: a schema, then record batches.
 /// `None` for a stream the general readers must decode (no schema first, dictionaries, a message
@@ -100,8 +99,8 @@ pub fn frames(stream: &Bytes) -> Option<Vec<(Bytes, Bytes)>> {
 /// The schema of a schema message, decoded once per distinct message. `None` if it is not one, or
 /// has dictionary fields (their batches need the dictionary messages this does not read).
 fn schema_of(header: Bytes) -> Option<SchemaRef> {
-    if let Some(schema) = SCHEMAS.lock().ok()?.get(&header) {
-        return Some(schema.clone());
+    if let Some(schema) = SCHEMAS.get(&header) {
+        return Some(schema);
     }
     let message = root_as_message(&header).ok()?;
     let schema = SchemaRef::new(fb_to_schema(message.header_as_schema()?));
@@ -112,11 +111,7 @@ fn schema_of(header: Bytes) -> Option<SchemaRef> {
     if dictionaries {
         return None;
     }
-    let mut kept = SCHEMAS.lock().ok()?;
-    if kept.len() >= SCHEMAS_KEPT {
-        kept.clear();
-    }
-    kept.insert(header, schema.clone());
+    SCHEMAS.insert(header, schema.clone());
     Some(schema)
 }
 

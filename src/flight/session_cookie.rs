@@ -32,14 +32,19 @@ pub struct ClientSettings {
 impl ClientSettings {
     /// Records the client's new settings; the call's answer carries them.
     pub fn change(&self, settings: Settings) {
-        if let Ok(mut slot) = self.changed.lock() {
-            *slot = Some(settings);
-        }
+        *self
+            .changed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(settings);
     }
 
     /// The `Set-Cookie` value for the call's answer, if one is due.
     pub fn set_cookie(&self, auth: &Auth, principal: &Principal) -> Option<HeaderValue> {
-        let changed = self.changed.lock().ok().and_then(|mut slot| slot.take());
+        let changed = self
+            .changed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         let value = match changed {
             Some(settings) if !settings.is_empty() => {
                 let body = settings.encode();

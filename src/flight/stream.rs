@@ -235,8 +235,9 @@ pub fn ipc_stream(messages: &[FlightData]) -> Result<bytes::Bytes> {
 
 fn upload_error(e: FlightError) -> Error {
     match e {
-        // tonic refuses a message over --max-message-size while decoding it.
-        FlightError::Tonic(status) if status.message().contains("message length too large") => {
+        // tonic refuses a message over --max-message-size while decoding it, with OutOfRange (its
+        // only use of that code when decoding).
+        FlightError::Tonic(status) if status.code() == tonic::Code::OutOfRange => {
             Error::ResourceExhausted(format!(
                 "upload message too large (--max-message-size): {}; send smaller batches",
                 status.message()

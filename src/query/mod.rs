@@ -3,9 +3,9 @@
 //! `plan_sql` turns text into a [`Planned`] (no side effects), `execute` runs it as a stream.
 
 pub mod admin;
+pub mod command_sql;
 pub mod conform;
 pub mod ddl;
-pub mod delta_sql;
 pub mod dml;
 pub mod prepared;
 pub mod rewrite;

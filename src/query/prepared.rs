@@ -10,12 +10,12 @@
 //! ([`QuiverSession::generation`]): after a refresh or a model reload the statement is planned again,
 //! so no answer comes from an index or a model that has been swapped out.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::context::SessionState;
+use quick_cache::sync::Cache;
 
 use crate::error::Result;
 use crate::features::table::Lookup;
@@ -25,13 +25,21 @@ use crate::query::{Planned, plan_sql};
 use crate::scoring::recommend::{SingleCall, single_call};
 use crate::session::QuiverSession;
 
-/// Statements kept at most; past it, entries of older generations go first, then all.
+/// Statements kept at most; past it, the least used go first.
 pub const CAPACITY: usize = 1024;
 
 /// The session's prepared statements, by SQL text.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PreparedPlans {
-    entries: RwLock<HashMap<String, Entry>>,
+    entries: Cache<String, Entry>,
+}
+
+impl Default for PreparedPlans {
+    fn default() -> Self {
+        Self {
+            entries: Cache::new(CAPACITY),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -116,24 +124,12 @@ impl PreparedPlans {
     }
 
     fn entry(&self, sql: &str, generation: u64) -> Option<Entry> {
-        let entries = self.entries.read().ok()?;
-        entries
-            .get(sql)
-            .filter(|e| e.generation == generation)
-            .cloned()
+        self.entries.get(sql).filter(|e| e.generation == generation)
     }
 
     fn insert(&self, sql: &str, generation: u64, direct: Option<Arc<Direct>>) {
-        let Ok(mut entries) = self.entries.write() else {
-            return;
-        };
-        if entries.len() >= CAPACITY {
-            entries.retain(|_, e| e.generation == generation);
-            if entries.len() >= CAPACITY {
-                entries.clear();
-            }
-        }
-        entries.insert(sql.to_string(), Entry { generation, direct });
+        self.entries
+            .insert(sql.to_string(), Entry { generation, direct });
     }
 }
 

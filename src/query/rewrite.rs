@@ -136,10 +136,7 @@ where
 }
 
 fn placeholder_literal(placeholder: &str, values: &[ScalarValue]) -> Result<Expr> {
-    let value = placeholder
-        .strip_prefix('$')
-        .and_then(|n| n.parse::<usize>().ok())
-        .and_then(|n| n.checked_sub(1))
+    let value = crate::parameters::index(placeholder)
         .and_then(|i| values.get(i))
         .ok_or_else(|| {
             Error::InvalidInput(format!("no value bound for parameter {placeholder}"))

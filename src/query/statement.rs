@@ -15,15 +15,14 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
-    ObjectName, ShowStatementFilter, Statement as SqlStatement, Value as SqlValue,
+    ShowStatementFilter, Statement as SqlStatement, Value as SqlValue,
 };
-use datafusion::sql::sqlparser::dialect::{GenericDialect, dialect_from_str};
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
 
 use crate::error::{Error, Result};
 use crate::planning::asof::nest_asof_joins;
+use crate::query::command_sql::{self, CommandStatement, TableOperation, object_name_reference};
 use crate::query::conform::{conform_batch, conform_stream};
-use crate::query::delta_sql::{self, TableOperation};
 use crate::query::one_batch;
 use crate::query::rewrite::{bind_table_function_args, number_placeholders, rewrite_extensions};
 use crate::query::{ddl, dml};
@@ -87,7 +86,7 @@ pub enum Command {
         name: Option<String>,
     },
     /// A Delta table statement: OPTIMIZE, VACUUM, RESTORE, DESCRIBE HISTORY / DETAIL, ALTER TABLE
-    /// (see [`super::delta_sql`]).
+    /// (see [`super::command_sql`]).
     Table {
         schema: String,
         table: String,
@@ -171,28 +170,19 @@ pub async fn plan_sql_with(
     sql: &str,
     params: Option<&ParamValues>,
 ) -> Result<Planned> {
-    if let Some(command) = refresh_command(sql)? {
-        return Ok(Planned::Command(command));
-    }
-    match reload_words(sql).as_slice() {
-        [models] if models == "MODELS" => return Ok(Planned::Command(Command::ReloadModels)),
-        [feature, views] if feature == "FEATURE" && views == "VIEWS" => {
-            return Ok(Planned::Command(Command::ReloadFeatureViews));
-        }
-        [] => {}
-        _ => {
-            return Err(Error::InvalidInput(format!(
-                "expected RELOAD MODELS or RELOAD FEATURE VIEWS, got {}",
-                sql.trim()
-            )));
-        }
-    }
-    if let Some(statement) = delta_sql::parse(sql)? {
-        let (schema, table) = schema_and_table(&object_name_reference(&statement.table))?;
-        return Ok(Planned::Command(Command::Table {
-            schema,
-            table,
-            operation: statement.operation,
+    if let Some(statement) = command_sql::parse(sql)? {
+        return Ok(Planned::Command(match statement {
+            CommandStatement::Table(statement) => {
+                let (schema, table) = schema_and_table(&object_name_reference(&statement.table))?;
+                Command::Table {
+                    schema,
+                    table,
+                    operation: statement.operation,
+                }
+            }
+            CommandStatement::RefreshFeatureViews { name } => Command::RefreshFeatureViews { name },
+            CommandStatement::ReloadModels => Command::ReloadModels,
+            CommandStatement::ReloadFeatureViews => Command::ReloadFeatureViews,
         }));
     }
     let rewritten = rewrite_extensions(sql)?;
@@ -244,88 +234,6 @@ pub async fn plan_sql_with(
     classify(plan, rewritten.partition_by)
 }
 
-/// A parsed table name as DataFusion reads one: unquoted parts lower-cased.
-fn object_name_reference(name: &ObjectName) -> TableReference {
-    let parts: Vec<String> = name
-        .0
-        .iter()
-        .map(|part| match part.as_ident() {
-            Some(ident) if ident.quote_style.is_some() => ident.value.clone(),
-            Some(ident) => ident.value.to_lowercase(),
-            None => part.to_string(),
-        })
-        .collect();
-    match parts.as_slice() {
-        [table] => TableReference::bare(table.as_str()),
-        [schema, table] => TableReference::partial(schema.as_str(), table.as_str()),
-        [catalog, schema, table] => {
-            TableReference::full(catalog.as_str(), schema.as_str(), table.as_str())
-        }
-        _ => TableReference::bare(name.to_string()),
-    }
-}
-
-/// `REFRESH FEATURE VIEW <name>` / `REFRESH FEATURE VIEWS`, which DataFusion's parser does not know.
-/// `None` when the statement is something else.
-fn refresh_command(sql: &str) -> Result<Option<Command>> {
-    let head = sql.trim_start();
-    if !head
-        .get(..7)
-        .is_some_and(|h| h.eq_ignore_ascii_case("REFRESH"))
-    {
-        return Ok(None);
-    }
-    let tokens = Tokenizer::new(&GenericDialect {}, sql)
-        .tokenize()
-        .map_err(|e| Error::InvalidInput(e.to_string()))?;
-    let words: Vec<&Token> = tokens
-        .iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
-        .collect();
-    let word = |i: usize| match words.get(i) {
-        Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
-        _ => None,
-    };
-    let usage = "expected REFRESH FEATURE VIEW <name> or REFRESH FEATURE VIEWS";
-    if word(1).as_deref() != Some("FEATURE") {
-        return Err(Error::InvalidInput(format!("{usage}, got {sql}")));
-    }
-    match (word(2).as_deref(), words.len()) {
-        (Some("VIEWS"), 3) => Ok(Some(Command::RefreshFeatureViews { name: None })),
-        (Some("VIEW"), 4) => match words[3] {
-            Token::Word(w) => {
-                let name = match w.quote_style {
-                    Some(_) => w.value.clone(),
-                    None => w.value.to_ascii_lowercase(),
-                };
-                let name = name
-                    .strip_prefix(&format!("{}.", crate::features::FEATURES_SCHEMA))
-                    .unwrap_or(&name)
-                    .to_string();
-                Ok(Some(Command::RefreshFeatureViews { name: Some(name) }))
-            }
-            other => Err(Error::InvalidInput(format!(
-                "{usage}: '{other}' is not a view name"
-            ))),
-        },
-        _ => Err(Error::InvalidInput(format!("{usage}, got {sql}"))),
-    }
-}
-
-/// The words after `RELOAD` (upper case), for `RELOAD MODELS` and `RELOAD FEATURE VIEWS` (any
-/// case and spacing, optional semicolon); empty for any other statement (and a bare `RELOAD`).
-fn reload_words(sql: &str) -> Vec<String> {
-    let mut words = sql
-        .trim()
-        .trim_end_matches(';')
-        .split_whitespace()
-        .map(str::to_ascii_uppercase);
-    match words.next() {
-        Some(first) if first == "RELOAD" => words.collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// The SQL statement inside DataFusion's wrapper, looking through `EXPLAIN`.
 fn sql_statement(statement: &mut DFStatement) -> Option<&mut SqlStatement> {
     match statement {
@@ -368,7 +276,12 @@ async fn explain_missing_table(
     references: &[TableReference],
     error: datafusion::error::DataFusionError,
 ) -> Error {
-    if !error.to_string().contains("not found") {
+    // A missing table is a planning error; which one is missing is asked of the warehouse, not
+    // read from the message.
+    if !matches!(
+        error.find_root(),
+        datafusion::error::DataFusionError::Plan(_)
+    ) {
         return error.into();
     }
     let functions = session.state();

@@ -1,4 +1,4 @@
-//! Runs the Delta table statements of [`super::delta_sql`] and answers them as rows: OPTIMIZE's
+//! Runs the Delta table statements of [`super::command_sql`] and answers them as rows: OPTIMIZE's
 //! metrics, the files VACUUM removed, RESTORE's result, `DESCRIBE HISTORY` / `DESCRIBE DETAIL`.
 //!
 //! Maps (commit parameters and metrics, table properties) are JSON text, which every client reads.
@@ -18,7 +18,7 @@ use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr as SqlExpr, Value};
 use deltalake::kernel::partitions::{FilterLiteral, FilterValue, filter_literal};
 
 use crate::error::{Error, Result};
-use crate::query::delta_sql::TableOperation;
+use crate::query::command_sql::TableOperation;
 use crate::query::one_batch;
 use crate::session::QuiverSession;
 use crate::storage::maintenance::{self, Detail, OptimizeReport};

@@ -2,6 +2,9 @@
 //! write that lost a Delta commit race to another writer.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
 
 use datafusion::arrow::array::{Array, RecordBatch, UInt64Array};
 use datafusion::arrow::compute::cast;
@@ -60,36 +63,40 @@ pub async fn run(
 }
 
 /// Attempts of one write statement before a lost Delta commit race is reported.
-const WRITE_ATTEMPTS: u32 = 5;
+const WRITE_ATTEMPTS: usize = 5;
 
 /// Runs a write statement, again from planning when it lost a commit race with another writer
 /// (`Aborted`: nothing of it was committed, so running it again on the newer version is what a
-/// serial order would have done). After [`WRITE_ATTEMPTS`] the conflict is reported as `Aborted`.
+/// serial order would have done), after an exponential backoff with jitter so racing writers do not
+/// meet again. After [`WRITE_ATTEMPTS`] the conflict is reported as `Aborted`.
 pub async fn retry_conflicts<'a, T>(
     statement: &str,
-    mut attempt: impl FnMut() -> futures::future::BoxFuture<'a, Result<T>>,
+    attempt: impl FnMut() -> futures::future::BoxFuture<'a, Result<T>>,
 ) -> Result<T> {
-    let mut tries = 1;
-    loop {
-        match attempt().await {
-            Err(e) if e.is_write_conflict() && tries < WRITE_ATTEMPTS => {
-                // Exponential backoff with jitter, so racing writers do not meet again.
-                let jitter = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| u64::from(d.subsec_nanos() % 20));
-                let wait = std::time::Duration::from_millis((10 << tries) + jitter);
-                tracing::info!(tries, ?wait, error = %e, "write conflict; running the statement again");
-                tokio::time::sleep(wait).await;
-                tries += 1;
-            }
-            Err(e) if e.is_write_conflict() => {
-                return Err(Error::Conflict {
-                    table: statement.chars().take(120).collect(),
-                    message: format!("{e} (gave up after {tries} attempts; retry the statement)"),
-                });
-            }
-            other => return other,
-        }
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(1))
+        .with_max_times(WRITE_ATTEMPTS - 1)
+        .with_jitter();
+    let mut retries = 0;
+    let result = attempt
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(Error::is_write_conflict)
+        .notify(|error, wait| {
+            retries += 1;
+            tracing::info!(?wait, %error, "write conflict; running the statement again");
+        })
+        .await;
+    match result {
+        Err(e) if e.is_write_conflict() => Err(Error::Conflict {
+            table: statement.chars().take(120).collect(),
+            message: format!(
+                "{e} (gave up after {} attempts; retry the statement)",
+                retries + 1
+            ),
+        }),
+        other => other,
     }
 }
 
@@ -197,4 +204,63 @@ pub async fn affected_rows(stream: SendableRecordBatchStream) -> Result<i64> {
         })
         .await?;
     Ok(i64::try_from(total).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn conflict() -> Error {
+        Error::Conflict {
+            table: "public.t".into(),
+            message: "another writer committed first".into(),
+        }
+    }
+
+    /// Runs `retry_conflicts` over attempts that fail with `failures[i]` (then succeed), counting
+    /// the attempts made.
+    async fn run(failures: Vec<Error>) -> (Result<u32>, u32) {
+        let made = AtomicU32::new(0);
+        let failures = std::sync::Mutex::new(failures.into_iter());
+        let result = retry_conflicts("INSERT INTO t VALUES (1)", || {
+            let n = made.fetch_add(1, Ordering::SeqCst) + 1;
+            let next = failures.lock().expect("lock").next();
+            Box::pin(async move {
+                match next {
+                    Some(e) => Err(e),
+                    None => Ok(n),
+                }
+            })
+        })
+        .await;
+        (result, made.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_lost_commit_race_runs_again_until_it_wins() {
+        let (result, attempts) = run(vec![conflict(), conflict()]).await;
+        assert_eq!(result.expect("third attempt wins"), 3);
+        assert_eq!(attempts, 3);
+    }
+
+    #[tokio::test]
+    async fn after_the_last_attempt_the_conflict_is_reported() {
+        let (result, attempts) = run((0..10).map(|_| conflict()).collect()).await;
+        assert_eq!(attempts, WRITE_ATTEMPTS as u32);
+        let error = result.expect_err("every attempt lost");
+        assert!(error.is_write_conflict(), "{error}");
+        assert!(
+            error.to_string().contains("gave up after 5 attempts"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn other_errors_are_not_retried() {
+        let (result, attempts) = run(vec![Error::InvalidInput("bad".into())]).await;
+        assert_eq!(attempts, 1);
+        assert!(matches!(result, Err(Error::InvalidInput(_))));
+    }
 }

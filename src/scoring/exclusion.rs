@@ -33,13 +33,10 @@ use datafusion::logical_expr::{
     BinaryExpr, Distinct, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, Operator,
 };
 use datafusion::physical_plan::execute_stream;
-use deltalake::logstore::ObjectStoreRef;
 use futures::TryStreamExt;
-use object_store::ObjectMeta;
 
 use crate::storage::DeltaTableProvider;
-use crate::storage::changes::{appended_files, delta_read, limited_to, replace_read};
-use crate::storage::table::{LogState, commit_file, log_state};
+use crate::storage::changes::{Changes, LogMark, LogState, delta_read, limited_to, replace_read};
 
 /// Rows (key, item pairs, before removing repeats) past which a table is not indexed: about 16
 /// bytes each in memory, plus a map entry per key.
@@ -69,24 +66,9 @@ struct Index {
     /// `schema.table`, and the key expression: for EXPLAIN.
     table: String,
     key: String,
-    at: Version,
+    at: LogMark,
     items: HashMap<i64, Vec<i64>>,
     rows: usize,
-}
-
-/// A version of a table and what its commit file looked like when it was read.
-#[derive(Debug, Clone)]
-struct Version {
-    store: ObjectStoreRef,
-    version: u64,
-    commit: ObjectMeta,
-}
-
-impl Version {
-    /// Whether the table is still at this version: its commit file the one read, none after it.
-    async fn is_latest(&self) -> bool {
-        log_state(&self.store, self.version, &self.commit).await == LogState::Unchanged
-    }
 }
 
 impl Exclusion {
@@ -102,14 +84,18 @@ impl Exclusion {
     /// `false`: the query is not indexed and runs per call.
     pub async fn bring_up_to_date(&self, state: &SessionState) -> Result<bool> {
         match self.current() {
-            Some(Current::Indexed(at)) if at.is_latest().await => return Ok(true),
+            Some(Current::Indexed(at)) if at.state().await == LogState::Unchanged => {
+                return Ok(true);
+            }
             Some(Current::PerCall) => return Ok(false),
             _ => {}
         }
         let _turn = self.updating.lock().await;
         // A call that held the turn before this one may have done the work.
         let previous = match self.current() {
-            Some(Current::Indexed(at)) if at.is_latest().await => return Ok(true),
+            Some(Current::Indexed(at)) if at.state().await == LogState::Unchanged => {
+                return Ok(true);
+            }
             Some(Current::PerCall) => return Ok(false),
             Some(Current::Indexed(at)) => Some(at),
             None => None,
@@ -119,7 +105,7 @@ impl Exclusion {
         match update {
             Ok(Update::Replace(index)) => {
                 tracing::info!(
-                    table = %index.table, version = index.at.version, keys = index.items.len(),
+                    table = %index.table, version = index.at.version(), keys = index.items.len(),
                     rows = index.rows, "[exclude] index built"
                 );
                 *current = State::Indexed(index);
@@ -167,7 +153,7 @@ impl Exclusion {
                 "index of {} by {} at version {} ({} keys, {} rows)",
                 index.table,
                 index.key,
-                index.at.version,
+                index.at.version(),
                 index.items.len(),
                 index.rows
             ),
@@ -198,7 +184,7 @@ impl Exclusion {
 
     /// What brings the index to the table's latest version: the rows of the commits after
     /// `previous` when they only appended, else a new index.
-    async fn update(&self, state: &SessionState, previous: Option<Version>) -> Result<Update> {
+    async fn update(&self, state: &SessionState, previous: Option<LogMark>) -> Result<Update> {
         // Planned afresh each time: the catalog hands out the table's latest snapshot.
         let plan = state.create_logical_plan(&self.query).await?;
         let shape = match Shape::of(&plan) {
@@ -206,45 +192,28 @@ impl Exclusion {
             Err(reason) => return Ok(Update::PerCall(reason)),
         };
         let table = shape.delta.delta_table();
-        let (Some(version), store) = (table.version(), table.object_store()) else {
-            return Ok(Update::NotNow(format!("{} has no version", shape.table)));
-        };
-        let Some(commit) = commit_file(&store, version).await else {
+        let Some(at) = LogMark::of(table).await else {
             return Ok(Update::NotNow(format!(
-                "the commit file of version {version} of {} cannot be read",
+                "the latest commit of {} cannot be read",
                 shape.table
             )));
         };
-        let at = Version {
-            store,
-            version,
-            commit,
+        let changes = match &previous {
+            Some(previous) => previous.changes_to(table, &shape.table).await?,
+            None => Changes::Other("not built yet".into()),
         };
-        let unchanged = match &previous {
-            Some(previous) if previous.version <= version => {
-                commit_file(&previous.store, previous.version)
-                    .await
-                    .as_ref()
-                    == Some(&previous.commit)
+        match changes {
+            // Nothing was committed (a check of the log failed, perhaps for a moment).
+            Changes::None => return Ok(Update::Append(at, Vec::new())),
+            Changes::Appended(files) => {
+                let limited = limited_to(table, Arc::new(state.clone()), files).await?;
+                let plan = replace_read(shape.rows_plan()?, &shape.table, 0, &limited)?;
+                return match read_rows(state, plan, MAX_INDEXED_ROWS).await? {
+                    Some(rows) if self.fits(rows.len()) => Ok(Update::Append(at, rows)),
+                    _ => Ok(Update::PerCall(too_many(&shape.table))),
+                };
             }
-            _ => false,
-        };
-        if let Some(previous) = previous.filter(|_| unchanged) {
-            if previous.version == version {
-                // Nothing was committed (a check of the log failed, perhaps for a moment).
-                return Ok(Update::Append(at, Vec::new()));
-            }
-            match appended_files(table, &shape.table, previous.version, version).await? {
-                Ok(files) => {
-                    let limited = limited_to(table, Arc::new(state.clone()), files).await?;
-                    let plan = replace_read(shape.rows_plan()?, &shape.table, 0, &limited)?;
-                    return match read_rows(state, plan, MAX_INDEXED_ROWS).await? {
-                        Some(rows) if self.fits(rows.len()) => Ok(Update::Append(at, rows)),
-                        _ => Ok(Update::PerCall(too_many(&shape.table))),
-                    };
-                }
-                Err(reason) => tracing::debug!(%reason, "[exclude] index rebuilt"),
-            }
+            Changes::Other(reason) => tracing::debug!(%reason, "[exclude] index rebuilt"),
         }
         let Some(rows) = read_rows(state, shape.rows_plan()?, MAX_INDEXED_ROWS).await? else {
             return Ok(Update::PerCall(too_many(&shape.table)));
@@ -272,20 +241,20 @@ fn too_many(table: &str) -> String {
 
 /// The state of the index without its contents, read under the lock and used after it.
 enum Current {
-    Indexed(Version),
+    Indexed(LogMark),
     PerCall,
 }
 
 enum Update {
     Replace(Index),
-    Append(Version, Vec<(i64, i64)>),
+    Append(LogMark, Vec<(i64, i64)>),
     PerCall(String),
     /// Per call this time, tried again at the next.
     NotNow(String),
 }
 
 impl Index {
-    fn new(table: String, key: String, at: Version, rows: Vec<(i64, i64)>) -> Self {
+    fn new(table: String, key: String, at: LogMark, rows: Vec<(i64, i64)>) -> Self {
         let mut index = Self {
             table,
             key,
@@ -299,7 +268,7 @@ impl Index {
     }
 
     /// Adds (key, item) rows, now at version `at`; each key's items stay sorted, without repeats.
-    fn append(&mut self, at: Version, rows: Vec<(i64, i64)>) {
+    fn append(&mut self, at: LogMark, rows: Vec<(i64, i64)>) {
         self.rows += rows.len();
         let mut touched = HashSet::new();
         for (key, item) in rows {
@@ -422,7 +391,8 @@ fn user_key(term: &Expr) -> Option<&Expr> {
     else {
         return None;
     };
-    let first = |e: &Expr| matches!(e, Expr::Placeholder(p) if p.id == "$1");
+    let first =
+        |e: &Expr| matches!(e, Expr::Placeholder(p) if crate::parameters::index(&p.id) == Some(0));
     match (first(left), first(right)) {
         (false, true) => Some(left),
         (true, false) => Some(right),

@@ -7,11 +7,12 @@
 //! to load is reported in `system.models` and the log, and its previous version keeps serving.
 //!
 //! SQL sees them as `predict(...)` ([`predict`]), `recommend(...)` and `recommend_items(...)`
-//! ([`recommend`], [`recommend_items`], over the item index of [`retrieval`] and its int8 first pass
-//! [`quantized`]) and the table `system.models` ([`system`]).
+//! ([`recommend`], [`recommend_items`], both scoring through [`pipeline`] over the item index of
+//! [`retrieval`] and its int8 first pass [`quantized`]) and the table `system.models` ([`system`]).
 
 pub mod exclusion;
 pub mod onnx;
+pub mod pipeline;
 pub mod predict;
 pub mod quantized;
 pub mod recommend;
@@ -22,10 +23,11 @@ pub mod system;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -60,13 +62,13 @@ pub struct Model {
 
 impl Model {
     /// The retrieval half of a two-tower model, or an error naming the model.
-    pub fn retrieval(&self) -> std::result::Result<&Retrieval, String> {
+    pub fn retrieval(&self) -> Result<&Retrieval> {
         self.retrieval.as_ref().ok_or_else(|| {
-            format!(
+            Error::InvalidInput(format!(
                 "model '{}' is a {} model; recommend needs kind = \"two_tower\"",
                 self.name,
                 self.spec.kind.as_str()
-            )
+            ))
         })
     }
 }
@@ -97,7 +99,8 @@ pub struct ModelStatus {
 #[derive(Debug, Default)]
 pub struct ModelRegistry {
     dir: Option<PathBuf>,
-    slots: RwLock<BTreeMap<String, Slot>>,
+    /// Swapped whole by a reload; a query holds the map it read.
+    slots: ArcSwap<BTreeMap<String, Slot>>,
     /// One reload at a time: the poll and `RELOAD MODELS` must not load the same files twice.
     reloading: tokio::sync::Mutex<()>,
     /// Bumped each time the set of serving models is swapped.
@@ -128,23 +131,20 @@ impl ModelRegistry {
     }
 
     /// The serving version of `name`, or an error naming the problem (unknown, or never loaded).
-    pub fn get(&self, name: &str) -> std::result::Result<Arc<Model>, String> {
-        let slots = self
-            .slots
-            .read()
-            .map_err(|_| "model registry poisoned".to_string())?;
+    pub fn get(&self, name: &str) -> Result<Arc<Model>> {
+        let slots = self.slots.load();
         match slots.get(name) {
             Some(Slot {
                 current: Some(model),
                 ..
             }) => Ok(model.clone()),
-            Some(Slot { error, .. }) => Err(format!(
+            Some(Slot { error, .. }) => Err(Error::InvalidInput(format!(
                 "model '{name}' failed to load: {}",
                 error.as_deref().unwrap_or("unknown error")
-            )),
+            ))),
             None => {
                 let known: Vec<&str> = slots.keys().map(String::as_str).collect();
-                Err(match self.dir.as_deref() {
+                Err(Error::InvalidInput(match self.dir.as_deref() {
                     Some(dir) => format!(
                         "unknown model '{name}': {}/{name}/ has no model.toml (models: {})",
                         dir.display(),
@@ -155,25 +155,18 @@ impl ModelRegistry {
                         }
                     ),
                     None => format!("unknown model '{name}': no models directory is configured"),
-                })
+                }))
             }
         }
     }
 
     /// Version `generation` of `name` (the serving one when `None`), while it is the serving or the
     /// previous version.
-    pub fn version(
-        &self,
-        name: &str,
-        generation: Option<u64>,
-    ) -> std::result::Result<Arc<Model>, String> {
+    pub fn version(&self, name: &str, generation: Option<u64>) -> Result<Arc<Model>> {
         let Some(generation) = generation else {
             return self.get(name);
         };
-        let slots = self
-            .slots
-            .read()
-            .map_err(|_| "model registry poisoned".to_string())?;
+        let slots = self.slots.load();
         let slot = slots.get(name);
         slot.and_then(|s| {
             s.current
@@ -182,16 +175,17 @@ impl ModelRegistry {
                 .find(|m| m.generation == generation)
         })
         .cloned()
-        .ok_or_else(|| {
-            format!("model '{name}' was reloaded twice while this query ran: run it again")
+        .ok_or_else(|| Error::Conflict {
+            table: format!("model {name}"),
+            message: format!(
+                "model '{name}' was reloaded twice while this query ran: run it again"
+            ),
         })
     }
 
     /// Every model directory, for `system.models`.
     pub fn statuses(&self) -> Vec<ModelStatus> {
-        let Ok(slots) = self.slots.read() else {
-            return Vec::new();
-        };
+        let slots = self.slots.load();
         let dir = self.dir.clone().unwrap_or_default();
         slots
             .iter()
@@ -215,9 +209,9 @@ impl ModelRegistry {
             return Ok(Vec::new());
         };
         let _guard = self.reloading.lock().await;
-        let found = scan(&dir)?;
+        let found = scan_off_thread(&dir).await?;
         let mut outcomes = Vec::new();
-        let previous = self.slots.read().map(|s| s.clone()).unwrap_or_default();
+        let previous = self.slots.load_full();
         for name in previous.keys().filter(|n| !found.contains_key(*n)) {
             tracing::info!(model = %name, "model directory removed: unloaded");
             outcomes.push(outcome(name, "removed", None, None));
@@ -260,29 +254,33 @@ impl ModelRegistry {
             slot.fingerprint = fingerprint;
             next.insert(name, slot);
         }
-        if let Ok(mut slots) = self.slots.write() {
-            *slots = next;
-        }
+        self.slots.store(Arc::new(next));
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(outcomes)
     }
 
     /// Whether any model directory changed since the last reload (cheap: file metadata only).
-    pub fn changed(&self) -> bool {
+    pub async fn changed(&self) -> bool {
         let Some(dir) = &self.dir else {
             return false;
         };
-        let Ok(found) = scan(dir) else {
+        let Ok(found) = scan_off_thread(dir).await else {
             return false;
         };
-        let Ok(slots) = self.slots.read() else {
-            return false;
-        };
+        let slots = self.slots.load();
         found.len() != slots.len()
             || found
                 .iter()
                 .any(|(name, f)| slots.get(name).is_none_or(|s| &s.fingerprint != f))
     }
+}
+
+/// [`scan`] on tokio's blocking pool: reading directories and file metadata blocks.
+async fn scan_off_thread(dir: &Path) -> Result<BTreeMap<String, Fingerprint>> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || scan(&dir))
+        .await
+        .map_err(|e| Error::Internal(format!("scanning the models directory: {e}")))?
 }
 
 fn outcome(
@@ -430,7 +428,7 @@ pub async fn watch(ctx: SessionContext, models: Arc<ModelRegistry>) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        if !models.changed() {
+        if !models.changed().await {
             continue;
         }
         // A task of its own (on the same runtime): a panic while loading is logged, and the

@@ -358,6 +358,30 @@ fn mark_nulls(nulls: Option<&NullBuffer>, valid: &mut [bool]) {
     }
 }
 
+/// A list column's values and where each row's are in them (`offsets[r]..offsets[r + 1]`, so one
+/// more offset than rows); `None` when the column is not a list.
+pub(crate) fn list_rows(list: &ArrayRef) -> Option<(Vec<usize>, ArrayRef)> {
+    Some(match list.data_type() {
+        DataType::List(_) => {
+            let l = list.as_list::<i32>();
+            let offsets = l.offsets().iter().map(|o| *o as usize).collect();
+            (offsets, l.values().clone())
+        }
+        DataType::LargeList(_) => {
+            let l = list.as_list::<i64>();
+            let offsets = l.offsets().iter().map(|o| *o as usize).collect();
+            (offsets, l.values().clone())
+        }
+        DataType::FixedSizeList(_, size) => {
+            let l = list.as_fixed_size_list();
+            let size = *size as usize;
+            let offsets = (0..=l.len()).map(|i| (i + l.offset()) * size).collect();
+            (offsets, l.values().clone())
+        }
+        _ => return None,
+    })
+}
+
 /// The values of a list column, `width` per row; a null or short row is zero-filled and marked invalid.
 fn flatten_list(
     spec: &TensorSpec,
@@ -374,29 +398,12 @@ fn flatten_list(
     {
         return Ok(list.as_fixed_size_list().values().clone());
     }
-    let (offsets, values): (Vec<usize>, ArrayRef) = match list.data_type() {
-        DataType::List(_) => {
-            let l = list.as_list::<i32>();
-            (
-                l.offsets().iter().map(|o| *o as usize).collect(),
-                l.values().clone(),
-            )
-        }
-        DataType::LargeList(_) => {
-            let l = list.as_list::<i64>();
-            (
-                l.offsets().iter().map(|o| *o as usize).collect(),
-                l.values().clone(),
-            )
-        }
-        _ => {
-            let l = list.as_fixed_size_list();
-            let size = l.value_length() as usize;
-            (
-                (0..=l.len()).map(|i| (i + l.offset()) * size).collect(),
-                l.values().clone(),
-            )
-        }
+    let Some((offsets, values)) = list_rows(list) else {
+        return Err(Error::Internal(format!(
+            "input '{}' was taken for a list column, it is {}",
+            spec.name,
+            list.data_type()
+        )));
     };
     mark_value_nulls(&values, &offsets, valid);
     // Lengths first, so a wrong row is reported before anything is allocated for the batch.

@@ -14,9 +14,7 @@ use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{ArrayRef, new_empty_array};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::{
-    Result, ScalarValue, exec_datafusion_err, exec_err, plan_datafusion_err, plan_err,
-};
+use datafusion::common::{Result, ScalarValue, exec_datafusion_err, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
     Signature, Volatility,
@@ -57,33 +55,44 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
+/// What a scalar function that runs models holds: the registry it finds them in, and its signature.
+/// Two are equal when they read the same registry.
 #[derive(Debug)]
-pub struct Predict {
-    registry: Arc<ModelRegistry>,
-    signature: Signature,
+pub(crate) struct ModelFunction {
+    pub(crate) registry: Arc<ModelRegistry>,
+    pub(crate) signature: Signature,
 }
 
-impl PartialEq for Predict {
+impl ModelFunction {
+    pub(crate) fn new(registry: Arc<ModelRegistry>) -> Self {
+        Self {
+            registry,
+            // Volatile, not Stable: a constant call must not be folded at planning, which would
+            // run the model there (on the caller's thread) and give the result a schema of its own.
+            signature: Signature::user_defined(Volatility::Volatile),
+        }
+    }
+}
+
+impl PartialEq for ModelFunction {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.registry, &other.registry)
     }
 }
 
-impl Eq for Predict {}
+impl Eq for ModelFunction {}
 
-impl std::hash::Hash for Predict {
+impl std::hash::Hash for ModelFunction {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        NAME.hash(state);
+        Arc::as_ptr(&self.registry).hash(state);
     }
 }
 
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Predict(ModelFunction);
+
 pub fn udf(registry: Arc<ModelRegistry>) -> ScalarUDF {
-    ScalarUDF::new_from_impl(Predict {
-        registry,
-        // Volatile, not Stable: a constant call must not be folded at planning, which would run
-        // the model there (on the caller's thread) and give the result a schema of its own.
-        signature: Signature::user_defined(Volatility::Volatile),
-    })
+    ScalarUDF::new_from_impl(Predict(ModelFunction::new(registry)))
 }
 
 /// The model name in a call's first argument, which must be a string literal.
@@ -106,9 +115,7 @@ pub fn pinned_model(registry: &ModelRegistry, name: &str, field: &Field) -> Resu
         .metadata()
         .get(GENERATION_KEY)
         .and_then(|g| g.parse::<u64>().ok());
-    registry
-        .version(name, generation)
-        .map_err(datafusion::error::DataFusionError::Execution)
+    Ok(registry.version(name, generation)?)
 }
 
 /// A result field stamped with the model version it was planned with.
@@ -196,7 +203,7 @@ impl ScalarUDFImpl for Predict {
     }
 
     fn signature(&self) -> &Signature {
-        &self.signature
+        &self.0.signature
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
@@ -212,10 +219,7 @@ impl ScalarUDFImpl for Predict {
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         let name = model_name(NAME, args.scalar_arguments.first().copied().flatten())?;
-        let model = self
-            .registry
-            .get(name)
-            .map_err(|e| plan_datafusion_err!("{e}"))?;
+        let model = self.0.registry.get(name)?;
         let types: Vec<DataType> = args.arg_fields[1..]
             .iter()
             .map(|f| f.data_type().clone())
@@ -233,7 +237,7 @@ impl ScalarUDFImpl for Predict {
             return exec_err!("predict's first argument must be the model name");
         };
         let name = model_name(NAME, Some(name))?;
-        let model = pinned_model(&self.registry, name, &call.return_field)?;
+        let model = pinned_model(&self.0.registry, name, &call.return_field)?;
         let rows = call.number_rows;
         // Constant arguments become full-length columns: a batch has `rows` rows to score.
         let columns = call.args[1..]

@@ -15,12 +15,12 @@ use datafusion::arrow::datatypes::{DataType, Field, Fields, Int64Type};
 use datafusion::common::{Result, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature, Volatility,
+    Signature,
 };
 
 use crate::scoring::ModelRegistry;
-use crate::scoring::predict::{model_name, pinned_field, pinned_model};
-use crate::scoring::recommend::{Pipeline, item_count};
+use crate::scoring::pipeline::{Pipeline, item_count};
+use crate::scoring::predict::{ModelFunction, model_name, pinned_field, pinned_model};
 use crate::scoring::retrieval::Scored;
 
 pub const NAME: &str = "recommend_items";
@@ -55,33 +55,11 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .build()
 });
 
-#[derive(Debug)]
-pub struct RecommendItems {
-    registry: Arc<ModelRegistry>,
-    signature: Signature,
-}
-
-impl PartialEq for RecommendItems {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.registry, &other.registry)
-    }
-}
-
-impl Eq for RecommendItems {}
-
-impl std::hash::Hash for RecommendItems {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        NAME.hash(state);
-    }
-}
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct RecommendItems(ModelFunction);
 
 pub fn recommend_items_udf(registry: Arc<ModelRegistry>) -> ScalarUDF {
-    ScalarUDF::new_from_impl(RecommendItems {
-        registry,
-        // Volatile, not Stable: a constant call must not be folded at planning, which would run
-        // the model there (on the caller's thread) and give the result a schema of its own.
-        signature: Signature::user_defined(Volatility::Volatile),
-    })
+    ScalarUDF::new_from_impl(RecommendItems(ModelFunction::new(registry)))
 }
 
 /// Per row a list of struct(item_id, score), NULL where the row had no result.
@@ -128,7 +106,7 @@ impl ScalarUDFImpl for RecommendItems {
     }
 
     fn signature(&self) -> &Signature {
-        &self.signature
+        &self.0.signature
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
@@ -152,11 +130,8 @@ impl ScalarUDFImpl for RecommendItems {
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<Arc<Field>> {
         let name = model_name(NAME, args.scalar_arguments.first().copied().flatten())?;
-        let model = self
-            .registry
-            .get(name)
-            .map_err(datafusion::error::DataFusionError::Plan)?;
-        Pipeline::resolve(&self.registry, model.clone())?;
+        let model = self.0.registry.get(name)?;
+        Pipeline::resolve(&self.0.registry, model.clone())?;
         Ok(pinned_field(NAME, items_type(), &model))
     }
 
@@ -165,11 +140,11 @@ impl ScalarUDFImpl for RecommendItems {
             return exec_err!("recommend_items' first argument must be the model name");
         };
         let model = pinned_model(
-            &self.registry,
+            &self.0.registry,
             model_name(NAME, Some(name))?,
             &call.return_field,
         )?;
-        let pipeline = Pipeline::resolve(&self.registry, model)?;
+        let pipeline = Pipeline::resolve(&self.0.registry, model)?;
         let columns = call.args[1..]
             .iter()
             .map(|a| a.to_array(call.number_rows))

@@ -7,11 +7,13 @@ use datafusion::arrow::array::{
     ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::{SchemaProvider, Session};
+use datafusion::catalog::SchemaProvider;
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::{Result, exec_err};
-use datafusion::datasource::{MemTable, TableProvider, TableType};
-use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::datasource::TableProvider;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 
 use crate::scoring::spec::TensorSpec;
 use crate::scoring::{ModelRegistry, ModelStatus};
@@ -110,11 +112,15 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        Ok((name == MODELS_TABLE).then(|| {
-            Arc::new(ModelsTable {
-                models: self.models.clone(),
-            }) as Arc<dyn TableProvider>
-        }))
+        if name != MODELS_TABLE {
+            return Ok(None);
+        }
+        let partition = ModelsPartition {
+            models: self.models.clone(),
+            schema: schema(),
+        };
+        let table = StreamingTable::try_new(schema(), vec![Arc::new(partition)])?;
+        Ok(Some(Arc::new(table)))
     }
 
     fn register_table(
@@ -130,32 +136,23 @@ impl SchemaProvider for SystemSchema {
     }
 }
 
-/// `system.models`, read from the registry when a query scans it.
+/// `system.models`, read from the registry when a query runs.
 #[derive(Debug)]
-struct ModelsTable {
+struct ModelsPartition {
     models: Arc<ModelRegistry>,
+    schema: SchemaRef,
 }
 
-#[async_trait]
-impl TableProvider for ModelsTable {
-    fn schema(&self) -> SchemaRef {
-        schema()
+impl PartitionStream for ModelsPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = batch(&self.models.statuses())?;
-        MemTable::try_new(schema(), vec![vec![batch]])?
-            .scan(state, projection, filters, limit)
-            .await
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let batch = batch(&self.models.statuses());
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::iter([batch]),
+        ))
     }
 }

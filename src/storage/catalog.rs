@@ -11,8 +11,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::common::exec_err;
@@ -21,8 +22,9 @@ use datafusion::error::Result as DFResult;
 use datafusion::execution::context::SessionState;
 
 use crate::error::Result;
-use crate::storage::table::{AsOf, DeltaTableProvider, Snapshots};
+use crate::storage::snapshots::Snapshots;
 use crate::storage::warehouse::{TableLocation, Warehouse, valid_name};
+use crate::storage::{AsOf, DeltaTableProvider};
 
 pub const CATALOG: &str = "quiver";
 
@@ -44,7 +46,7 @@ pub trait ServedTables: Debug + Send + Sync {
 #[derive(Debug)]
 pub struct WarehouseCatalog {
     warehouse: Arc<Warehouse>,
-    listing: Arc<RwLock<Listing>>,
+    listing: Arc<ArcSwap<Listing>>,
     settings: Arc<SessionState>,
     snapshots: Arc<Snapshots>,
     /// Schemas not in the warehouse (`system`), by name.
@@ -112,20 +114,14 @@ impl WarehouseCatalog {
             let tables = self.warehouse.tables(&schema).await?;
             listing.insert(schema, tables.into_iter().map(|(name, _)| name).collect());
         }
-        if let Ok(mut cached) = self.listing.write() {
-            *cached = listing;
-        }
+        self.listing.store(Arc::new(listing));
         Ok(())
     }
 }
 
 impl CatalogProvider for WarehouseCatalog {
     fn schema_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .listing
-            .read()
-            .map(|l| l.keys().cloned().collect())
-            .unwrap_or_default();
+        let mut names: Vec<String> = self.listing.load().keys().cloned().collect();
         names.extend(self.extra.keys().cloned());
         names
     }
@@ -153,7 +149,7 @@ impl CatalogProvider for WarehouseCatalog {
 pub struct WarehouseSchema {
     warehouse: Arc<Warehouse>,
     name: String,
-    listing: Arc<RwLock<Listing>>,
+    listing: Arc<ArcSwap<Listing>>,
     settings: Arc<SessionState>,
     snapshots: Arc<Snapshots>,
     served: Option<Arc<dyn ServedTables>>,
@@ -163,9 +159,9 @@ pub struct WarehouseSchema {
 impl SchemaProvider for WarehouseSchema {
     fn table_names(&self) -> Vec<String> {
         self.listing
-            .read()
-            .ok()
-            .and_then(|l| l.get(&self.name).cloned())
+            .load()
+            .get(&self.name)
+            .cloned()
             .unwrap_or_default()
     }
 

@@ -10,8 +10,7 @@
 //! caller committed never takes the turn; the commit itself is a task of its own, so a caller that
 //! disconnects does not stop the commit the others wait for.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 
 use datafusion::execution::SendableRecordBatchStream;
 use deltalake::DeltaTable;
@@ -24,6 +23,7 @@ use futures::StreamExt;
 use tokio::sync::{OwnedMutexGuard, oneshot};
 
 use crate::error::{Error, Result};
+use crate::storage::per_table::PerTable;
 use crate::storage::upkeep;
 use crate::storage::write::{conflict_error, to_latest, turn};
 
@@ -44,15 +44,10 @@ struct Shared {
 type Queue = Arc<Mutex<Vec<Pending>>>;
 
 /// The queue of each table appended to.
-static QUEUES: LazyLock<Mutex<HashMap<String, Queue>>> = LazyLock::new(Mutex::default);
+static QUEUES: PerTable<Queue> = PerTable::new();
 
 fn queue(table: &DeltaTable) -> Queue {
-    QUEUES
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(table.table_url().to_string())
-        .or_default()
-        .clone()
+    QUEUES.get(table)
 }
 
 /// Whether appends to `table` can take this path: a loaded table delta-rs's `RecordBatchWriter`

@@ -23,7 +23,7 @@ use deltalake::table::config::TablePropertiesExt as _;
 use futures::TryStreamExt;
 
 use crate::error::{Error, Result};
-use crate::storage::table::AsOf;
+use crate::storage::AsOf;
 use crate::storage::upkeep;
 use crate::storage::write::take_turn;
 

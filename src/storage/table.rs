@@ -1,10 +1,10 @@
-//! A Delta table as a DataFusion table: reads through delta-rs's scan, writes through Delta commits.
+//! A Delta table as a DataFusion table (the provider the catalog hands out): reads through delta-rs's
+//! scan, writes through Delta commits.
 //!
 //! `INSERT` uses delta-rs's own data sink (one commit per statement); `DELETE` and `UPDATE` run delta-rs's
 //! operations lazily, when the plan executes, so `EXPLAIN` never writes. A table opened at an older
 //! version (time travel) is read-only.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -23,311 +23,12 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::SessionContext;
-use deltalake::logstore::ObjectStoreRef;
-use deltalake::{DeltaTable, DeltaTableBuilder};
-use object_store::{ObjectMeta, ObjectStoreExt};
-use url::Url;
+use deltalake::DeltaTable;
 
 use crate::error::{Error, Result};
+use crate::storage::AsOf;
 use crate::storage::upkeep;
 use crate::storage::write::take_turn;
-
-/// Which snapshot of a table to read: the latest, or one chosen with `VERSION AS OF` / `TIMESTAMP AS OF`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AsOf {
-    Latest,
-    Version(u64),
-    /// An RFC 3339 timestamp: the latest version committed at or before it.
-    Timestamp(String),
-}
-
-/// Loads a Delta table at the requested snapshot.
-pub async fn open_delta(url: &Url, as_of: &AsOf) -> Result<DeltaTable> {
-    let builder = DeltaTableBuilder::from_url(url.clone())?;
-    let builder = match as_of {
-        AsOf::Latest => builder,
-        AsOf::Version(v) => builder.with_version(*v),
-        AsOf::Timestamp(ts) => builder.with_datestring(ts)?,
-    };
-    let table = match builder.load().await {
-        Ok(table) => table,
-        Err(e) => return Err(explain_load_error(url, as_of, e).await),
-    };
-    if let AsOf::Timestamp(ts) = as_of {
-        check_not_before_creation(&table, ts).await?;
-    }
-    if *as_of != AsOf::Latest {
-        check_files_present(&table, as_of).await?;
-    }
-    Ok(table)
-}
-
-/// Tables kept at most in [`Snapshots`]; past it, all are dropped and loaded again when next read.
-const MAX_SNAPSHOTS: usize = 1024;
-
-/// The latest snapshot of each table read, brought up to date at every open: only the commits since
-/// the kept version are read (when there are none, one look for the next commit's file), instead of
-/// replaying the whole log and rebuilding its file list for every statement. Reads stay fresh: a
-/// commit another writer made is seen by the next open.
-///
-/// A table deleted and written again at the same place has a new log starting over at version 0, in
-/// which the kept version may exist again: so each open first checks that the kept version's commit
-/// file is the one read then (its size, modification time and entity tag), and loads the table
-/// afresh when it is gone or another. Quiver's own DDL forgets every table ([`Snapshots::clear`]).
-#[derive(Default)]
-pub struct Snapshots {
-    latest: Mutex<HashMap<Url, Kept>>,
-}
-
-/// A table's snapshot and what its last commit file looked like when it was read.
-#[derive(Clone)]
-struct Kept {
-    table: DeltaTable,
-    commit: ObjectMeta,
-}
-
-impl std::fmt::Debug for Snapshots {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let tables = self.latest.lock().map_or(0, |l| l.len());
-        f.debug_struct("Snapshots")
-            .field("tables", &tables)
-            .finish()
-    }
-}
-
-impl Snapshots {
-    /// The table at `as_of`; the latest version from the kept snapshot when there is one.
-    pub async fn open(&self, url: &Url, as_of: &AsOf) -> Result<DeltaTable> {
-        if *as_of != AsOf::Latest {
-            return open_delta(url, as_of).await;
-        }
-        let kept = self.latest.lock().ok().and_then(|l| l.get(url).cloned());
-        let updated = match kept {
-            Some(kept) => brought_up_to_date(kept).await,
-            None => None,
-        };
-        let kept = match updated {
-            Some(kept) => kept,
-            None => {
-                let table = open_delta(url, as_of).await?;
-                match last_commit(&table).await {
-                    Some(commit) => Kept { table, commit },
-                    // Nothing to check a kept copy against: not kept.
-                    None => return Ok(table),
-                }
-            }
-        };
-        if let Ok(mut latest) = self.latest.lock() {
-            if latest.len() >= MAX_SNAPSHOTS && !latest.contains_key(url) {
-                latest.clear();
-            }
-            latest.insert(url.clone(), kept.clone());
-        }
-        Ok(kept.table)
-    }
-
-    /// Forgets every table: after DDL, which may drop a table and create another in its place.
-    pub fn clear(&self) {
-        if let Ok(mut latest) = self.latest.lock() {
-            latest.clear();
-        }
-    }
-}
-
-/// The kept table with the commits since its version applied. `None` when its last commit file is
-/// gone or not the one read (the table was deleted, perhaps written again), or the update fails:
-/// the caller loads the table from scratch.
-async fn brought_up_to_date(kept: Kept) -> Option<Kept> {
-    let Kept { mut table, commit } = kept;
-    let version = table.version()?;
-    match log_state(&table.object_store(), version, &commit).await {
-        LogState::Replaced => return None,
-        LogState::Unchanged => return Some(Kept { table, commit }),
-        LogState::Advanced => {}
-    }
-    table.update_incremental(None).await.ok()?;
-    let commit = if table.version() == Some(version) {
-        commit
-    } else {
-        last_commit(&table).await?
-    };
-    Some(Kept { table, commit })
-}
-
-/// What the commit file of the table's version looks like in storage; `None` if it is not there.
-async fn last_commit(table: &DeltaTable) -> Option<ObjectMeta> {
-    commit_file(&table.object_store(), table.version()?).await
-}
-
-/// Where a table's log stands against a version read before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogState {
-    /// The version's commit file is the one read and no commit follows it.
-    Unchanged,
-    /// The version's commit file is the one read and later commits exist.
-    Advanced,
-    /// The version's commit file is gone or another (same path, size, modification time and entity
-    /// tag compared): the table was deleted, perhaps written again with a new log.
-    Replaced,
-}
-
-/// Where the log of the table in `store` stands against `version`, whose commit file looked like
-/// `commit` when read: two `head`s, made concurrently, without listing the log.
-pub async fn log_state(store: &ObjectStoreRef, version: u64, commit: &ObjectMeta) -> LogState {
-    let (now, next) = futures::join!(commit_file(store, version), commit_file(store, version + 1));
-    match (now, next) {
-        (Some(now), _) if now != *commit => LogState::Replaced,
-        (None, _) => LogState::Replaced,
-        (_, None) => LogState::Unchanged,
-        (_, Some(_)) => LogState::Advanced,
-    }
-}
-
-/// What the commit file of `version` looks like in `store` (rooted at a table, as
-/// [`DeltaTable::object_store`] is); `None` if it is not there or cannot be read.
-pub async fn commit_file(store: &ObjectStoreRef, version: u64) -> Option<ObjectMeta> {
-    let path = deltalake::logstore::commit_uri_from_version(Some(version));
-    ObjectStoreExt::head(store, &path).await.ok()
-}
-
-/// A failed load, said in the table's terms where the Delta kernel's message would not: a version
-/// past the end of the log (which versions exist), or a commit file that is not JSON (which one).
-async fn explain_load_error(url: &Url, as_of: &AsOf, error: deltalake::DeltaTableError) -> Error {
-    if matches!(
-        error,
-        deltalake::DeltaTableError::KernelError(_) | deltalake::DeltaTableError::Kernel { .. }
-    ) && let Some(corrupt) = find_corrupt_commit(url).await
-    {
-        return corrupt;
-    }
-    let AsOf::Version(requested) = as_of else {
-        return error.into();
-    };
-    match unloaded(url) {
-        Some(table) => match table.get_latest_version().await {
-            Ok(latest) if *requested > latest => Error::InvalidInput(format!(
-                "VERSION AS OF {requested}: the table's latest version is {latest}"
-            )),
-            _ => error.into(),
-        },
-        None => error.into(),
-    }
-}
-
-/// The table at `url` with nothing of its log read: its store, to look at the log by hand.
-fn unloaded(url: &Url) -> Option<DeltaTable> {
-    DeltaTableBuilder::from_url(url.clone()).ok()?.build().ok()
-}
-
-/// Commit files read when looking for a corrupt one, newest first.
-const COMMITS_CHECKED: usize = 100;
-
-/// The newest of the table's last [`COMMITS_CHECKED`] commit files that is not JSON lines, as
-/// [`Error::Corrupt`]; `None` when they all parse (or the log cannot be listed).
-async fn find_corrupt_commit(url: &Url) -> Option<Error> {
-    use futures::TryStreamExt;
-    let store = unloaded(url)?.object_store();
-    let log = object_store::path::Path::from("_delta_log");
-    let listed: Vec<ObjectMeta> = store.list(Some(&log)).try_collect().await.ok()?;
-    let mut commits: Vec<(u64, ObjectMeta)> = listed
-        .into_iter()
-        .filter_map(|meta| {
-            let name = meta.location.filename().filter(|n| n.ends_with(".json"))?;
-            let version = deltalake::logstore::extract_version_from_filename(name)?;
-            Some((version, meta))
-        })
-        .collect();
-    commits.sort_by_key(|c| std::cmp::Reverse(c.0));
-    for (version, meta) in commits.into_iter().take(COMMITS_CHECKED) {
-        let bytes = ObjectStoreExt::get(&store, &meta.location)
-            .await
-            .ok()?
-            .bytes()
-            .await
-            .ok()?;
-        let bad = bytes
-            .split(|b| *b == b'\n')
-            .enumerate()
-            .filter(|(_, line)| !line.trim_ascii().is_empty())
-            .find_map(|(i, line)| {
-                serde_json::from_slice::<serde_json::Value>(line)
-                    .err()
-                    .map(|e| (i + 1, e))
-            });
-        if let Some((line, e)) = bad {
-            let earlier = match version {
-                0 => String::new(),
-                v => format!("; earlier versions still read with VERSION AS OF {}", v - 1),
-            };
-            return Some(Error::Corrupt(format!(
-                "the Delta log of {url} is corrupt: commit {version} ({}) is not JSON at line \
-                 {line}: {e}. The table cannot be read or written until that file is repaired{earlier}",
-                meta.location
-            )));
-        }
-    }
-    None
-}
-
-/// Checks that the data files of a time-travel snapshot are still there (one listing of the table),
-/// so reading a version VACUUM removed files of is an error naming it, not a failed Parquet read.
-async fn check_files_present(table: &DeltaTable, as_of: &AsOf) -> Result<()> {
-    use futures::{StreamExt, TryStreamExt};
-    use std::collections::HashSet;
-    let snapshot = table.snapshot()?;
-    let store = table.object_store();
-    let present: HashSet<String> = store
-        .list(None)
-        .map_ok(|meta| meta.location.to_string())
-        .try_collect()
-        .await?;
-    let mut views = snapshot.snapshot().file_views(&table.log_store(), None);
-    while let Some(view) = views.next().await {
-        let view = view?;
-        let path = view.object_store_path().to_string();
-        if !present.contains(&path) {
-            return Err(Error::VersionGone(format!(
-                "{} of {} cannot be read: VACUUM removed its data file {path}. Versions inside \
-                 the table's delta.deletedFileRetentionDuration can be read",
-                describe(as_of),
-                table.table_url()
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn describe(as_of: &AsOf) -> String {
-    match as_of {
-        AsOf::Latest => "the latest version".into(),
-        AsOf::Version(v) => format!("version {v}"),
-        AsOf::Timestamp(ts) => format!("the version at {ts}"),
-    }
-}
-
-/// delta-rs answers a timestamp older than the table with its first version; Spark and Databricks
-/// reject it, and so does Quiver: there was no data then.
-async fn check_not_before_creation(table: &DeltaTable, ts: &str) -> Result<()> {
-    let requested = chrono::DateTime::parse_from_rfc3339(ts)
-        .map_err(|e| Error::InvalidInput(format!("bad timestamp '{ts}': {e}")))?
-        .timestamp_millis();
-    // delta-rs picks the latest version committed at or before the timestamp, falling back to the
-    // first version; the pick is only newer than the timestamp in that fallback.
-    let committed = table
-        .version()
-        .and_then(|v| table.snapshot().ok().and_then(|s| s.version_timestamp(v)));
-    if let Some(committed) = committed
-        && committed > requested
-    {
-        return Err(Error::InvalidInput(format!(
-            "TIMESTAMP AS OF {ts} is before the earliest version available (committed at {})",
-            chrono::DateTime::from_timestamp_millis(committed)
-                .map_or_else(|| committed.to_string(), |t| t.to_rfc3339())
-        )));
-    }
-    Ok(())
-}
-
 /// The provider the catalog hands to DataFusion for every Delta table.
 #[derive(Debug)]
 pub struct DeltaTableProvider {
@@ -631,7 +332,11 @@ impl PartitionStream for OnceStream {
     }
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let taken = self.stream.lock().ok().and_then(|mut s| s.take());
+        let taken = self
+            .stream
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         taken.unwrap_or_else(|| {
             let err = DataFusionError::Internal("a one-shot stream was executed twice".into());
             Box::pin(RecordBatchStreamAdapter::new(

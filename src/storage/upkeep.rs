@@ -19,6 +19,7 @@ use deltalake::protocol::checkpoints::{cleanup_metadata, create_checkpoint};
 use deltalake::table::config::TablePropertiesExt as _;
 
 use crate::storage::maintenance;
+use crate::storage::per_table::PerTable;
 
 /// Commits between checkpoints when the table has no `delta.checkpointInterval` (Spark's default).
 pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 10;
@@ -204,8 +205,7 @@ fn auto_compact_min_files(table: &DeltaTable) -> Option<usize> {
 /// Small files each table kept after its last automatic compaction (alone in their partition,
 /// or too big to combine within the target size): compaction starts again only once
 /// `min_files` more have arrived, not after every commit.
-static LEFT_AFTER_COMPACTION: LazyLock<Mutex<HashMap<String, usize>>> =
-    LazyLock::new(Mutex::default);
+static LEFT_AFTER_COMPACTION: PerTable<usize> = PerTable::new();
 
 /// One automatic compaction at a time in the process, each rewriting one file at a time: it
 /// shares the query runtime with queries and writers.
@@ -225,16 +225,7 @@ fn small_files(table: &DeltaTable) -> crate::error::Result<usize> {
 /// Compacts the table (as `OPTIMIZE`, which never blocks writers) when it holds at least
 /// `min_files` more files smaller than its target size than its last compaction left.
 async fn auto_compact(mut table: DeltaTable, min_files: usize) -> crate::error::Result<()> {
-    let key = table.table_url().to_string();
-    let left = |key: &str| {
-        LEFT_AFTER_COMPACTION
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .copied()
-            .unwrap_or(0)
-    };
-    if small_files(&table)? < left(&key) + min_files {
+    if small_files(&table)? < LEFT_AFTER_COMPACTION.get(&table) + min_files {
         return Ok(());
     }
     let _one_at_a_time = COMPACTION
@@ -246,10 +237,7 @@ async fn auto_compact(mut table: DeltaTable, min_files: usize) -> crate::error::
     let report = maintenance::optimize(table.clone(), &state, &[], Vec::new(), Some(1)).await?;
     table.update_incremental(Some(report.version)).await?;
     let remaining = small_files(&table)?;
-    LEFT_AFTER_COMPACTION
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key, remaining);
+    LEFT_AFTER_COMPACTION.set(&table, remaining);
     tracing::info!(
         table = %table.table_url(),
         files_removed = report.files_removed,

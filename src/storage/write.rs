@@ -4,9 +4,8 @@
 //! makes them visible is written last: a failure or a disconnect before it leaves only unreferenced
 //! files, never a half-visible write.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::datasource::provider_as_source;
@@ -23,6 +22,7 @@ use futures::StreamExt;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::error::{Error, Result};
+use crate::storage::per_table::PerTable;
 use crate::storage::storable::storable_stream;
 use crate::storage::table::OnceStream;
 use crate::storage::{group_commit, upkeep};
@@ -74,14 +74,8 @@ pub async fn take_turn(table: &mut DeltaTable) -> Result<OwnedMutexGuard<()>> {
 
 /// The lock whose holder is `table`'s writer in this process.
 pub(crate) fn turn(table: &DeltaTable) -> Arc<AsyncMutex<()>> {
-    static TURNS: LazyLock<Mutex<HashMap<String, Arc<AsyncMutex<()>>>>> =
-        LazyLock::new(Mutex::default);
-    TURNS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .entry(table.table_url().to_string())
-        .or_default()
-        .clone()
+    static TURNS: PerTable<Arc<AsyncMutex<()>>> = PerTable::new();
+    TURNS.get(table)
 }
 
 /// Brings a loaded table to its latest version (a handle never loaded stays as it is).
@@ -130,9 +124,10 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
             }
             Err(e) => {
                 let message = e.to_string();
-                if let Ok(mut slot) = input_error.lock() {
-                    slot.get_or_insert(e);
-                }
+                input_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_or_insert(e);
                 Err(DataFusionError::Execution(message))
             }
         });
@@ -202,7 +197,10 @@ fn write_error(
     e: deltalake::DeltaTableError,
     input_error: &Mutex<Option<DataFusionError>>,
 ) -> Error {
-    let original = input_error.lock().ok().and_then(|mut slot| slot.take());
+    let original = input_error
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
     if let Some(original) = original {
         return Error::DataFusion(original);
     }

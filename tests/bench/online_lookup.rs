@@ -7,6 +7,10 @@
 //! Each lookup is what an application does per request: bind the parameters (DoPut), execute
 //! (GetFlightInfo), fetch (DoGet). The server runs in this process on its own runtime, the client on
 //! another; they talk over TCP on 127.0.0.1.
+//!
+//! Last, with one view: single-key lookups while another client runs a large `REFRESH` (a view over
+//! ten times the rows, recomputed whole), against the same lookups with nothing else running. The
+//! refresh runs on the server's query runtime, not on the threads that answer lookups' RPCs.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +31,17 @@ const VIEW: &str = "\
 SELECT user_id, max(ts) AS event_time, count(*) AS events, sum(clicks) AS clicks,
        avg(clicks) AS mean_clicks, min(ts) AS first_seen
 FROM events GROUP BY user_id
+";
+
+/// The view the refresh phase recomputes: every row of `big_events`, each time a source changed.
+const BIG_VIEW: &str = "\
+-- @entity user_id
+-- @event_time event_time
+-- @materialize offline, online
+-- @refresh full
+SELECT user_id, max(ts) AS event_time, count(*) AS events, sum(clicks) AS clicks,
+       approx_distinct(clicks) AS kinds, stddev(clicks) AS spread
+FROM big_events GROUP BY user_id
 ";
 
 struct Args {
@@ -65,6 +80,10 @@ fn run(args: &Args, views: usize) {
     for v in 0..views {
         std::fs::write(sql_dir.join(format!("features/view_{v}.sql")), VIEW).expect("view");
     }
+    let during_refresh = views == 1;
+    if during_refresh {
+        std::fs::write(sql_dir.join("features/big.sql"), BIG_VIEW).expect("view");
+    }
     let warehouse = url::Url::from_directory_path(dir.path().join("warehouse")).expect("url");
     std::fs::create_dir_all(dir.path().join("warehouse")).expect("warehouse");
 
@@ -88,7 +107,13 @@ fn run(args: &Args, views: usize) {
              FROM generate_series(1, {})",
             users * 5
         );
-        for sql in [setup.as_str(), "REFRESH FEATURE VIEWS"] {
+        let big = format!(
+            "CREATE TABLE big_events AS SELECT value % {users} AS user_id, \
+             to_timestamp_seconds(1790000000 - value) AS ts, value % 13 AS clicks \
+             FROM generate_series(1, {})",
+            if during_refresh { users * 50 } else { 1 }
+        );
+        for sql in [setup.as_str(), big.as_str(), "REFRESH FEATURE VIEWS"] {
             let started = Instant::now();
             let stream = quiver::query::run_sql(&session, sql).await.expect("setup");
             let _: Vec<RecordBatch> = stream.try_collect().await.expect("setup rows");
@@ -254,8 +279,71 @@ fn run(args: &Args, views: usize) {
                 &mut keys,
             )
             .await;
+        if during_refresh {
+            lookups_during_refresh(
+                &endpoint,
+                &mut sql,
+                &mut single[0],
+                args.lookups,
+                &mut next_key,
+            )
+            .await;
+        }
     });
     server.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// Single-key lookups with nothing else running, then while another connection runs a full
+/// `REFRESH` of the big view (a source changed first, so it recomputes every row). Lookups keep
+/// going until the refresh has answered; each phase reports its own percentiles.
+async fn lookups_during_refresh(
+    endpoint: &tonic::transport::Endpoint,
+    sql: &mut FlightSqlServiceClient<tonic::transport::Channel>,
+    statement: &mut arrow_flight::sql::client::PreparedStatement<tonic::transport::Channel>,
+    lookups: usize,
+    next_key: &mut impl FnMut() -> i64,
+) {
+    let mut quiet = Vec::with_capacity(lookups / 4);
+    for _ in 0..lookups / 4 {
+        let (took, _) = lookup(sql, statement, &[next_key()]).await;
+        quiet.push(took);
+    }
+    report("1 key, nothing else running", &mut quiet);
+    let mut admin = FlightSqlServiceClient::new(endpoint.connect().await.expect("connect"));
+    admin
+        .execute_update("INSERT INTO big_events VALUES (0, now(), 1)".into(), None)
+        .await
+        .expect("insert");
+    let refresh = tokio::spawn(async move {
+        let started = Instant::now();
+        let info = admin
+            .execute("REFRESH FEATURE VIEW big".into(), None)
+            .await
+            .expect("refresh");
+        let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+        let _: Vec<RecordBatch> = admin
+            .do_get(ticket)
+            .await
+            .expect("refresh rows")
+            .try_collect()
+            .await
+            .expect("refresh rows");
+        started.elapsed()
+    });
+    let mut busy = Vec::new();
+    while !refresh.is_finished() {
+        let (took, _) = lookup(sql, statement, &[next_key()]).await;
+        busy.push(took);
+    }
+    let took = refresh.await.expect("refresh task");
+    eprintln!(
+        "REFRESH FEATURE VIEW big (full, {} lookups meanwhile) took {took:.1?}",
+        busy.len()
+    );
+    report(
+        "1 key, during a full REFRESH of a 50x larger view",
+        &mut busy,
+    );
 }
 
 /// The server's share of a lookup, without the network: plan the SQL, bind the key, execute.

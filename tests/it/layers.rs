@@ -2,7 +2,7 @@
 //! one above. Read from the source text (`crate::<module>` paths outside comments), so an upward
 //! import fails here with the file and line, before it can grow into a cycle.
 //!
-//! error -> storage -> {features, scoring} -> planning -> session -> {query, auth, executor}
+//! {error, parameters} -> storage -> {features, scoring} -> planning -> session -> {query, auth, executor}
 //!   -> ingest -> flight -> {server, config, demo, telemetry}
 
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 /// `features` and `scoring` share a layer but stay apart (see [`APART`]).
 const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
+    ("parameters", 0),
     ("storage", 1),
     ("features", 2),
     ("scoring", 2),

@@ -132,3 +132,48 @@ def test_upload_and_message_limits_name_the_setting(limited):
         writer.write_table(huge, max_chunksize=len(huge))
         writer.close()
     assert client.do_get(flight.Ticket(b"SELECT 4 AS four")).read_all().num_rows == 1
+
+
+def test_prepare_and_metadata_rpcs_are_within_the_cap(limited):
+    """Preparing a statement plans it and listing tables reads the warehouse: both wait for a slot
+    like a query (and run under --query-timeout with it), rather than slipping past the cap."""
+    client = flight.connect(limited.uri)
+    held = [client.do_get(flight.Ticket(ENDLESS)) for _ in range(2)]
+    for reader in held:
+        reader.read_chunk()
+    with dbapi.connect(limited.uri, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            with pytest.raises(adbc_driver_manager.Error, match=r"--max-concurrent-queries.*\(ResourceExhausted;"):
+                cur.adbc_prepare("SELECT 1 AS one")
+        with pytest.raises(adbc_driver_manager.Error, match=r"--max-concurrent-queries"):
+            conn.adbc_get_objects(depth="tables").read_all()
+    for reader in held:
+        reader.cancel()
+    del held
+    deadline = time.monotonic() + 10
+    with dbapi.connect(limited.uri, autocommit=True) as conn:
+        while True:
+            try:
+                with conn.cursor() as cur:
+                    cur.adbc_prepare("SELECT 1 AS one")
+                break
+            except adbc_driver_manager.Error:
+                assert time.monotonic() < deadline, "slots were not freed after the clients went away"
+                time.sleep(0.1)
+        objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+        assert any(c["catalog_name"] == "quiver" for c in objects)
+
+
+def test_parameter_uploads_are_bounded_by_the_upload_limit(limited):
+    big = pa.table({"id": pa.array(range(300_000), pa.int64())})  # 2.4 MB of parameters > 1 MiB
+    with dbapi.connect(limited.uri, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE bound_ids (id BIGINT)")
+            with pytest.raises(adbc_driver_manager.Error, match=r"--max-upload-size.*\(ResourceExhausted;"):
+                cur.executemany("INSERT INTO bound_ids VALUES (?)", big)
+            with pytest.raises(adbc_driver_manager.Error, match=r"--max-upload-size.*\(ResourceExhausted;"):
+                cur.execute("SELECT ? AS id", big)
+                cur.fetchall()
+            # Within the limit both work, and the refused insert wrote nothing.
+            cur.executemany("INSERT INTO bound_ids VALUES (?)", big.slice(0, 1000))
+        assert rows(conn, "SELECT count(*) AS n FROM bound_ids") == [{"n": 1000}]

@@ -1,10 +1,12 @@
-//! Delta table statements DataFusion's parser does not know, in Databricks/Spark syntax: `OPTIMIZE`,
-//! `VACUUM`, `RESTORE TABLE`, `DESCRIBE HISTORY` / `DESCRIBE DETAIL` and `ALTER TABLE ... ADD
-//! COLUMNS / SET TBLPROPERTIES`.
+//! The statements DataFusion's parser does not know, all read here one way: Delta table statements in
+//! Databricks/Spark syntax (`OPTIMIZE`, `VACUUM`, `RESTORE TABLE`, `DESCRIBE HISTORY` / `DESCRIBE
+//! DETAIL`, `ALTER TABLE ... ADD COLUMNS / SET TBLPROPERTIES`) and Quiver's own `REFRESH FEATURE
+//! VIEW[S]`, `RELOAD MODELS` and `RELOAD FEATURE VIEWS`.
 //!
 //! Read with sqlparser's own parser (names, literals and expressions read as in every other
 //! statement); [`parse`] answers `None` for anything else, which then goes to DataFusion.
 
+use datafusion::common::TableReference;
 use datafusion::sql::sqlparser::ast::{ColumnDef, Expr, Ident, ObjectName, Value};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
@@ -13,6 +15,35 @@ use datafusion::sql::sqlparser::tokenizer::Token;
 use crate::error::{Error, Result};
 use crate::query::rewrite::parse_timestamp;
 use crate::storage::AsOf;
+
+/// One statement of this module's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandStatement {
+    Table(TableStatement),
+    /// `REFRESH FEATURE VIEW <name>` (`Some`) or `REFRESH FEATURE VIEWS` (`None`).
+    RefreshFeatureViews {
+        name: Option<String>,
+    },
+    /// `RELOAD MODELS`.
+    ReloadModels,
+    /// `RELOAD FEATURE VIEWS`.
+    ReloadFeatureViews,
+}
+
+impl CommandStatement {
+    /// The statement as messages name it.
+    fn describe(&self) -> String {
+        match self {
+            CommandStatement::Table(t) => format!("{} {}", t.operation.name(), t.table),
+            CommandStatement::RefreshFeatureViews { name: Some(name) } => {
+                format!("REFRESH FEATURE VIEW {name}")
+            }
+            CommandStatement::RefreshFeatureViews { name: None } => "REFRESH FEATURE VIEWS".into(),
+            CommandStatement::ReloadModels => "RELOAD MODELS".into(),
+            CommandStatement::ReloadFeatureViews => "RELOAD FEATURE VIEWS".into(),
+        }
+    }
+}
 
 /// One table statement: the table named and what to do with it.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,40 +102,115 @@ impl TableOperation {
 }
 
 /// The statement in `sql` when it is one of this module's; `None` for any other statement.
-pub fn parse(sql: &str) -> Result<Option<TableStatement>> {
+pub fn parse(sql: &str) -> Result<Option<CommandStatement>> {
     let dialect = GenericDialect {};
     let mut parser = Parser::new(&dialect)
         .try_with_sql(sql)
         .map_err(|e| Error::InvalidInput(e.to_string()))?;
-    let parsed = if word(&mut parser, "OPTIMIZE") {
-        optimize(&mut parser)
-    } else if word(&mut parser, "VACUUM") {
-        vacuum(&mut parser)
-    } else if word(&mut parser, "RESTORE") {
-        restore(&mut parser)
-    } else if word(&mut parser, "DESCRIBE") || word(&mut parser, "DESC") {
-        describe(&mut parser)
-    } else if word(&mut parser, "ALTER") && word(&mut parser, "TABLE") {
-        alter(&mut parser)
+    let statement = if word(&mut parser, "REFRESH") {
+        refresh(&mut parser).map_err(|e| usage(REFRESH_USAGE, sql, e))?
+    } else if word(&mut parser, "RELOAD") {
+        reload(&mut parser).map_err(|e| usage(RELOAD_USAGE, sql, e))?
     } else {
-        return Ok(None);
-    };
-    let statement = match parsed {
-        Ok(Some(statement)) => statement,
-        Ok(None) => return Ok(None),
-        Err(e) => return Err(Error::InvalidInput(e.to_string())),
+        match table_statement(&mut parser) {
+            Ok(Some(statement)) => CommandStatement::Table(statement),
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(Error::InvalidInput(e.to_string())),
+        }
     };
     while parser.consume_token(&Token::SemiColon) {}
     let rest = parser.peek_token();
     if rest.token != Token::EOF {
         return Err(Error::InvalidInput(format!(
-            "unexpected '{}' after {} {}",
+            "unexpected '{}' after {}",
             rest.token,
-            statement.operation.name(),
-            statement.table
+            statement.describe()
         )));
     }
     Ok(Some(statement))
+}
+
+const REFRESH_USAGE: &str = "expected REFRESH FEATURE VIEW <name> or REFRESH FEATURE VIEWS";
+const RELOAD_USAGE: &str = "expected RELOAD MODELS or RELOAD FEATURE VIEWS";
+
+fn usage(usage: &str, sql: &str, e: ParserError) -> Error {
+    let detail = match e {
+        ParserError::ParserError(detail) | ParserError::TokenizerError(detail) => detail,
+        other => other.to_string(),
+    };
+    Error::InvalidInput(format!("{usage}, got {} ({detail})", sql.trim()))
+}
+
+/// After `REFRESH`: `FEATURE VIEWS` or `FEATURE VIEW [features.]<name>`.
+fn refresh(parser: &mut Parser) -> std::result::Result<CommandStatement, ParserError> {
+    expect_word(parser, "FEATURE")?;
+    if word(parser, "VIEWS") {
+        return Ok(CommandStatement::RefreshFeatureViews { name: None });
+    }
+    expect_word(parser, "VIEW")?;
+    let name = parser.parse_object_name(false)?;
+    let name = match object_name_reference(&name) {
+        TableReference::Bare { table } => table.to_string(),
+        TableReference::Partial { schema, table }
+            if *schema == *crate::features::FEATURES_SCHEMA =>
+        {
+            table.to_string()
+        }
+        _ => {
+            return Err(ParserError::ParserError(format!(
+                "'{name}' is not a feature view name"
+            )));
+        }
+    };
+    Ok(CommandStatement::RefreshFeatureViews { name: Some(name) })
+}
+
+/// After `RELOAD`: `MODELS` or `FEATURE VIEWS`.
+fn reload(parser: &mut Parser) -> std::result::Result<CommandStatement, ParserError> {
+    if word(parser, "MODELS") {
+        return Ok(CommandStatement::ReloadModels);
+    }
+    expect_word(parser, "FEATURE")?;
+    expect_word(parser, "VIEWS")?;
+    Ok(CommandStatement::ReloadFeatureViews)
+}
+
+/// A parsed table name as DataFusion reads one: unquoted parts lower-cased.
+pub fn object_name_reference(name: &ObjectName) -> TableReference {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| match part.as_ident() {
+            Some(ident) if ident.quote_style.is_some() => ident.value.clone(),
+            Some(ident) => ident.value.to_lowercase(),
+            None => part.to_string(),
+        })
+        .collect();
+    match parts.as_slice() {
+        [table] => TableReference::bare(table.as_str()),
+        [schema, table] => TableReference::partial(schema.as_str(), table.as_str()),
+        [catalog, schema, table] => {
+            TableReference::full(catalog.as_str(), schema.as_str(), table.as_str())
+        }
+        _ => TableReference::bare(name.to_string()),
+    }
+}
+
+/// A Delta table statement, `None` for any other statement.
+fn table_statement(parser: &mut Parser) -> Parsed {
+    if word(parser, "OPTIMIZE") {
+        optimize(parser)
+    } else if word(parser, "VACUUM") {
+        vacuum(parser)
+    } else if word(parser, "RESTORE") {
+        restore(parser)
+    } else if word(parser, "DESCRIBE") || word(parser, "DESC") {
+        describe(parser)
+    } else if word(parser, "ALTER") && word(parser, "TABLE") {
+        alter(parser)
+    } else {
+        Ok(None)
+    }
 }
 
 type Parsed = std::result::Result<Option<TableStatement>, ParserError>;
@@ -295,7 +401,10 @@ mod tests {
     use super::*;
 
     fn op(sql: &str) -> TableOperation {
-        parse(sql).unwrap().unwrap().operation
+        match parse(sql).unwrap().unwrap() {
+            CommandStatement::Table(statement) => statement.operation,
+            other => panic!("not a table statement: {other:?}"),
+        }
     }
 
     #[test]
@@ -350,6 +459,28 @@ mod tests {
     }
 
     #[test]
+    fn refresh_and_reload_parse() {
+        let refresh = |name: Option<&str>| CommandStatement::RefreshFeatureViews {
+            name: name.map(str::to_string),
+        };
+        for (sql, expected) in [
+            ("REFRESH FEATURE VIEWS", refresh(None)),
+            (
+                "refresh feature view User_Activity;",
+                refresh(Some("user_activity")),
+            ),
+            (
+                "REFRESH FEATURE VIEW features.\"Mixed\"",
+                refresh(Some("Mixed")),
+            ),
+            ("  RELOAD   models ; ", CommandStatement::ReloadModels),
+            ("reload feature views", CommandStatement::ReloadFeatureViews),
+        ] {
+            assert_eq!(parse(sql).unwrap(), Some(expected), "{sql}");
+        }
+    }
+
+    #[test]
     fn other_statements_are_left_to_datafusion() {
         for sql in [
             "SELECT 1",
@@ -370,6 +501,23 @@ mod tests {
             ("RESTORE t TO 3", "VERSION AS OF"),
             ("VACUUM t DRY", "Expected: RUN"),
             ("OPTIMIZE t extra", "unexpected 'extra' after OPTIMIZE t"),
+            (
+                "REFRESH FEATURE x",
+                "expected REFRESH FEATURE VIEW <name> or REFRESH",
+            ),
+            (
+                "REFRESH FEATURE VIEW a.b.c",
+                "'a.b.c' is not a feature view name",
+            ),
+            (
+                "REFRESH FEATURE VIEWS now",
+                "unexpected 'now' after REFRESH FEATURE VIEWS",
+            ),
+            (
+                "RELOAD FEATURE VIEW",
+                "expected RELOAD MODELS or RELOAD FEATURE VIEWS, got RELOAD FEATURE VIEW",
+            ),
+            ("RELOAD", "expected RELOAD MODELS or RELOAD FEATURE VIEWS"),
         ] {
             let e = parse(sql).unwrap_err().to_string();
             assert!(e.contains(expected), "{sql}: {e}");
