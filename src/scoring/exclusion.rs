@@ -55,7 +55,7 @@ pub struct Exclusion {
 enum State {
     /// Not tried yet, or the last try failed (tried again by the next call).
     Unknown,
-    Indexed(Index),
+    Indexed(Box<Index>),
     /// Run per call, for this reason.
     PerCall(String),
 }
@@ -69,6 +69,8 @@ struct Index {
     at: LogMark,
     items: HashMap<i64, Vec<i64>>,
     rows: usize,
+    /// Times rows of later commits were added since the index was built.
+    appended: usize,
 }
 
 impl Exclusion {
@@ -108,7 +110,7 @@ impl Exclusion {
                     table = %index.table, version = index.at.version(), keys = index.items.len(),
                     rows = index.rows, "[exclude] index built"
                 );
-                *current = State::Indexed(index);
+                *current = State::Indexed(Box::new(index));
                 Ok(true)
             }
             Ok(Update::Append(at, rows)) => {
@@ -149,14 +151,20 @@ impl Exclusion {
     /// How the query is answered, for EXPLAIN.
     pub fn describe(&self) -> String {
         match &*self.read() {
-            State::Indexed(index) => format!(
-                "index of {} by {} at version {} ({} keys, {} rows)",
-                index.table,
-                index.key,
-                index.at.version(),
-                index.items.len(),
-                index.rows
-            ),
+            State::Indexed(index) => {
+                let appended = match index.appended {
+                    0 => String::new(),
+                    n => format!(", {n} appends since built"),
+                };
+                format!(
+                    "index of {} by {} at version {} ({} keys, {} rows){appended}",
+                    index.table,
+                    index.key,
+                    index.at.version(),
+                    index.items.len(),
+                    index.rows
+                )
+            }
             State::PerCall(reason) => format!("per call ({reason})"),
             State::Unknown => "not built".into(),
         }
@@ -261,14 +269,23 @@ impl Index {
             at,
             items: HashMap::new(),
             rows: 0,
+            appended: 0,
         };
-        let at = index.at.clone();
-        index.append(at, rows);
+        index.add(rows);
         index
     }
 
-    /// Adds (key, item) rows, now at version `at`; each key's items stay sorted, without repeats.
+    /// Adds the (key, item) rows of the commits up to `at`.
     fn append(&mut self, at: LogMark, rows: Vec<(i64, i64)>) {
+        if at.version() != self.at.version() {
+            self.appended += 1;
+        }
+        self.add(rows);
+        self.at = at;
+    }
+
+    /// Adds (key, item) rows; each key's items stay sorted, without repeats.
+    fn add(&mut self, rows: Vec<(i64, i64)>) {
         self.rows += rows.len();
         let mut touched = HashSet::new();
         for (key, item) in rows {
@@ -281,7 +298,6 @@ impl Index {
                 items.dedup();
             }
         }
-        self.at = at;
     }
 }
 

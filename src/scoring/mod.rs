@@ -1,8 +1,9 @@
 //! Scoring: ONNX models from `--models-dir`, run in-process with tract and called from SQL.
 //!
 //! Each model is a directory `<models-dir>/<name>/` holding `model.onnx` and `model.toml`
-//! ([`spec`]). The [`ModelRegistry`] loads them into optimized tract plans ([`onnx`]), reloads a
-//! directory whose files changed (`RELOAD MODELS`, or the server's poll), and swaps each model whole:
+//! ([`spec`]). The [`ModelRegistry`] loads them into optimized tract plans ([`onnx`], fed through
+//! [`tensors`]), reloads a directory whose files changed (`RELOAD MODELS`, or the server's poll), and
+//! swaps each model whole:
 //! a query holds the `Arc<Model>` it planned with, so it finishes on that version. A model that fails
 //! to load is reported in `system.models` and the log, and its previous version keeps serving.
 //!
@@ -20,6 +21,7 @@ pub mod recommend_items;
 pub mod retrieval;
 pub mod spec;
 pub mod system;
+pub mod tensors;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -20,8 +20,8 @@ use datafusion::logical_expr::{
     Signature, Volatility,
 };
 
-use crate::scoring::onnx::{pack_input, result_column, result_type};
 use crate::scoring::spec::TensorSpec;
+use crate::scoring::tensors::{pack_input, result_column, result_type};
 use crate::scoring::{Model, ModelRegistry};
 
 pub const NAME: &str = "predict";

@@ -6,6 +6,7 @@ mod common;
 mod feature_views;
 mod features;
 mod flight_sql;
+mod following;
 mod fuzz;
 mod layers;
 mod models;

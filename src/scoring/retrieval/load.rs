@@ -12,8 +12,9 @@ use futures::TryStreamExt;
 use tract_onnx::prelude::{IntoTValue, TVec, Tensor, tvec};
 
 use crate::error::{Error, Result};
-use crate::scoring::onnx::{OnnxModel, list_rows};
+use crate::scoring::onnx::OnnxModel;
 use crate::scoring::spec::{ElementType, Metric, ModelSpec, TensorSpec};
+use crate::scoring::tensors::list_rows;
 
 use super::{ITEM_TOWER_BATCH, Retrieval, normalize};
 
