@@ -51,6 +51,9 @@ pub enum Error {
     #[error(transparent)]
     Delta(#[from] DeltaTableError),
 
+    /// Arrow failed on a batch or schema the server built (a report, a system table, its own result
+    /// stream): a bug, so Internal. Client data that Arrow rejects is said as `InvalidInput` where it
+    /// is read (uploads, parameters, casts to Delta types).
     #[error(transparent)]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
 
@@ -138,7 +141,7 @@ impl Error {
             Error::Conflict { .. } => Code::Aborted,
             Error::DataFusion(e) => datafusion_code(e),
             Error::Delta(e) => delta_code(e),
-            Error::Arrow(_) => Code::InvalidArgument,
+            Error::Arrow(_) => Code::Internal,
             Error::ObjectStore(e) => object_store_code(e),
             Error::Flight(e) => flight_code(e),
             Error::Io(_) => Code::Unavailable,
@@ -317,6 +320,17 @@ fn object_store_code(e: &object_store::Error) -> Code {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_the_server_built_wrong_is_internal() {
+        use datafusion::arrow::array::{Int64Array, RecordBatch};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        use std::sync::Arc;
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Utf8, false)]));
+        let wrong = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1]))]);
+        let error: Error = wrong.expect_err("a column of another type").into();
+        assert_eq!(error.code(), Code::Internal);
+    }
 
     #[test]
     fn wrapped_errors_keep_their_kind() {
