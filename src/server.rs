@@ -157,6 +157,13 @@ pub async fn serve(
     let server = FlightServiceServer::new(service)
         .max_decoding_message_size(options.max_message_bytes)
         .max_encoding_message_size(options.max_message_bytes);
+    // The standard gRPC health service (`grpc.health.v1.Health`) on the same port: SERVING once
+    // serving starts (the session, its views and models are loaded by then), NOT_SERVING from the
+    // moment shutdown begins, so a load balancer stops routing before the calls drain.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<FlightServiceServer<QuiverFlight>>()
+        .await;
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = options.tls {
         install_crypto_provider();
@@ -173,6 +180,12 @@ pub async fn serve(
     let mut drain_rx = stop_rx.clone();
     let signalled = async move {
         shutdown.await;
+        health
+            .set_not_serving::<FlightServiceServer<QuiverFlight>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         tracing::info!("shutting down: no new connections, draining in-flight calls");
         let _ = stop_tx.send(true);
     };
@@ -182,6 +195,7 @@ pub async fn serve(
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .layer(guard)
+        .add_service(health_service)
         .add_service(server)
         .serve_with_incoming_shutdown(incoming(listener), signalled);
     let drain_deadline = async move {

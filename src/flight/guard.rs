@@ -19,6 +19,8 @@ use crate::auth::{Auth, Principal};
 use crate::flight::session_cookie::{self, ClientSettings};
 
 const HANDSHAKE_PATH: &str = "/arrow.flight.protocol.FlightService/Handshake";
+/// The gRPC health checking protocol's RPCs (`Check`, `Watch`).
+const HEALTH_PATH_PREFIX: &str = "/grpc.health.v1.Health/";
 
 /// The session settings a request came with (see [`session_cookie`]), attached by [`GuardLayer`].
 pub fn client_settings<T>(request: &tonic::Request<T>) -> ClientSettings {
@@ -88,7 +90,11 @@ where
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let mut session = None;
-        if request.uri().path() != HANDSHAKE_PATH {
+        // The handshake is how a caller gets a token; a health check comes from a load balancer,
+        // which has none, and says only whether the server serves.
+        let open = request.uri().path() == HANDSHAKE_PATH
+            || request.uri().path().starts_with(HEALTH_PATH_PREFIX);
+        if !open {
             let header = request
                 .headers()
                 .get(http::header::AUTHORIZATION)

@@ -59,6 +59,13 @@ impl TestServer {
         }
     }
 
+    /// Starts the server's shutdown, as SIGTERM does: it stops accepting and drains.
+    pub fn shut_down(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))
             .expect("uri")

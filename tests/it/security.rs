@@ -216,3 +216,57 @@ async fn prepared_info(
         .await
         .map(tonic::Response::into_inner)
 }
+
+/// The standard gRPC health service answers on the Flight port without credentials (a load balancer
+/// has none) while every Flight call still needs them, and turns NOT_SERVING as shutdown begins.
+#[tokio::test]
+async fn health_checks_need_no_token_and_follow_shutdown() {
+    use tonic_health::ServingStatus;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let mut secured = secured_server().await;
+    let mut health = HealthClient::new(secured.channel().await);
+    for service in ["", "arrow.flight.protocol.FlightService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("a health check without a token")
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "service '{service}'");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .expect_err("an unknown service");
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    // Flight calls still need a token.
+    let mut anonymous = FlightSqlServiceClient::new(secured.channel().await);
+    let refused = anonymous
+        .execute("SELECT 1".into(), None)
+        .await
+        .expect_err("no token");
+    assert!(refused.to_string().contains("no credentials"), "{refused}");
+
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("status").expect("a status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    secured.server.shut_down();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
+        .await
+        .expect("a status change within 10 s")
+        .expect("status")
+        .expect("a status");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+}
