@@ -46,7 +46,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Read => "read",
             Role::ReadWrite => "read_write",

@@ -78,6 +78,16 @@ pub struct ServeArgs {
     /// incremental where the sources only had appends. Unset: only `REFRESH FEATURE VIEW` refreshes.
     #[arg(long, env = "QUIVER_REFRESH_INTERVAL")]
     pub refresh_interval: Option<String>,
+
+    /// Serve HTTP on this address (HOST:PORT): `/health`, `/ready` and Prometheus `/metrics`, none
+    /// behind credentials (keep it on loopback or a private network). Unset: no HTTP listener and
+    /// no metrics recorded.
+    #[arg(long, env = "QUIVER_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+
+    /// Statements `system.queries` keeps in memory (the newest); 0 keeps none.
+    #[arg(long, env = "QUIVER_QUERY_HISTORY", default_value_t = crate::history::DEFAULT_CAPACITY)]
+    pub query_history: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -151,6 +161,7 @@ impl QueryArgs {
             memory_limit,
             sql_dir: Some(self.sql_dir.clone()),
             models_dir: Some(self.models_dir.clone()),
+            ..SessionOptions::default()
         })
     }
 }
@@ -251,14 +262,27 @@ pub struct WarehouseArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
-    /// Log filter in tracing's EnvFilter syntax (e.g. "info", "warn,quiver=debug").
+    /// Log filter in tracing's EnvFilter syntax (e.g. "info", "warn,quiver=debug"). Default:
+    /// "warn,quiver=info"; for `quiver demo`, "warn" (it prints its own progress).
+    #[arg(long = "log", env = "QUIVER_LOG", global = true)]
+    pub filter: Option<String>,
+
+    /// `text` for people, `json` for log collectors: one object per line, with the request id
+    /// (`system.queries.id` for statements) of the call a line belongs to.
     #[arg(
-        long = "log",
-        env = "QUIVER_LOG",
-        default_value = "warn,quiver=info,buoyant_kernel=off",
+        long = "log-format",
+        env = "QUIVER_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
         global = true
     )]
-    pub filter: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The validated configuration of a server.
@@ -266,6 +290,8 @@ pub struct LogArgs {
 pub struct ServeConfig {
     pub warehouse: Url,
     pub listen: SocketAddr,
+    /// `--http-listen`: health, readiness and metrics over HTTP.
+    pub http_listen: Option<SocketAddr>,
     pub session: SessionOptions,
     pub server: ServerOptions,
 }
@@ -371,16 +397,28 @@ impl ServeArgs {
         };
         let (auth, tls) = self.security.validate(&listen)?;
         let (limits, max_message_bytes) = self.limits.validate()?;
+        let http_listen = match &self.http_listen {
+            None => None,
+            Some(raw) => Some(raw.parse().map_err(|e| Error::Config {
+                setting: "--http-listen",
+                message: format!("'{raw}' is not HOST:PORT: {e}"),
+            })?),
+        };
         Ok(ServeConfig {
             warehouse: self.warehouse.url()?,
             listen,
-            session: self.query.options()?,
+            http_listen,
+            session: SessionOptions {
+                query_history: Some(self.query_history),
+                ..self.query.options()?
+            },
             server: ServerOptions {
                 auth,
                 tls,
                 limits,
                 max_message_bytes,
                 refresh_interval,
+                readiness: Arc::default(),
             },
         })
     }

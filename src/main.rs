@@ -7,7 +7,11 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = quiver::config::Cli::parse();
-    quiver::telemetry::init(&cli.log);
+    let default_filter = match cli.command {
+        quiver::config::Command::Demo(_) => quiver::telemetry::DEMO_FILTER,
+        _ => quiver::telemetry::DEFAULT_FILTER,
+    };
+    quiver::telemetry::init(&cli.log, default_filter);
     match quiver::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         // The message names the problem; a backtrace of a user error is noise.

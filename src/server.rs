@@ -17,6 +17,7 @@ use crate::executor::Executor;
 use crate::flight::guard::GuardLayer;
 use crate::flight::limits::Limits;
 use crate::flight::{QuiverFlight, QuiverFlightSql};
+use crate::http::{Http, HttpListener, Readiness};
 use crate::session::QuiverSession;
 
 /// How the server admits and bounds calls.
@@ -29,6 +30,8 @@ pub struct ServerOptions {
     /// Refresh every materialized feature view this often (`--refresh-interval`); `None`: only
     /// on `REFRESH`.
     pub refresh_interval: Option<Duration>,
+    /// What `/ready` answers: set to serving once Flight serves, to draining at shutdown.
+    pub readiness: Arc<Readiness>,
 }
 
 impl ServerOptions {
@@ -40,6 +43,7 @@ impl ServerOptions {
             limits: Limits::default(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             refresh_interval: None,
+            readiness: Arc::default(),
         })
     }
 }
@@ -84,19 +88,44 @@ const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `quiver serve`: opens the warehouse, binds, prints the address, serves until SIGINT/SIGTERM.
+/// The HTTP listener, if any, answers from the start: live, and not ready until the session loads.
 pub async fn serve_from_config(config: ServeConfig) -> Result<()> {
+    let http = start_http(&config).await?;
     let session =
         QuiverSession::open_with(config.warehouse.clone(), config.session.clone()).await?;
-    serve_session(config, session, |_| String::new()).await
+    serve_session(config, http, session, |_| String::new()).await
+}
+
+/// Starts the HTTP listener `config` asks for (`--http-listen`), printing its address.
+pub async fn start_http(config: &ServeConfig) -> Result<Option<Http>> {
+    let Some(address) = config.http_listen else {
+        return Ok(None);
+    };
+    let listener = HttpListener::bind(address, config.server.readiness.clone()).await?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "HTTP: /health, /ready, /metrics");
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "quiver http on http://{address}")?;
+    stdout.flush()?;
+    Ok(Some(listener.spawn()))
 }
 
 /// Serves an opened session as `config` says; once listening, prints the address and then what
-/// `banner` makes of the server's URI.
+/// `banner` makes of the server's URI. `http`: the HTTP listener, if started already (else it is
+/// started here when configured).
 pub async fn serve_session(
     config: ServeConfig,
+    http: Option<Http>,
     session: QuiverSession,
     banner: impl FnOnce(&str) -> String,
 ) -> Result<()> {
+    let http = match http {
+        Some(http) => Some(http),
+        None => start_http(&config).await?,
+    };
+    if let Some(http) = &http {
+        http.set_session(&session);
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Config {
@@ -112,12 +141,16 @@ pub async fn serve_session(
     };
     tracing::info!(warehouse = %config.warehouse, %address, auth = config.server.auth.is_enabled(), "serving");
     let uri = format!("{scheme}://{address}");
+    // Bound, and the session loaded: ready from the moment a client can learn the address (calls
+    // queue on the bound listener until serving starts just below).
+    config.server.readiness.serving();
     let mut stdout = std::io::stdout();
     writeln!(stdout, "quiver listening on {uri}")?;
     write!(stdout, "{}", banner(&uri))?;
     stdout.flush()?;
     let served = serve(listener, session, config.server, shutdown).await;
     crate::storage::upkeep::finish().await;
+    drop(http);
     served
 }
 
@@ -147,6 +180,7 @@ pub async fn serve(
         session.models().clone(),
     ));
     let guard = GuardLayer::new(options.auth.clone());
+    let readiness = options.readiness.clone();
     let service = QuiverFlight::new(QuiverFlightSql::new(
         session,
         executor,
@@ -180,6 +214,7 @@ pub async fn serve(
     let mut drain_rx = stop_rx.clone();
     let signalled = async move {
         shutdown.await;
+        readiness.draining();
         health
             .set_not_serving::<FlightServiceServer<QuiverFlight>>()
             .await;
@@ -189,6 +224,7 @@ pub async fn serve(
         tracing::info!("shutting down: no new connections, draining in-flight calls");
         let _ = stop_tx.send(true);
     };
+    options.readiness.serving();
     let serving = builder
         // Uploads of Arrow batches are large: HTTP/2's default 64 KiB windows would stall each
         // stream on a round trip per window.

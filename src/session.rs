@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::execution::context::SessionState;
-use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryLimit};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -13,9 +13,10 @@ use url::Url;
 
 use crate::error::Result;
 use crate::features::{FEATURES_SCHEMA, FeatureStore};
+use crate::history::{self, QueryHistory, Viewer};
 use crate::planning::{AsofRelationPlanner, QuiverPlanner};
-use crate::scoring::system::SystemSchema;
-use crate::scoring::{self, ModelRegistry, SYSTEM_SCHEMA};
+use crate::scoring::{self, ModelRegistry};
+use crate::storage::system::{ReadOnlySchema, SYSTEM_SCHEMA, snapshot_table};
 use crate::storage::{CATALOG, DEFAULT_SCHEMA, Warehouse, WarehouseCatalog};
 
 /// Everything a query needs: the DataFusion context over the warehouse.
@@ -29,6 +30,7 @@ pub struct QuiverSession {
     catalog: Arc<WarehouseCatalog>,
     features: Arc<FeatureStore>,
     models: Arc<ModelRegistry>,
+    history: Arc<QueryHistory>,
 }
 
 /// Settings of query execution (`quiver serve` / `quiver sql` flags).
@@ -41,6 +43,11 @@ pub struct SessionOptions {
     pub sql_dir: Option<PathBuf>,
     /// Where models are read from (`<models_dir>/<name>/model.toml`). `None`: no models.
     pub models_dir: Option<PathBuf>,
+    /// Models are not loaded when the session opens: the caller loads them (`models().reload`)
+    /// once the tables they read exist (the demo writes its tables first).
+    pub defer_models: bool,
+    /// Statements `system.queries` keeps (`--query-history`); `None`: the default, 0: none.
+    pub query_history: Option<usize>,
 }
 
 impl QuiverSession {
@@ -109,9 +116,23 @@ impl QuiverSession {
         });
         // The warehouse's catalog, with what the layers above storage serve in it: `system`'s
         // tables about the server, and materialized feature views from memory.
-        let system = Arc::new(SystemSchema {
-            models: models.clone(),
-        });
+        let history = Arc::new(QueryHistory::new(
+            session_options
+                .query_history
+                .unwrap_or(history::DEFAULT_CAPACITY),
+        ));
+        let recorded = history.clone();
+        let queries = snapshot_table(history::schema(), move |ctx| {
+            history::batch_for(&recorded, ctx)
+        })?;
+        let system = Arc::new(
+            ReadOnlySchema::new(SYSTEM_SCHEMA)
+                .with_table(
+                    scoring::system::MODELS_TABLE,
+                    scoring::system::models_table(models.clone())?,
+                )
+                .with_table(history::QUERIES_TABLE, queries),
+        );
         let catalog = Arc::new(
             WarehouseCatalog::new(warehouse.clone(), settings)
                 .with_schema(SYSTEM_SCHEMA, system)
@@ -125,13 +146,16 @@ impl QuiverSession {
             catalog,
             features,
             models,
+            history,
         };
         session
             .features
             .open_all(&session.ctx, &session.catalog)
             .await;
         // Models come last: a two-tower model reads its items with SQL, possibly from feature views.
-        session.models.reload(&session.ctx).await?;
+        if !session_options.defer_models {
+            session.models.reload(&session.ctx).await?;
+        }
         Ok(session)
     }
 
@@ -164,6 +188,48 @@ impl QuiverSession {
             ctx: SessionContext::new_with_state(state),
             ..self.clone()
         })
+    }
+
+    /// This session as `viewer` queries it: `system.queries` shows only their statements.
+    pub fn viewed_by(&self, viewer: Viewer) -> Self {
+        let mut state = self.ctx.state();
+        state.config_mut().set_extension(Arc::new(viewer));
+        Self {
+            ctx: SessionContext::new_with_state(state),
+            ..self.clone()
+        }
+    }
+
+    /// Sets the gauges read at scrape time: the query memory pool, and each materialized view's
+    /// age and online index.
+    pub fn record_gauges(&self) {
+        use ::metrics::gauge;
+
+        use crate::metrics::{
+            MEMORY_LIMIT, MEMORY_USED, ONLINE_BYTES, ONLINE_ENTRIES, VIEW_AGE, bounded,
+        };
+        let pool = &self.ctx.runtime_env().memory_pool;
+        gauge!(MEMORY_USED).set(pool.reserved() as f64);
+        if let MemoryLimit::Finite(limit) = pool.memory_limit() {
+            gauge!(MEMORY_LIMIT).set(limit as f64);
+        }
+        for view in self.features.materialized_views() {
+            let Some(materialized) = view.materialized() else {
+                continue;
+            };
+            let name = bounded(&view.definition.name);
+            gauge!(VIEW_AGE, "view" => name.clone())
+                .set(materialized.loaded_at.elapsed().as_secs_f64());
+            if let Some(index) = &materialized.index {
+                gauge!(ONLINE_ENTRIES, "view" => name.clone()).set(index.len() as f64);
+                gauge!(ONLINE_BYTES, "view" => name).set(index.memory_bytes() as f64);
+            }
+        }
+    }
+
+    /// The statements this server ran (`system.queries`).
+    pub fn history(&self) -> &Arc<QueryHistory> {
+        &self.history
     }
 
     pub fn state(&self) -> SessionState {

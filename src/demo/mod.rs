@@ -18,7 +18,7 @@ use crate::config::DemoArgs;
 use crate::error::{Error, Result};
 use crate::features::refresh::Mode;
 use crate::ingest::{IngestMode, IngestOptions, ingest};
-use crate::session::QuiverSession;
+use crate::session::{QuiverSession, SessionOptions};
 use crate::storage::DEFAULT_SCHEMA;
 use dataset::{Spec, World};
 
@@ -27,14 +27,21 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let config = args.serve.validate()?;
     let spec = args.dataset.spec()?;
     let started = Instant::now();
-    let session =
-        QuiverSession::open_with(config.warehouse.clone(), config.session.clone()).await?;
+    // The models read the demo's tables: loaded once they are written (`load_models`), so a fresh
+    // warehouse does not greet a newcomer with "model failed to load: table not found".
+    let options = SessionOptions {
+        defer_models: true,
+        ..config.session.clone()
+    };
+    // Live from the start, ready once the demo is prepared.
+    let http = crate::server::start_http(&config).await?;
+    let session = QuiverSession::open_with(config.warehouse.clone(), options).await?;
     println!("preparing the demo in {}", config.warehouse);
     write_tables(&session, &spec).await?;
     materialize_views(&session).await?;
     load_models(&session, &spec).await?;
     println!("demo ready in {:.1} s", started.elapsed().as_secs_f64());
-    crate::server::serve_session(config, session, snippets).await
+    crate::server::serve_session(config, http, session, snippets).await
 }
 
 /// Writes `users`, `items` and `interactions`, each as one Delta commit, skipping tables that exist:

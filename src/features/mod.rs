@@ -86,6 +86,8 @@ pub struct Materialized {
     pub schema: SchemaRef,
     pub version: u64,
     pub index: Option<Arc<OnlineIndex>>,
+    /// When these rows were read from the view's table (after its refresh, or at start).
+    pub loaded_at: std::time::Instant,
 }
 
 impl FeatureStore {
@@ -352,6 +354,7 @@ impl ViewState {
             tracing::info!(view = %name, version, keys = index.len(), "online index loaded");
         }
         let materialized = Arc::new(Materialized {
+            loaded_at: std::time::Instant::now(),
             location: url,
             schema,
             version,

@@ -58,6 +58,14 @@ impl Slots {
         }
     }
 
+    /// Bytes of the hash table (its allocated buckets; row-format keys' own bytes not counted).
+    fn memory_bytes(&self) -> usize {
+        match self {
+            Slots::Integer(slots) => slots.capacity() * size_of::<(i64, Slot)>(),
+            Slots::Rows(_, slots) => slots.capacity() * size_of::<(Box<[u8]>, Slot)>(),
+        }
+    }
+
     /// Calls `each` with the slot of every row of `keys` (one array per key column, of the key
     /// columns' types) that has one, and `None` for the others: rows with a NULL key never have one.
     fn probe(&self, keys: &[ArrayRef], mut each: impl FnMut(usize, Option<&Slot>)) -> Result<()> {
@@ -195,6 +203,16 @@ impl OnlineIndex {
 
     pub fn is_empty(&self) -> bool {
         self.slots.len() == 0
+    }
+
+    /// Memory held: the rows' Arrow buffers and the key table.
+    pub fn memory_bytes(&self) -> usize {
+        let rows: usize = self
+            .batches
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
+        rows + self.slots.memory_bytes()
     }
 
     pub fn schema(&self) -> &SchemaRef {

@@ -98,8 +98,35 @@ enum Plan {
     Unchanged,
 }
 
-/// Refreshes `view`; concurrent refreshes of one view run one after the other.
+/// Refreshes `view`; concurrent refreshes of one view run one after the other. Counted in the
+/// refresh metrics by view, mode and status.
 pub async fn refresh(
+    ctx: &SessionContext,
+    catalog: &WarehouseCatalog,
+    view: &Arc<ViewState>,
+) -> Result<Report> {
+    use crate::metrics::{REFRESH_ROWS, REFRESH_SECONDS, REFRESHES, bounded};
+    let started = Instant::now();
+    let refreshed = refresh_view(ctx, catalog, view).await;
+    let name = bounded(&view.definition.name);
+    match &refreshed {
+        Ok(report) => {
+            let mode = report.mode.as_str();
+            metrics::counter!(REFRESHES, "view" => name.clone(), "mode" => mode, "status" => "ok")
+                .increment(1);
+            metrics::histogram!(REFRESH_SECONDS, "view" => name.clone(), "mode" => mode)
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!(REFRESH_ROWS, "view" => name).increment(report.rows);
+        }
+        Err(_) => {
+            metrics::counter!(REFRESHES, "view" => name, "mode" => "none", "status" => "error")
+                .increment(1);
+        }
+    }
+    refreshed
+}
+
+async fn refresh_view(
     ctx: &SessionContext,
     catalog: &WarehouseCatalog,
     view: &Arc<ViewState>,

@@ -14,8 +14,10 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tonic::Status;
 use tonic::body::Body;
+use tracing::Instrument;
 
 use crate::auth::{Auth, Principal};
+use crate::flight::observe::{Call, RequestId, method_label};
 use crate::flight::session_cookie::{self, ClientSettings};
 
 const HANDSHAKE_PATH: &str = "/arrow.flight.protocol.FlightService/Handshake";
@@ -29,6 +31,14 @@ pub fn client_settings<T>(request: &tonic::Request<T>) -> ClientSettings {
         .get::<ClientSettings>()
         .cloned()
         .unwrap_or_default()
+}
+
+/// The id the guard gave a request (a fresh one for a request that did not pass it).
+pub fn request_id<T>(request: &tonic::Request<T>) -> u64 {
+    request
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(crate::history::next_id, |id| id.0)
 }
 
 /// The principal of a request, attached by [`GuardLayer`]. Fails closed: a request that did not pass
@@ -89,6 +99,9 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let call = Call::start(method_label(request.uri().path()));
+        let request_id = crate::history::next_id();
+        request.extensions_mut().insert(RequestId(request_id));
         let mut session = None;
         // The handshake is how a caller gets a token; a health check comes from a load balancer,
         // which has none, and says only whether the server serves.
@@ -108,7 +121,7 @@ where
                 }
                 Err(e) => {
                     let status = e.to_status();
-                    return Box::pin(async move { Ok(status.into_http()) });
+                    return Box::pin(async move { Ok(call.observe(status.into_http())) });
                 }
             }
         }
@@ -117,10 +130,12 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let path = request.uri().path().to_string();
+        // Every log line of the call carries its id (`--log-format json`).
+        let span = tracing::info_span!("rpc", request_id);
         // Which RPCs a client makes, in order (`--log quiver::flight::guard=debug`).
-        tracing::debug!(rpc = %path, "call");
-        Box::pin(async move {
-            match AssertUnwindSafe(inner.call(request)).catch_unwind().await {
+        span.in_scope(|| tracing::debug!(rpc = %path, "call"));
+        let handled = async move {
+            let response = match AssertUnwindSafe(inner.call(request)).catch_unwind().await {
                 Ok(result) => result.map(|response| {
                     let mut response = response.map(Body::new);
                     // A handler changed the client's settings (SET, SetSessionOptions).
@@ -142,8 +157,10 @@ where
                     ));
                     Ok(status.into_http())
                 }
-            }
-        })
+            };
+            response.map(|response| call.observe(response))
+        };
+        Box::pin(handled.instrument(span))
     }
 }
 

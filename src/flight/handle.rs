@@ -38,6 +38,12 @@ pub struct StatementHandle {
     /// DoGet never writes twice.
     #[prost(bytes = "bytes", tag = "3")]
     pub result: Bytes,
+    /// Rows in `result` (the served-rows metric).
+    #[prost(uint64, optional, tag = "4")]
+    pub result_rows: Option<u64>,
+    /// Rows the statement affected: DML's count, else `result_rows` (`system.queries`).
+    #[prost(uint64, optional, tag = "5")]
+    pub affected_rows: Option<u64>,
 }
 
 impl StatementHandle {
@@ -46,6 +52,8 @@ impl StatementHandle {
             sql: sql.into(),
             parameters: Bytes::new(),
             result: Bytes::new(),
+            result_rows: None,
+            affected_rows: None,
         }
     }
 
@@ -64,6 +72,8 @@ impl StatementHandle {
     /// only brings the result back.
     pub fn with_result(mut self, schema: &Schema, batches: &[RecordBatch]) -> Result<Self> {
         self.result = ipc_bytes(schema, batches)?;
+        self.result_rows = Some(batches.iter().map(|b| b.num_rows() as u64).sum());
+        self.affected_rows = Some(crate::query::update::affected(schema, batches));
         self.parameters = Bytes::new();
         Ok(self)
     }

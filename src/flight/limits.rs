@@ -96,6 +96,7 @@ impl Admission {
     /// `timed`: whether `--query-timeout` applies (queries and DML; not uploads).
     pub fn admit(&self, timed: bool) -> Result<Slot> {
         let permit = self.slots.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!(crate::metrics::STATEMENTS_REFUSED).increment(1);
             Error::ResourceExhausted(format!(
                 "the server is running its limit of {} statements at once \
                  (--max-concurrent-queries); retry shortly",
@@ -103,6 +104,7 @@ impl Admission {
             ))
         })?;
         let timeout = self.limits.query_timeout.filter(|_| timed);
+        metrics::gauge!(crate::metrics::STATEMENTS_ACTIVE).increment(1.0);
         Ok(Slot {
             _permit: permit,
             deadline: timeout.map(|t| Instant::now() + t),
@@ -189,6 +191,7 @@ pub fn cancelled() -> Error {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::STATEMENTS_ACTIVE).decrement(1.0);
         if let Some((admission, ticket, id)) = self.registration.take() {
             admission.unregister(&ticket, id);
         }

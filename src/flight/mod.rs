@@ -5,13 +5,14 @@
 //! Flight SQL commands to `service`. `handle` holds the stateless statement handles, `stream` the
 //! batch encoding, `metadata` the catalog listings, `ingest` the uploads. Every call first passes
 //! `guard` (authentication, the client's session settings from `session_cookie`, panics to
-//! Internal); statements are admitted and bounded by `limits`.
+//! Internal, and `observe`: RPC metrics and the request id); statements are admitted and bounded by `limits`.
 
 pub mod guard;
 pub mod handle;
 pub mod ingest;
 pub mod limits;
 pub mod metadata;
+pub mod observe;
 pub mod parameters;
 pub mod plain;
 pub mod planner;

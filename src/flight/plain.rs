@@ -25,7 +25,7 @@ use crate::flight::guard::{client_settings, principal};
 use crate::flight::handle::StatementHandle;
 use crate::flight::metadata::{path_to_table, table_arrow_schema};
 use crate::flight::planner;
-use crate::flight::service::{QuiverFlightSql, flight_info};
+use crate::flight::service::{Origin, QuiverFlightSql, flight_info};
 use crate::flight::session_cookie::ClientSettings;
 use crate::flight::stream::{FlightDataStream, wire_schema};
 use crate::session::QuiverSession;
@@ -94,24 +94,14 @@ impl QuiverFlight {
         descriptor: FlightDescriptor,
         caller: Principal,
         settings: &ClientSettings,
+        origin: Origin,
     ) -> Result<FlightInfo, Status> {
         let sql = descriptor_sql(&descriptor, &self.sql, &caller)?;
         let handle = StatementHandle::new(sql.clone());
-        let planning_caller = caller.clone();
-        let current = settings.current.clone();
-        let session = self.sql.client_session(settings)?;
-        let prepared = self.sql.prepared().clone();
-        let plan = self
+        let (schema, handle) = self
             .sql
-            .run_statement_as(session, true, move |session| async move {
-                planner::plan_for_client(&session, &prepared, handle, &planning_caller, &current)
-                    .await
-            })
+            .plan_statement(handle, &caller, settings, origin)
             .await?;
-        if let Some(changed) = plan.settings {
-            settings.change(changed);
-        }
-        let (schema, handle) = (plan.schema, plan.handle);
         // A query's ticket is its SQL text; a statement that already ran carries its result.
         let ticket = if handle.result.is_empty() {
             sql.into_bytes()
@@ -209,8 +199,9 @@ impl FlightService for QuiverFlight {
         }
         let caller = principal(&request)?;
         let settings = client_settings(&request);
+        let origin = Origin::of(&request);
         Ok(Response::new(
-            self.plain_info(request.into_inner(), caller, &settings)
+            self.plain_info(request.into_inner(), caller, &settings, origin)
                 .await?,
         ))
     }
@@ -229,7 +220,9 @@ impl FlightService for QuiverFlight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
         let caller = principal(&request)?;
-        let session = self.sql.client_session(&client_settings(&request))?;
+        let session = self
+            .sql
+            .client_session(&client_settings(&request), &caller)?;
         let descriptor = request.into_inner();
         let handle = StatementHandle::new(descriptor_sql(&descriptor, &self.sql, &caller)?);
         let schema = self
@@ -251,12 +244,15 @@ impl FlightService for QuiverFlight {
                 .map_err(malformed_message);
         }
         let caller = principal(&request)?;
-        let session = self.sql.client_session(&client_settings(&request))?;
+        let session = self
+            .sql
+            .client_session(&client_settings(&request), &caller)?;
+        let origin = Origin::of(&request);
         let ticket = &request.get_ref().ticket;
         let sql = sql_text(ticket)?;
         Ok(self
             .sql
-            .stream_statement(session, StatementHandle::new(sql), caller, ticket))
+            .stream_statement(session, StatementHandle::new(sql), caller, ticket, origin))
     }
 
     async fn do_put(

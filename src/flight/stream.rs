@@ -6,6 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_flight::FlightData;
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
@@ -21,10 +22,12 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{Stream, StreamExt, TryStreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::executor::Executor;
 use crate::flight::limits::{Slot, cancelled};
+use crate::history::{Outcome, Running};
 
 pub type FlightDataStream =
     Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
@@ -34,43 +37,78 @@ const CHANNEL_DEPTH: usize = 4;
 
 /// Runs `produce` on the executor and streams the batches it returns as Flight data, within the
 /// statement's `slot` (its deadline and cancellation; the slot is released when the stream ends).
-pub fn execute_to_flight<F>(executor: &Executor, slot: Slot, produce: F) -> FlightDataStream
+/// `statement` is recorded when the stream ends, with the rows and bytes sent; a client that goes
+/// away leaves it cancelled.
+pub fn execute_to_flight<F>(
+    executor: &Executor,
+    slot: Slot,
+    statement: Running,
+    produce: F,
+) -> FlightDataStream
 where
     F: Future<Output = Result<SendableRecordBatchStream>> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_DEPTH);
     let watcher_tx = tx.clone();
-    let producer = executor.spawn(async move {
-        let batches = match slot.bound(produce).await {
-            Ok(batches) => batches,
-            Err(e) => {
-                let _ = tx.send(Err(e.to_status())).await;
-                return;
-            }
-        };
-        let schema = batches.schema();
-        let batches = batches.map_err(|e| FlightError::ExternalError(Box::new(Error::from(e))));
-        let mut encoded = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(batches);
-        let deadline = slot.expired();
-        tokio::pin!(deadline);
-        loop {
-            let item = tokio::select! {
-                item = encoded.next() => item,
-                // The client went away: dropping the stream cancels the query, even one that has
-                // not produced a batch yet.
-                () = tx.closed() => return,
-                () = &mut deadline => Some(Err(FlightError::ExternalError(Box::new(slot.timed_out())))),
-                () = slot.cancel.cancelled() => Some(Err(FlightError::ExternalError(Box::new(cancelled())))),
+    let producer = executor.spawn(
+        async move {
+            let batches = match slot.bound(produce).await {
+                Ok(batches) => batches,
+                Err(e) => {
+                    statement.finish(Outcome::failed(&e));
+                    let _ = tx.send(Err(e.to_status())).await;
+                    return;
+                }
             };
-            let Some(item) = item else { return };
-            let failed = item.is_err();
-            if tx.send(item.map_err(flight_error_to_status)).await.is_err() || failed {
-                return;
-            }
+            let schema = batches.schema();
+            let rows = Arc::new(AtomicU64::new(0));
+            let counted = rows.clone();
+            let batches = batches
+                .inspect_ok(move |batch| {
+                    counted.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                })
+                .map_err(|e| FlightError::ExternalError(Box::new(Error::from(e))));
+            let mut encoded = FlightDataEncoderBuilder::new()
+                .with_schema(schema)
+                .build(batches);
+            let deadline = slot.expired();
+            tokio::pin!(deadline);
+            let mut bytes = 0u64;
+            let error = loop {
+                let item = tokio::select! {
+                    item = encoded.next() => item,
+                    // The client went away: dropping the stream cancels the query, even one that
+                    // has not produced a batch yet (and records the statement as cancelled).
+                    () = tx.closed() => return,
+                    () = &mut deadline => Some(Err(FlightError::ExternalError(Box::new(slot.timed_out())))),
+                    () = slot.cancel.cancelled() => Some(Err(FlightError::ExternalError(Box::new(cancelled())))),
+                };
+                let Some(item) = item else { break None };
+                let item = item.map_err(flight_error_to_status);
+                let error = match &item {
+                    Ok(data) => {
+                        bytes += (data.data_header.len() + data.data_body.len()) as u64;
+                        None
+                    }
+                    Err(status) => Some(status.message().to_string()),
+                };
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+                if error.is_some() {
+                    break error;
+                }
+            };
+            let rows = rows.load(Ordering::Relaxed);
+            served(Some(rows), bytes);
+            statement.finish(Outcome {
+                rows: Some(rows),
+                bytes: Some(bytes),
+                error,
+            });
         }
-    });
+        .in_current_span(),
+    );
     // A producer that panics or is cancelled must end the call with an error, never with a clean
     // end of stream that would make a truncated result look complete.
     executor.spawn(async move {
@@ -81,6 +119,14 @@ where
         }
     });
     Box::pin(ReceiverStream::new(rx))
+}
+
+/// Counts rows and bytes sent to clients.
+pub fn served(rows: Option<u64>, bytes: u64) {
+    if let Some(rows) = rows {
+        ::metrics::counter!(crate::metrics::ROWS_SERVED).increment(rows);
+    }
+    ::metrics::counter!(crate::metrics::BYTES_SERVED).increment(bytes);
 }
 
 /// Streams one small in-memory batch (catalog metadata).

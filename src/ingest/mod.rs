@@ -4,6 +4,7 @@
 //! (see `storage::table`); uploads come here because they bring their own schema and a mode.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, TimeUnit};
@@ -12,7 +13,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use deltalake::DeltaTable;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
 use crate::session::QuiverSession;
@@ -130,6 +131,15 @@ pub async fn ingest(
             WriteKind::Replace,
         ),
     };
+    // Bytes as they arrive, for the ingest metrics.
+    let bytes = Arc::new(AtomicU64::new(0));
+    let counted = bytes.clone();
+    let data: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+        data.schema(),
+        data.inspect_ok(move |batch| {
+            counted.fetch_add(batch.get_array_memory_size() as u64, Ordering::Relaxed);
+        }),
+    ));
     let request = WriteRequest {
         table: delta,
         kind,
@@ -138,7 +148,12 @@ pub async fn ingest(
         transactions: Vec::new(),
         merge_schema,
     };
-    write_stream(&session.state(), request).await
+    let rows = write_stream(&session.state(), request).await?;
+    let label = crate::metrics::table(&qualified);
+    metrics::counter!(crate::metrics::ROWS_INGESTED, "table" => label.clone()).increment(rows);
+    metrics::counter!(crate::metrics::BYTES_INGESTED, "table" => label)
+        .increment(bytes.load(Ordering::Relaxed));
+    Ok(rows)
 }
 
 /// The upload with the table's nullability on the columns the table has. delta-rs merges the two

@@ -301,7 +301,7 @@ async fn explain_missing_table(
             .next()
             .unwrap_or(&table);
         if schema != "information_schema"
-            && schema != crate::scoring::SYSTEM_SCHEMA
+            && schema != crate::storage::system::SYSTEM_SCHEMA
             && matches!(session.warehouse().locate(&schema, base).await, Ok(None))
         {
             return Error::TableNotFound(format!("{schema}.{base}"));

@@ -85,6 +85,11 @@ pub async fn retry_conflicts<'a, T>(
         .when(Error::is_write_conflict)
         .notify(|error, wait| {
             retries += 1;
+            let table = match error {
+                Error::Conflict { table, .. } => crate::metrics::table(table),
+                _ => metrics::SharedString::const_str("other"),
+            };
+            metrics::counter!(crate::metrics::DELTA_RETRIES, "table" => table).increment(1);
             tracing::info!(?wait, %error, "write conflict; running the statement again");
         })
         .await;
@@ -184,26 +189,37 @@ fn unify(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
 
 /// The rows a statement affected: the `count` DML returns, or the rows of anything else.
 pub async fn affected_rows(stream: SendableRecordBatchStream) -> Result<i64> {
-    let is_count = {
-        let schema = stream.schema();
-        schema.fields().len() == 1 && schema.field(0).name() == "count"
-    };
+    let is_count = is_count(&stream.schema());
     // Folded batch by batch: an update that returns rows never holds them all.
     let total: u64 = stream
         .try_fold(0u64, |total, batch| async move {
-            let rows = if is_count {
-                batch
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<UInt64Array>()
-                    .map_or(0, |a| a.iter().flatten().sum::<u64>())
-            } else {
-                batch.num_rows() as u64
-            };
-            Ok(total + rows)
+            Ok(total + affected_in(&batch, is_count))
         })
         .await?;
     Ok(i64::try_from(total).unwrap_or(i64::MAX))
+}
+
+/// [`affected_rows`] of a result already collected.
+pub fn affected(schema: &Schema, batches: &[RecordBatch]) -> u64 {
+    let is_count = is_count(schema);
+    batches.iter().map(|b| affected_in(b, is_count)).sum()
+}
+
+/// Whether a result is DML's count of affected rows.
+fn is_count(schema: &Schema) -> bool {
+    schema.fields().len() == 1 && schema.field(0).name() == "count"
+}
+
+fn affected_in(batch: &RecordBatch, is_count: bool) -> u64 {
+    if is_count {
+        batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .map_or(0, |a| a.iter().flatten().sum::<u64>())
+    } else {
+        batch.num_rows() as u64
+    }
 }
 
 #[cfg(test)]

@@ -41,9 +41,6 @@ use crate::scoring::onnx::OnnxModel;
 use crate::scoring::retrieval::Retrieval;
 use crate::scoring::spec::{ModelKind, ModelSpec};
 
-/// The schema of `system.models`.
-pub const SYSTEM_SCHEMA: &str = "system";
-
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// One loaded version of a model.
@@ -233,6 +230,8 @@ impl ModelRegistry {
             match load(ctx, &dir, &name).await {
                 Ok(model) => {
                     tracing::info!(model = %name, version = %model.spec.version, "model {action}");
+                    metrics::counter!(crate::metrics::MODEL_LOADS, "model" => name.clone(), "result" => "loaded")
+                        .increment(1);
                     outcomes.push(outcome(&name, action, Some(&model), None));
                     slot.previous = slot.current.replace(Arc::new(model));
                     slot.error = None;
@@ -244,6 +243,8 @@ impl ModelRegistry {
                         None => "nothing serves under this name".to_string(),
                     };
                     tracing::error!(model = %name, error = %message, "model failed to load; {serving}");
+                    metrics::counter!(crate::metrics::MODEL_LOADS, "model" => name.clone(), "result" => "failed")
+                        .increment(1);
                     outcomes.push(outcome(
                         &name,
                         "failed",

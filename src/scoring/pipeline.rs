@@ -188,7 +188,11 @@ pub(crate) fn one_user(
     excluded: &HashSet<i64>,
     projection: Option<&[usize]>,
 ) -> Result<RecordBatch> {
+    let started = std::time::Instant::now();
     let scored = pipeline.recommend(&[Some(user)], k, excluded)?;
+    // Model names come from the models directory (the operator's), not from clients: unbounded.
+    metrics::histogram!(crate::metrics::RECOMMEND_SECONDS, "model" => pipeline.model.name.clone())
+        .record(started.elapsed().as_secs_f64());
     let batch = ranked_batch(scored.into_iter().flatten().next().unwrap_or_default())?;
     match projection {
         Some(p) => Ok(batch.project(p)?),

@@ -246,9 +246,11 @@ impl ScalarUDFImpl for Predict {
             .collect::<Result<Vec<_>>>()?;
         let types: Vec<DataType> = columns.iter().map(|c| c.data_type().clone()).collect();
         let ranges = bind_arguments(&model, &types)?;
-        Ok(ColumnarValue::Array(score(
-            &model, &columns, &ranges, rows,
-        )?))
+        let started = std::time::Instant::now();
+        let scored = score(&model, &columns, &ranges, rows)?;
+        metrics::histogram!(crate::metrics::PREDICT_SECONDS, "model" => model.name.clone())
+            .record(started.elapsed().as_secs_f64());
+        Ok(ColumnarValue::Array(scored))
     }
 
     fn documentation(&self) -> Option<&Documentation> {

@@ -2,21 +2,16 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use datafusion::arrow::array::{
     ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::SchemaProvider;
-use datafusion::catalog::streaming::StreamingTable;
-use datafusion::common::{Result, exec_err};
+use datafusion::common::Result;
 use datafusion::datasource::TableProvider;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::PartitionStream;
 
 use crate::scoring::spec::TensorSpec;
 use crate::scoring::{ModelRegistry, ModelStatus};
+use crate::storage::system::snapshot_table;
 
 pub const MODELS_TABLE: &str = "models";
 
@@ -99,60 +94,7 @@ fn batch(statuses: &[ModelStatus]) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema(), columns)?)
 }
 
-/// The `system` schema: read-only tables about the server itself.
-#[derive(Debug)]
-pub struct SystemSchema {
-    pub models: Arc<ModelRegistry>,
-}
-
-#[async_trait]
-impl SchemaProvider for SystemSchema {
-    fn table_names(&self) -> Vec<String> {
-        vec![MODELS_TABLE.to_string()]
-    }
-
-    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        if name != MODELS_TABLE {
-            return Ok(None);
-        }
-        let partition = ModelsPartition {
-            models: self.models.clone(),
-            schema: schema(),
-        };
-        let table = StreamingTable::try_new(schema(), vec![Arc::new(partition)])?;
-        Ok(Some(Arc::new(table)))
-    }
-
-    fn register_table(
-        &self,
-        name: String,
-        _table: Arc<dyn TableProvider>,
-    ) -> Result<Option<Arc<dyn TableProvider>>> {
-        exec_err!("cannot create table {name} in schema system: it is read-only")
-    }
-
-    fn table_exist(&self, name: &str) -> bool {
-        name == MODELS_TABLE
-    }
-}
-
-/// `system.models`, read from the registry when a query runs.
-#[derive(Debug)]
-struct ModelsPartition {
-    models: Arc<ModelRegistry>,
-    schema: SchemaRef,
-}
-
-impl PartitionStream for ModelsPartition {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let batch = batch(&self.models.statuses());
-        Box::pin(RecordBatchStreamAdapter::new(
-            self.schema.clone(),
-            futures::stream::iter([batch]),
-        ))
-    }
+/// `system.models`: read from the registry each time a query scans it.
+pub fn models_table(models: Arc<ModelRegistry>) -> Result<Arc<dyn TableProvider>> {
+    snapshot_table(schema(), move |_| batch(&models.statuses()))
 }

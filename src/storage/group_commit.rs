@@ -199,6 +199,7 @@ fn answered_with(
 
 fn shared_error(table: &DeltaTable, e: Shared) -> Error {
     if e.conflict {
+        crate::storage::write::conflicted(table.table_url().as_str());
         Error::Conflict {
             table: table.table_url().to_string(),
             message: e.message,

@@ -21,6 +21,7 @@ pub(crate) mod per_table;
 pub mod snapshots;
 pub mod storable;
 pub mod stores;
+pub mod system;
 pub mod table;
 pub mod upkeep;
 pub mod warehouse;

@@ -126,6 +126,8 @@ pub fn after_commit(table: &DeltaTable) {
     let Some(version) = table.version() else {
         return;
     };
+    let label = crate::metrics::table(table.table_url().as_str());
+    metrics::counter!(crate::metrics::DELTA_COMMITS, "table" => label).increment(1);
     if checkpoint_due(version, checkpoint_interval(table)) {
         let loaded = table.clone();
         spawn(table, Job::Checkpoint, async move {

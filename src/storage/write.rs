@@ -213,13 +213,22 @@ pub(crate) fn conflict_error(table_name: String, e: deltalake::DeltaTableError) 
     match e {
         deltalake::DeltaTableError::Transaction {
             source: deltalake::kernel::transaction::TransactionError::MaxCommitAttempts(n),
-        } => Error::Conflict {
-            table: table_name,
-            message: format!(
-                "other writers committed first {n} times in a row; nothing was written, send the \
+        } => {
+            conflicted(&table_name);
+            Error::Conflict {
+                table: table_name,
+                message: format!(
+                    "other writers committed first {n} times in a row; nothing was written, send the \
                  data again"
-            ),
-        },
+                ),
+            }
+        }
         other => other.into(),
     }
+}
+
+/// Counts a commit of `table` lost to a concurrent writer.
+pub(crate) fn conflicted(table: &str) {
+    metrics::counter!(crate::metrics::DELTA_CONFLICTS, "table" => crate::metrics::table(table))
+        .increment(1);
 }

@@ -2,8 +2,8 @@
 //! one above. Read from the source text (`crate::<module>` paths outside comments), so an upward
 //! import fails here with the file and line, before it can grow into a cycle.
 //!
-//! {error, parameters} -> storage -> {features, scoring} -> planning -> session -> {query, auth, executor}
-//!   -> ingest -> flight -> {server, config, demo, telemetry}
+//! {error, parameters, metrics, history} -> storage -> {features, scoring} -> planning -> session -> {query, auth, executor}
+//!   -> ingest -> {flight, http} -> {server, config, demo, telemetry}
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
     ("parameters", 0),
+    // What every layer records: metric names, the statement history.
+    ("metrics", 0),
+    ("history", 0),
     ("storage", 1),
     ("features", 2),
     ("scoring", 2),
@@ -22,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("executor", 5),
     ("ingest", 6),
     ("flight", 7),
+    ("http", 7),
     // The process: the command line (`config`), its logs, the server and the demo that runs one.
     ("server", 8),
     ("config", 8),

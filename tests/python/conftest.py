@@ -35,7 +35,12 @@ class Server:
             text=True,
             env={**os.environ, **(env or {})},
         )
+        # With --http-listen, its address comes first ("quiver http on http://...").
+        self.http = None
         line = self.proc.stdout.readline().strip()
+        if line.startswith("quiver http on "):
+            self.http = line.removeprefix("quiver http on ")
+            line = self.proc.stdout.readline().strip()
         if not line.startswith("quiver listening on grpc"):
             self.proc.kill()
             raise RuntimeError(f"server did not start: {line!r} {self.proc.stderr.read()}")

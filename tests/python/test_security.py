@@ -228,3 +228,18 @@ def test_tls_with_a_self_signed_certificate(tmp_path, auth_file):
             plain.do_get(flight.Ticket(b"SELECT 1"), options).read_all()
     finally:
         assert srv.stop() == 0
+
+
+def test_query_history_shows_readers_only_their_own_statements(secured):
+    with connect(secured, "writer", "w-pass") as conn:
+        rows(conn, "SELECT 'writer was here' AS w")
+    with connect(secured, "reader", "r-pass") as conn:
+        rows(conn, "SELECT 'reader was here' AS r")
+        mine = rows(conn, "SELECT user, role, sql FROM system.queries")
+        assert mine and {(r["user"], r["role"]) for r in mine} == {("reader", "read")}, mine
+        assert any("reader was here" in r["sql"] for r in mine)
+        assert not any("writer was here" in r["sql"] for r in mine)
+    with connect(secured, "writer", "w-pass") as conn:
+        everyone = rows(conn, "SELECT user, sql FROM system.queries")
+        assert {"reader", "writer"} <= {r["user"] for r in everyone}
+        assert any("reader was here" in r["sql"] for r in everyone)

@@ -5,24 +5,30 @@
 
 mod rpcs;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
 use arrow_flight::sql::{ProstMessageExt, TicketStatementQuery};
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
 use bytes::Bytes;
-use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use prost::Message;
 use tonic::{Response, Status};
+use tracing::Instrument;
 
-use crate::auth::{Auth, Principal};
+use crate::auth::{Auth, Principal, Role};
 use crate::error::{Error, Result};
 use crate::executor::Executor;
+use crate::flight::guard::request_id;
 use crate::flight::handle::StatementHandle;
 use crate::flight::limits::{Admission, Limits};
 use crate::flight::session_cookie::ClientSettings;
-use crate::flight::stream::{FlightDataStream, batches_to_flight, execute_to_flight, wire_schema};
+use crate::flight::stream::{
+    FlightDataStream, batches_to_flight, execute_to_flight, served, wire_schema,
+};
 use crate::flight::{metadata, planner};
+use crate::history::{self, Outcome, Running, Viewer};
 use crate::query::prepared::PreparedPlans;
 use crate::session::QuiverSession;
 
@@ -126,11 +132,43 @@ impl QuiverFlightSql {
         &self.prepared
     }
 
-    /// The session a client's statements run in: the server's, with the client's settings.
-    pub fn client_session(&self, settings: &ClientSettings) -> Result<QuiverSession, Status> {
-        self.session
+    /// The session a client's statements run in: the server's, with the client's settings; a
+    /// `read` caller's shows them only their own statements in `system.queries`.
+    pub fn client_session(
+        &self,
+        settings: &ClientSettings,
+        caller: &Principal,
+    ) -> Result<QuiverSession, Status> {
+        let session = self
+            .session
             .with_settings(settings.current.iter())
-            .map_err(Status::from)
+            .map_err(Status::from)?;
+        Ok(match caller.role {
+            Role::ReadWrite => session,
+            Role::Read => session.viewed_by(Viewer {
+                user: caller.name.to_string(),
+            }),
+        })
+    }
+
+    /// Opens `system.queries`' entry for a statement `caller` sent.
+    pub fn statement_started(
+        &self,
+        origin: Origin,
+        caller: &Principal,
+        kind: &'static str,
+        sql: &str,
+    ) -> Running {
+        self.session.history().start(
+            origin.id,
+            history::Statement {
+                user: caller.name.to_string(),
+                role: caller.role.as_str(),
+                kind,
+                sql: sql.to_string(),
+                client: origin.client.map(|a| a.to_string()),
+            },
+        )
     }
 
     pub fn executor(&self) -> &Arc<Executor> {
@@ -155,9 +193,11 @@ impl QuiverFlightSql {
         handle: StatementHandle,
         caller: Principal,
         ticket: &[u8],
+        origin: Origin,
     ) -> Response<FlightDataStream> {
         // A result that came with the ticket (a statement that ran at GetFlightInfo, an online
-        // lookup) is only decoded and sent: no planning, no executor.
+        // lookup) is only decoded and sent: no planning, no executor. Its statement was recorded
+        // when it ran.
         match handle.stored_result() {
             Ok(Some((schema, batches))) => {
                 return Response::new(batches_to_flight(schema, batches));
@@ -165,13 +205,76 @@ impl QuiverFlightSql {
             Err(e) => return Response::new(error_stream(e)),
             Ok(None) => {}
         }
+        let running =
+            self.statement_started(origin, &caller, history::kind_of(&handle.sql), &handle.sql);
         let slot = match self.admission.admit_ticket(ticket) {
             Ok(slot) => slot,
-            Err(e) => return Response::new(error_stream(e)),
+            Err(e) => {
+                running.finish(Outcome::failed(&e));
+                return Response::new(error_stream(e));
+            }
         };
-        Response::new(execute_to_flight(&self.executor, slot, async move {
-            planner::execute_handle(&session, &handle, &caller).await
-        }))
+        Response::new(execute_to_flight(
+            &self.executor,
+            slot,
+            running,
+            async move { planner::execute_handle(&session, &handle, &caller).await },
+        ))
+    }
+
+    /// Plans the statement in `handle` for `caller` (GetFlightInfo): a query is only planned (its
+    /// DoGet runs it); anything else runs now and its result travels in the returned handle. The
+    /// statement is recorded in `system.queries` here when it ran or failed.
+    pub async fn plan_statement(
+        &self,
+        handle: StatementHandle,
+        caller: &Principal,
+        settings: &ClientSettings,
+        origin: Origin,
+    ) -> Result<(SchemaRef, StatementHandle), Status> {
+        let running =
+            self.statement_started(origin, caller, history::kind_of(&handle.sql), &handle.sql);
+        let planned = match planner::answer_known_lookup(&self.session, &self.prepared, &handle) {
+            Some(answer) => answer.map_err(Status::from),
+            None => {
+                let planning_caller = caller.clone();
+                let current = settings.current.clone();
+                let session = self.client_session(settings, caller)?;
+                let prepared = self.prepared.clone();
+                self.run_statement_as(session, true, move |session| async move {
+                    planner::plan_for_client(
+                        &session,
+                        &prepared,
+                        handle,
+                        &planning_caller,
+                        &current,
+                    )
+                    .await
+                })
+                .await
+                .map(|plan| {
+                    if let Some(changed) = plan.settings {
+                        settings.change(changed);
+                    }
+                    (plan.schema, plan.handle)
+                })
+            }
+        };
+        match &planned {
+            Err(status) => running.finish(Outcome::error(status.message())),
+            Ok((_, handle)) if !handle.result.is_empty() => {
+                let bytes = handle.result.len() as u64;
+                served(handle.result_rows, bytes);
+                running.finish(Outcome {
+                    rows: handle.affected_rows,
+                    bytes: Some(bytes),
+                    error: None,
+                });
+            }
+            // A query: recorded by its DoGet.
+            Ok(_) => running.discard(),
+        }
+        planned
     }
 
     /// Plans the statement in `handle` and describes where to fetch its result (GetFlightInfo).
@@ -181,37 +284,31 @@ impl QuiverFlightSql {
         descriptor: FlightDescriptor,
         caller: &Principal,
         settings: &ClientSettings,
+        origin: Origin,
     ) -> Result<FlightInfo, Status> {
-        let (schema, handle) =
-            match planner::answer_known_lookup(&self.session, &self.prepared, &handle) {
-                Some(answer) => answer?,
-                None => {
-                    let planning_caller = caller.clone();
-                    let current = settings.current.clone();
-                    let session = self.client_session(settings)?;
-                    let prepared = self.prepared.clone();
-                    let plan = self
-                        .run_statement_as(session, true, move |session| async move {
-                            planner::plan_for_client(
-                                &session,
-                                &prepared,
-                                handle,
-                                &planning_caller,
-                                &current,
-                            )
-                            .await
-                        })
-                        .await?;
-                    if let Some(changed) = plan.settings {
-                        settings.change(changed);
-                    }
-                    (plan.schema, plan.handle)
-                }
-            };
+        let (schema, handle) = self
+            .plan_statement(handle, caller, settings, origin)
+            .await?;
         let ticket = TicketStatementQuery {
             statement_handle: self.seal_handle(caller, &handle),
         };
         flight_info(descriptor, &schema, ticket.as_any().encode_to_vec())
+    }
+}
+
+/// Where a statement came from: its request's id and the client's address.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub id: u64,
+    pub client: Option<SocketAddr>,
+}
+
+impl Origin {
+    pub fn of<T>(request: &tonic::Request<T>) -> Self {
+        Self {
+            id: request_id(request),
+            client: request.remote_addr(),
+        }
     }
 }
 
@@ -229,7 +326,7 @@ where
 {
     let slot = admission.admit(timed)?;
     executor
-        .run(async move { slot.bound(work).await })
+        .run(async move { slot.bound(work).await }.in_current_span())
         .await
         .map_err(Status::from)
 }

@@ -33,8 +33,9 @@ use crate::flight::ingest::{
 use crate::flight::session_options;
 use crate::flight::stream::{FlightDataStream, batch_to_flight, wire_schema};
 use crate::flight::{metadata, planner};
+use crate::history::{self, Outcome, Running};
 
-use super::{QuiverFlightSql, flight_info};
+use super::{Origin, QuiverFlightSql, flight_info};
 
 type ActionStream =
     Pin<Box<dyn Stream<Item = Result<arrow_flight::Result, Status>> + Send + 'static>>;
@@ -88,6 +89,18 @@ fn schema_bytes(schema: &Schema) -> Result<Bytes, Status> {
     Ok(bytes)
 }
 
+/// Records an update or ingest that affected `rows` rows (or failed) and passes its answer on.
+fn finish_update(running: Running, result: Result<i64, Status>) -> Result<i64, Status> {
+    running.finish(match &result {
+        Ok(rows) => Outcome {
+            rows: u64::try_from(*rows).ok(),
+            ..Outcome::default()
+        },
+        Err(status) => Outcome::error(status.message()),
+    });
+    result
+}
+
 fn batch_response(
     batch: Result<datafusion::arrow::array::RecordBatch>,
 ) -> Result<Response<FlightDataStream>, Status> {
@@ -105,12 +118,14 @@ impl FlightSqlService for QuiverFlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = principal(&request)?;
         let settings = client_settings(&request);
+        let origin = Origin::of(&request);
         let info = self
             .statement_info(
                 StatementHandle::new(query.query),
                 request.into_inner(),
                 &caller,
                 &settings,
+                origin,
             )
             .await?;
         Ok(Response::new(info))
@@ -124,8 +139,9 @@ impl FlightSqlService for QuiverFlightSql {
         let caller = principal(&request)?;
         let settings = client_settings(&request);
         let handle = self.open_handle(&caller, &query.prepared_statement_handle)?;
+        let origin = Origin::of(&request);
         Ok(Response::new(
-            self.statement_info(handle, request.into_inner(), &caller, &settings)
+            self.statement_info(handle, request.into_inner(), &caller, &settings, origin)
                 .await?,
         ))
     }
@@ -192,9 +208,10 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
         let caller = principal(&request)?;
-        let session = self.client_session(&client_settings(&request))?;
+        let session = self.client_session(&client_settings(&request), &caller)?;
         let handle = self.open_handle(&caller, &ticket.statement_handle)?;
-        Ok(self.stream_statement(session, handle, caller, &request.get_ref().ticket))
+        let origin = Origin::of(&request);
+        Ok(self.stream_statement(session, handle, caller, &request.get_ref().ticket, origin))
     }
 
     async fn do_get_prepared_statement(
@@ -203,9 +220,10 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<FlightDataStream>, Status> {
         let caller = principal(&request)?;
-        let session = self.client_session(&client_settings(&request))?;
+        let session = self.client_session(&client_settings(&request), &caller)?;
         let handle = self.open_handle(&caller, &query.prepared_statement_handle)?;
-        Ok(self.stream_statement(session, handle, caller, &request.get_ref().ticket))
+        let origin = Origin::of(&request);
+        Ok(self.stream_statement(session, handle, caller, &request.get_ref().ticket, origin))
     }
 
     async fn do_get_catalogs(
@@ -296,11 +314,19 @@ impl FlightSqlService for QuiverFlightSql {
             return Err(Error::Unsupported("transactions".into()).into());
         }
         let settings = client_settings(&request);
-        let session = self.client_session(&settings)?;
-        self.run_statement_as(session, true, move |session| async move {
-            planner::execute_update(&session, &command.query, None, &caller, &settings).await
-        })
-        .await
+        let session = self.client_session(&settings, &caller)?;
+        let running = self.statement_started(
+            Origin::of(&request),
+            &caller,
+            history::kind_of(&command.query),
+            &command.query,
+        );
+        let updated = self
+            .run_statement_as(session, true, move |session| async move {
+                planner::execute_update(&session, &command.query, None, &caller, &settings).await
+            })
+            .await;
+        finish_update(running, updated)
     }
 
     async fn do_put_statement_ingest(
@@ -308,14 +334,23 @@ impl FlightSqlService for QuiverFlightSql {
         command: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        principal(&request)?.authorize_write("ingest")?;
+        let caller = principal(&request)?;
+        caller.authorize_write("ingest")?;
         let options = upload_options(request.metadata(), &command.options)?;
+        let running = self.statement_started(
+            Origin::of(&request),
+            &caller,
+            "ingest",
+            &format!("ingest into {}", command.table),
+        );
         let upload = request.into_inner();
         let max_bytes = self.admission.limits().max_upload_bytes;
-        self.run_upload(move |session| async move {
-            ingest_command(&session, command, options, upload, max_bytes).await
-        })
-        .await
+        let ingested = self
+            .run_upload(move |session| async move {
+                ingest_command(&session, command, options, upload, max_bytes).await
+            })
+            .await;
+        finish_update(running, ingested)
     }
 
     async fn do_put_prepared_statement_query(
@@ -348,19 +383,27 @@ impl FlightSqlService for QuiverFlightSql {
         let caller = principal(&request)?;
         let handle = self.open_handle(&caller, &query.prepared_statement_handle)?;
         let settings = client_settings(&request);
-        let session = self.client_session(&settings)?;
+        let session = self.client_session(&settings, &caller)?;
+        let running = self.statement_started(
+            Origin::of(&request),
+            &caller,
+            history::kind_of(&handle.sql),
+            &handle.sql,
+        );
         let upload = bounded(
             request.into_inner(),
             self.admission.limits().max_upload_bytes,
         );
-        self.run_statement_as(session, true, move |session| async move {
-            let params = match collect_parameters(upload).await? {
-                Some(params) => Some(params),
-                None => handle.parameter_batch()?,
-            };
-            planner::execute_update(&session, &handle.sql, params, &caller, &settings).await
-        })
-        .await
+        let updated = self
+            .run_statement_as(session, true, move |session| async move {
+                let params = match collect_parameters(upload).await? {
+                    Some(params) => Some(params),
+                    None => handle.parameter_batch()?,
+                };
+                planner::execute_update(&session, &handle.sql, params, &caller, &settings).await
+            })
+            .await;
+        finish_update(running, updated)
     }
 
     async fn do_put_fallback(
@@ -368,15 +411,23 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<PeekableFlightDataStream>,
         message: Any,
     ) -> Result<Response<PutStream>, Status> {
-        principal(&request)?.authorize_write("ingest")?;
+        let caller = principal(&request)?;
+        caller.authorize_write("ingest")?;
         let options = upload_options(request.metadata(), &Default::default())?;
+        let running = self.statement_started(
+            Origin::of(&request),
+            &caller,
+            "ingest",
+            &format!("ingest ({})", message.type_url),
+        );
         let upload = request.into_inner();
         let max_bytes = self.admission.limits().max_upload_bytes;
-        let rows = self
+        let ingested = self
             .run_upload(move |session| async move {
                 ingest_path(&session, options, upload, &message.type_url, max_bytes).await
             })
-            .await?;
+            .await;
+        let rows = finish_update(running, ingested)?;
         let result = DoPutUpdateResult { record_count: rows };
         let put = PutResult {
             app_metadata: result.encode_to_vec().into(),
@@ -411,13 +462,31 @@ impl FlightSqlService for QuiverFlightSql {
         if query.transaction_id.is_some() {
             return Err(Error::Unsupported("transactions".into()).into());
         }
-        let session = self.client_session(&client_settings(&request))?;
+        let session = self.client_session(&client_settings(&request), &caller)?;
+        // A statement that does not prepare (bad SQL, a missing table) is recorded as failed here;
+        // one that does is recorded when it runs.
+        let running = self.statement_started(
+            Origin::of(&request),
+            &caller,
+            history::kind_of(&query.query),
+            &query.query,
+        );
         // Preparing plans the statement: within the cap and under `--query-timeout`, as running it.
         let prepared = self
             .run_statement_as(session, true, move |session| async move {
                 planner::prepare(&session, &query.query).await
             })
-            .await?;
+            .await;
+        let prepared = match prepared {
+            Ok(prepared) => {
+                running.discard();
+                prepared
+            }
+            Err(status) => {
+                running.finish(Outcome::error(status.message()));
+                return Err(status);
+            }
+        };
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: self.seal_handle(&caller, &prepared.handle),
             dataset_schema: schema_bytes(&wire_schema(&prepared.dataset_schema))?,
