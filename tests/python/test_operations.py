@@ -279,3 +279,25 @@ def test_json_logs_carry_the_request_id(tmp_path):
     failed = [line for line in lines if line["fields"].get("message") == "statement failed"]
     assert [line["span"]["request_id"] for line in failed] == [entry["id"]], lines[-5:]
     assert failed[0]["fields"]["id"] == entry["id"] and "nothing_here" in failed[0]["fields"]["error"]
+
+
+def test_the_compose_dashboard_reads_metrics_the_server_exports(operated):
+    """docker/grafana/dashboards/quiver.json names only metrics Quiver defines (src/metrics.rs) or
+    that a live server's /metrics shows (the process figures)."""
+    import pathlib
+    import re
+
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    defined = set(re.findall(r'"(quiver_[a-z_]+)"', (repo / "src" / "metrics.rs").read_text()))
+    exported = {name for (name, _) in scrape(operated)}
+    dashboard = json.loads((repo / "docker" / "grafana" / "dashboards" / "quiver.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b((?:quiver|process)_[a-z_]+)", e)}
+    unknown = [
+        m
+        for m in used
+        if re.sub(r"_(bucket|count|sum)$", "", m) not in defined and m not in exported
+    ]
+    assert used and not unknown, unknown
+    prometheus = (repo / "docker" / "prometheus.yml").read_text()
+    assert "quiver:9090" in prometheus and "/metrics" in prometheus
