@@ -308,3 +308,17 @@ pub async fn server_steps(
         report(&format!("server steps, {label}: {name}"), latencies);
     }
 }
+
+/// `--observe on|off`: with `on` (as `quiver serve --http-listen` runs) the Prometheus recorder is
+/// installed and `system.queries` keeps the default 1,000 statements; with `off` neither. Returns
+/// the session's `query_history`.
+pub fn observe(setting: &str) -> Option<usize> {
+    match setting {
+        "on" => {
+            quiver::metrics::install();
+            None
+        }
+        "off" => Some(0),
+        other => panic!("--observe on|off, not {other}"),
+    }
+}

@@ -34,6 +34,7 @@ struct Args {
     rows: usize,
     requests: usize,
     users: usize,
+    observe: String,
 }
 
 fn args() -> Args {
@@ -42,6 +43,7 @@ fn args() -> Args {
         rows: 2_000_000,
         requests: 5_000,
         users: 10_000,
+        observe: "on".into(),
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     for pair in raw.chunks(2) {
@@ -51,6 +53,7 @@ fn args() -> Args {
             "--rows" => args.rows = value.parse().expect("--rows N"),
             "--requests" => args.requests = value.parse().expect("--requests N"),
             "--users" => args.users = value.parse().expect("--users N"),
+            "--observe" => args.observe = value,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -71,10 +74,13 @@ fn main() {
         .build()
         .expect("server runtime");
     let models = args.models.clone();
+    let query_history = client::observe(&args.observe);
+    println!("metrics and query history: {}", args.observe);
     let (session, addr) = server.block_on(async move {
         let started = Instant::now();
         let options = SessionOptions {
             models_dir: Some(models),
+            query_history,
             ..Default::default()
         };
         let session = QuiverSession::open_with(warehouse, options)

@@ -47,22 +47,31 @@ FROM big_events GROUP BY user_id
 struct Args {
     users: u64,
     lookups: usize,
+    query_history: Option<usize>,
 }
 
 fn args() -> Args {
     let mut args = Args {
         users: 100_000,
         lookups: 20_000,
+        query_history: None,
     };
     let raw: Vec<String> = std::env::args().skip(1).collect();
+    let mut observe = "on".to_string();
     for pair in raw.chunks(2) {
+        if pair[0] == "--observe" {
+            observe = pair.get(1).cloned().unwrap_or_default();
+            continue;
+        }
         let value = pair.get(1).and_then(|v| v.parse().ok());
         match (pair[0].as_str(), value) {
             ("--users", Some(v)) => args.users = v,
             ("--lookups", Some(v)) => args.lookups = v as usize,
-            _ => panic!("usage: online_lookup [--users N] [--lookups N]"),
+            _ => panic!("usage: online_lookup [--users N] [--lookups N] [--observe on|off]"),
         }
     }
+    args.query_history = client::observe(&observe);
+    println!("metrics and query history: {observe}");
     args
 }
 
@@ -93,9 +102,11 @@ fn run(args: &Args, views: usize) {
         .build()
         .expect("server runtime");
     let users = args.users;
+    let query_history = args.query_history;
     let addr = server.block_on(async move {
         let options = SessionOptions {
             sql_dir: Some(sql_dir.clone()),
+            query_history,
             ..Default::default()
         };
         let session = QuiverSession::open_with(warehouse.clone(), options.clone())

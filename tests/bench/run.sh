@@ -4,9 +4,11 @@
 #   tests/bench/run.sh asof [--rows N] [--repeat N]       ASOF JOIN, N x N rows (asof_bench.py)
 #   tests/bench/run.sh merge [--rows N] [--changes N]     MERGE of 100k changed rows into 10M, Quiver
 #                                                         vs Python deltalake (merge_bench.py)
-#   tests/bench/run.sh online [--users N] [--lookups N]   online lookups from the Rust Flight SQL
+#   tests/bench/run.sh online [--users N] [--lookups N] [--observe on|off]
+#                                                         online lookups from the Rust Flight SQL
 #                                                         client, 1 and 50 views (online_lookup.rs)
-#   tests/bench/run.sh models [--items N] [--rows N]      predict vs onnxruntime, recommend p50/p99,
+#   tests/bench/run.sh models [--items N] [--rows N] [--observe on|off]
+#                                                         predict vs onnxruntime, recommend p50/p99,
 #                                                         recommend_items (models.rs, models_bench.py)
 #   tests/bench/run.sh load [--clients N] [--seconds N] [--auto-compact true]
 #                                                         64 clients x 60 s of point queries, scans and
@@ -53,9 +55,14 @@ VENV="${QUIVER_VENV:-$PWD/.venv}"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt -r tests/bench/requirements.txt
 if [ "${1:-}" = models ]; then
     shift
-    ITEMS=100000 ROWS=2000000
+    ITEMS=100000 ROWS=2000000 OBSERVE=on
     while [ $# -gt 0 ]; do
-        case "$1" in --items) ITEMS="$2"; shift 2 ;; --rows) ROWS="$2"; shift 2 ;; *) echo "unknown $1"; exit 2 ;; esac
+        case "$1" in
+            --items) ITEMS="$2"; shift 2 ;;
+            --rows) ROWS="$2"; shift 2 ;;
+            --observe) OBSERVE="$2"; shift 2 ;;
+            *) echo "unknown $1"; exit 2 ;;
+        esac
     done
     # Built first, so the baselines do not share the cores with the compiler.
     cargo build --release --example models
@@ -63,7 +70,7 @@ if [ "${1:-}" = models ]; then
     trap 'rm -rf "$DIR"' EXIT
     "$VENV/bin/python" tests/bench/models_bench.py generate "$DIR" --items "$ITEMS"
     "$VENV/bin/python" tests/bench/models_bench.py baseline "$DIR" --rows "$ROWS"
-    cargo run --release --example models -- --models "$DIR" --rows "$ROWS"
+    cargo run --release --example models -- --models "$DIR" --rows "$ROWS" --observe "$OBSERVE"
     exit 0
 fi
 cargo build --release --bin quiver
