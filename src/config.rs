@@ -88,6 +88,11 @@ pub struct ServeArgs {
     /// Statements `system.queries` keeps in memory (the newest); 0 keeps none.
     #[arg(long, env = "QUIVER_QUERY_HISTORY", default_value_t = crate::history::DEFAULT_CAPACITY)]
     pub query_history: usize,
+
+    /// Also append every statement `system.queries` records to this Delta table of the warehouse
+    /// (`schema.table`, created if absent), every 5 s and at shutdown. Unset: no audit table.
+    #[arg(long, env = "QUIVER_AUDIT_TABLE")]
+    pub audit_table: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -397,6 +402,11 @@ impl ServeArgs {
         };
         let (auth, tls) = self.security.validate(&listen)?;
         let (limits, max_message_bytes) = self.limits.validate()?;
+        let audit_table = self
+            .audit_table
+            .as_deref()
+            .map(crate::ingest::audit::AuditTable::parse)
+            .transpose()?;
         let http_listen = match &self.http_listen {
             None => None,
             Some(raw) => Some(raw.parse().map_err(|e| Error::Config {
@@ -410,6 +420,7 @@ impl ServeArgs {
             http_listen,
             session: SessionOptions {
                 query_history: Some(self.query_history),
+                audit: audit_table.is_some(),
                 ..self.query.options()?
             },
             server: ServerOptions {
@@ -419,6 +430,7 @@ impl ServeArgs {
                 max_message_bytes,
                 refresh_interval,
                 readiness: Arc::default(),
+                audit_table,
             },
         })
     }

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{
-    ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder, UInt64Builder,
+    ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::Result;
@@ -34,7 +33,12 @@ pub const QUERIES_TABLE: &str = "queries";
 pub struct QueryHistory {
     capacity: usize,
     entries: Mutex<VecDeque<Arc<Record>>>,
+    /// Statements not yet appended to the audit table (`--audit-table`), when there is one.
+    audit: Option<Mutex<Vec<Arc<Record>>>>,
 }
+
+/// Statements waiting for the audit table at most; past it the oldest are dropped (and logged).
+const MAX_AUDIT_BACKLOG: usize = 100_000;
 
 /// Ids of requests and statements, unique in the process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -120,7 +124,31 @@ impl QueryHistory {
         Self {
             capacity,
             entries: Mutex::new(VecDeque::with_capacity(capacity.min(DEFAULT_CAPACITY))),
+            audit: None,
         }
+    }
+
+    /// Also keeps every statement for [`QueryHistory::drain_audit`] (an audit table's writer).
+    pub fn with_audit(mut self) -> Self {
+        self.audit = Some(Mutex::default());
+        self
+    }
+
+    /// Gives back statements [`QueryHistory::drain_audit`] took and could not append, before the
+    /// ones recorded since.
+    pub fn requeue_audit(&self, mut records: Vec<Arc<Record>>) {
+        if let Some(audit) = &self.audit {
+            let mut pending = audit.lock().unwrap_or_else(PoisonError::into_inner);
+            records.append(&mut pending);
+            *pending = records;
+        }
+    }
+
+    /// The statements recorded since the last call, oldest first (none without an audit table).
+    pub fn drain_audit(&self) -> Vec<Arc<Record>> {
+        self.audit.as_ref().map_or_else(Vec::new, |audit| {
+            std::mem::take(&mut *audit.lock().unwrap_or_else(PoisonError::into_inner))
+        })
     }
 
     /// Starts statement `id` (its request's id); record it with [`Running::finish`].
@@ -168,6 +196,17 @@ impl QueryHistory {
             .increment(1);
         ::metrics::histogram!(metrics::STATEMENT_SECONDS, "kind" => record.kind)
             .record(record.duration.as_secs_f64());
+        let record = Arc::new(record);
+        if let Some(audit) = &self.audit {
+            let mut pending = audit.lock().unwrap_or_else(PoisonError::into_inner);
+            if pending.len() >= MAX_AUDIT_BACKLOG {
+                tracing::warn!(
+                    "the audit table is {MAX_AUDIT_BACKLOG} statements behind: dropping the oldest"
+                );
+                pending.drain(..MAX_AUDIT_BACKLOG / 10);
+            }
+            pending.push(record.clone());
+        }
         if self.capacity == 0 {
             return;
         }
@@ -175,7 +214,7 @@ impl QueryHistory {
         while entries.len() >= self.capacity {
             entries.pop_front();
         }
-        entries.push_back(Arc::new(record));
+        entries.push_back(record);
     }
 }
 
@@ -256,7 +295,7 @@ pub fn kind_of(sql: &str) -> &'static str {
 pub fn schema() -> SchemaRef {
     let utc = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     Arc::new(Schema::new(vec![
-        Field::new("id", DataType::UInt64, false),
+        Field::new("id", DataType::Int64, false),
         Field::new("user", DataType::Utf8, false),
         Field::new("role", DataType::Utf8, false),
         Field::new("kind", DataType::Utf8, false),
@@ -271,8 +310,9 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-fn batch(records: &[Arc<Record>]) -> Result<RecordBatch> {
-    let mut id = UInt64Builder::new();
+/// Records as `system.queries` rows.
+pub fn batch(records: &[Arc<Record>]) -> Result<RecordBatch> {
+    let mut id = Int64Builder::new();
     let mut user = StringBuilder::new();
     let mut role = StringBuilder::new();
     let mut kind = StringBuilder::new();
@@ -286,7 +326,7 @@ fn batch(records: &[Arc<Record>]) -> Result<RecordBatch> {
     let mut client = StringBuilder::new();
     let count = |n: Option<u64>| n.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
     for r in records {
-        id.append_value(r.id);
+        id.append_value(i64::try_from(r.id).unwrap_or(i64::MAX));
         user.append_value(&r.user);
         role.append_value(r.role);
         kind.append_value(r.kind);

@@ -18,6 +18,7 @@ use crate::flight::guard::GuardLayer;
 use crate::flight::limits::Limits;
 use crate::flight::{QuiverFlight, QuiverFlightSql};
 use crate::http::{Http, HttpListener, Readiness};
+use crate::ingest::audit::AuditTable;
 use crate::session::QuiverSession;
 
 /// How the server admits and bounds calls.
@@ -32,6 +33,8 @@ pub struct ServerOptions {
     pub refresh_interval: Option<Duration>,
     /// What `/ready` answers: set to serving once Flight serves, to draining at shutdown.
     pub readiness: Arc<Readiness>,
+    /// `--audit-table`: where every statement is appended.
+    pub audit_table: Option<AuditTable>,
 }
 
 impl ServerOptions {
@@ -44,6 +47,7 @@ impl ServerOptions {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             refresh_interval: None,
             readiness: Arc::default(),
+            audit_table: None,
         })
     }
 }
@@ -175,6 +179,13 @@ pub async fn serve(
             interval,
         ));
     }
+    let audit = options
+        .audit_table
+        .clone()
+        .map(|target| (session.clone(), target));
+    let auditing = audit.clone().map(|(session, target)| {
+        executor.spawn(crate::ingest::audit::flush_every(session, target))
+    });
     executor.spawn(crate::scoring::watch(
         session.ctx().clone(),
         session.models().clone(),
@@ -183,7 +194,7 @@ pub async fn serve(
     let readiness = options.readiness.clone();
     let service = QuiverFlight::new(QuiverFlightSql::new(
         session,
-        executor,
+        executor.clone(),
         uploads,
         options.auth,
         options.limits,
@@ -238,13 +249,23 @@ pub async fn serve(
         let _ = drain_rx.wait_for(|stopped| *stopped).await;
         tokio::time::sleep(DRAIN_TIMEOUT).await;
     };
-    tokio::select! {
+    let served = tokio::select! {
         result = serving => result.map_err(|e| Error::Internal(format!("gRPC server failed: {e}"))),
         () = drain_deadline => {
             tracing::warn!("in-flight calls still running after {DRAIN_TIMEOUT:?}; cancelling them");
             Ok(())
         }
+    };
+    // The statements of the last interval reach the audit table before the process ends.
+    if let (Some(task), Some((session, target))) = (auditing, audit) {
+        task.abort();
+        let last =
+            executor.spawn(async move { crate::ingest::audit::flush(&session, &target).await });
+        if let Ok(Err(e)) = last.await {
+            tracing::warn!(error = %e, "could not append the last statements to the audit table");
+        }
     }
+    served
 }
 
 /// rustls has both of its providers compiled in (ring and aws-lc-rs, through different dependencies),

@@ -48,6 +48,8 @@ pub struct SessionOptions {
     pub defer_models: bool,
     /// Statements `system.queries` keeps (`--query-history`); `None`: the default, 0: none.
     pub query_history: Option<usize>,
+    /// Every statement is also kept until an audit table's writer takes it (`--audit-table`).
+    pub audit: bool,
 }
 
 impl QuiverSession {
@@ -116,11 +118,15 @@ impl QuiverSession {
         });
         // The warehouse's catalog, with what the layers above storage serve in it: `system`'s
         // tables about the server, and materialized feature views from memory.
-        let history = Arc::new(QueryHistory::new(
+        let history = QueryHistory::new(
             session_options
                 .query_history
                 .unwrap_or(history::DEFAULT_CAPACITY),
-        ));
+        );
+        let history = Arc::new(match session_options.audit {
+            true => history.with_audit(),
+            false => history,
+        });
         let recorded = history.clone();
         let queries = snapshot_table(history::schema(), move |ctx| {
             history::batch_for(&recorded, ctx)

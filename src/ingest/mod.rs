@@ -3,6 +3,8 @@
 //! SQL `INSERT`, `CREATE TABLE AS` and `DELETE` reach Delta through the table provider instead
 //! (see `storage::table`); uploads come here because they bring their own schema and a mode.
 
+pub mod audit;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -301,3 +301,40 @@ def test_the_compose_dashboard_reads_metrics_the_server_exports(operated):
     assert used and not unknown, unknown
     prometheus = (repo / "docker" / "prometheus.yml").read_text()
     assert "quiver:9090" in prometheus and "/metrics" in prometheus
+
+
+def test_statements_are_appended_to_the_audit_table(tmp_path):
+    """--audit-table: every recorded statement reaches a Delta table, every 5 s and at shutdown,
+    with more history than system.queries keeps in memory."""
+    from deltalake import DeltaTable
+
+    server = Server(tmp_path / "warehouse", args=["--audit-table", "audit.queries", "--query-history", "2"])
+    try:
+        with dbapi.connect(server.uri, autocommit=True) as conn:
+            for i in range(4):
+                rows(conn, f"SELECT {i} AS audited_{i}")
+            with pytest.raises(adbc_driver_manager.ProgrammingError):
+                rows(conn, "SELECT * FROM not_audited_table")
+            # Appended while serving, within an interval or two.
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    [row] = rows(conn, "SELECT count(*) AS n FROM audit.queries")
+                    if row["n"] >= 5:
+                        break
+                except adbc_driver_manager.ProgrammingError:
+                    pass  # not created yet
+                time.sleep(0.5)
+            assert row["n"] >= 5
+            rows(conn, "SELECT 'the last one' AS last")
+    finally:
+        assert server.stop() == 0
+    # At shutdown the last statements are appended too; Delta readers see the table.
+    audit = DeltaTable(str(tmp_path / "warehouse" / "audit" / "queries")).to_pyarrow_table().to_pylist()
+    sqls = [r["sql"] for r in audit]
+    assert all(f"SELECT {i} AS audited_{i}" in sqls for i in range(4)), sqls
+    assert "SELECT 'the last one' AS last" in sqls
+    [failed] = [r for r in audit if "not_audited_table" in r["sql"]]
+    assert failed["status"] == "error" and "not_audited_table" in failed["error"]
+    assert failed["user"] == "anonymous"
+    assert len(set(r["id"] for r in audit)) == len(audit), "a statement was appended twice"
