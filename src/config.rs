@@ -282,6 +282,11 @@ pub struct LogArgs {
         global = true
     )]
     pub format: LogFormat,
+
+    /// Export trace spans (each RPC, and a statement's plan, execute and commit phases) to this
+    /// OpenTelemetry collector over OTLP/gRPC, e.g. `http://localhost:4317`. Unset: no traces.
+    #[arg(long = "otlp-endpoint", env = "QUIVER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -7,6 +7,7 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
 use futures::TryStreamExt;
+use tracing::Instrument;
 
 use crate::auth::Principal;
 use crate::error::{Error, Result};
@@ -124,6 +125,7 @@ pub async fn plan_for_client(
         return Ok(ClientPlan::done((schema, handle)));
     }
     let mut first = Some(planned);
+    let executing = tracing::info_span!("execute");
     let batches: Vec<RecordBatch> = retry_conflicts(&handle.sql, || {
         let planned = first.take();
         let handle = &handle;
@@ -135,6 +137,7 @@ pub async fn plan_for_client(
             Ok(execute(session, planned).await?.try_collect().await?)
         })
     })
+    .instrument(executing)
     .await?;
     let handle = handle.with_result(&schema, &batches)?;
     Ok(ClientPlan::done((schema, handle)))

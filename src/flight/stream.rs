@@ -107,7 +107,7 @@ where
                 error,
             });
         }
-        .in_current_span(),
+        .instrument(tracing::info_span!("execute")),
     );
     // A producer that panics or is cancelled must end the call with an error, never with a clean
     // end of stream that would make a truncated result look complete.

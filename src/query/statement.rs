@@ -165,6 +165,7 @@ pub async fn plan_sql(session: &QuiverSession, sql: &str) -> Result<Planned> {
 
 /// [`plan_sql`] with the parameter values known at planning: table-function arguments need them
 /// (`FROM recommend('m', $1, 10)`); the rest of the plan is bound by [`Planned::bind`] as usual.
+#[tracing::instrument(name = "plan", level = "info", skip_all)]
 pub async fn plan_sql_with(
     session: &QuiverSession,
     sql: &str,

@@ -20,6 +20,7 @@ use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use futures::StreamExt;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::storage::per_table::PerTable;
@@ -161,7 +162,11 @@ pub async fn write_stream(state: &SessionState, request: WriteRequest) -> Result
     if !partition_by.is_empty() {
         builder = builder.with_partition_columns(partition_by);
     }
-    let written = match builder.await {
+    let written = match builder
+        .into_future()
+        .instrument(tracing::info_span!("commit", table = %table_name))
+        .await
+    {
         Ok(written) => written,
         Err(e) => return Err(write_error(table_name, e, &input_error)),
     };

@@ -338,3 +338,60 @@ def test_statements_are_appended_to_the_audit_table(tmp_path):
     assert failed["status"] == "error" and "not_audited_table" in failed["error"]
     assert failed["user"] == "anonymous"
     assert len(set(r["id"] for r in audit)) == len(audit), "a statement was appended twice"
+
+
+def test_statement_phases_are_exported_over_otlp(tmp_path):
+    """--otlp-endpoint: spans reach a real OTLP/gRPC trace receiver (the OpenTelemetry protocol's
+    own service definition): the RPC, and a statement's plan, execute and commit phases."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received = []
+
+    class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            for resource_spans in request.resource_spans:
+                service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                for scope in resource_spans.scope_spans:
+                    received.extend((service.get("service.name"), span) for span in scope.spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    receiver = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), receiver)
+    port = receiver.add_insecure_port("127.0.0.1:0")
+    receiver.start()
+    try:
+        server = Server(tmp_path / "warehouse", args=["--otlp-endpoint", f"http://127.0.0.1:{port}"])
+        try:
+            with dbapi.connect(server.uri, autocommit=True) as conn:
+                ingest(conn, "traced", clicks(10), mode="create")
+                assert len(rows(conn, "SELECT * FROM traced WHERE user_id = 1")) == 1
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO traced SELECT * FROM traced")
+        finally:
+            # Spans still batched are exported before the process exits.
+            assert server.stop() == 0
+    finally:
+        receiver.stop(grace=None)
+    names = [span.name for _, span in received]
+    assert {"rpc", "plan", "execute", "commit"} <= set(names), names
+    assert {service for service, _ in received} == {"quiver"}
+    # Phases are children of the RPC that ran them, in one trace.
+    by_id = {span.span_id: span for _, span in received}
+    for _, span in received:
+        if span.name in ("plan", "execute"):
+            parent = by_id.get(span.parent_span_id)
+            assert parent is not None and span.trace_id == parent.trace_id, span.name
+
+
+def test_a_bad_otlp_endpoint_is_named(tmp_path):
+    done = subprocess.run(
+        [_binary(), "serve", "--warehouse", str(tmp_path / "w"), "--listen", "127.0.0.1:0", "--otlp-endpoint", "localhost:4317"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "--otlp-endpoint" in done.stderr and "http://" in done.stderr, done.stderr
