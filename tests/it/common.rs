@@ -108,6 +108,15 @@ impl Drop for TestServer {
     }
 }
 
+/// The items and interactions the test models (`tests/models`) recommend from and exclude by,
+/// then the models loaded over them.
+pub const RECOMMEND_TABLES: [&str; 3] = [
+    "CREATE TABLE items AS SELECT CAST(value AS BIGINT) AS item_id FROM generate_series(0, 199)",
+    "CREATE TABLE interactions AS SELECT CAST(value % 40 AS BIGINT) AS user_id, \
+     CAST((value * 7) % 200 AS BIGINT) AS item_id FROM generate_series(0, 499)",
+    "RELOAD MODELS",
+];
+
 /// Fetches every endpoint of a FlightInfo.
 pub async fn fetch(
     client: &mut FlightSqlServiceClient<Channel>,

@@ -135,12 +135,7 @@ async fn the_exclude_index_adds_appended_rows_and_rebuilds_after_a_delete() {
         ..Default::default()
     })
     .await;
-    for sql in [
-        "CREATE TABLE items AS SELECT CAST(value AS BIGINT) AS item_id FROM generate_series(0, 199)",
-        "CREATE TABLE interactions AS SELECT CAST(value % 40 AS BIGINT) AS user_id, \
-         CAST((value * 7) % 200 AS BIGINT) AS item_id FROM generate_series(0, 499)",
-        "RELOAD MODELS",
-    ] {
+    for sql in crate::common::RECOMMEND_TABLES {
         run(&session, sql).await;
     }
     let first = exclusion(&session).await;

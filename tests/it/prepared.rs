@@ -220,12 +220,7 @@ async fn a_prepared_recommend_call_binds_its_arguments_and_follows_reloads() {
         ..Default::default()
     })
     .await;
-    for sql in [
-        "CREATE TABLE items AS SELECT CAST(value AS BIGINT) AS item_id FROM generate_series(0, 199)",
-        "CREATE TABLE interactions AS SELECT CAST(value % 40 AS BIGINT) AS user_id, \
-         CAST((value * 7) % 200 AS BIGINT) AS item_id FROM generate_series(0, 499)",
-        "RELOAD MODELS",
-    ] {
+    for sql in crate::common::RECOMMEND_TABLES {
         run(&session, sql).await;
     }
     let sql = "SELECT item_id, score FROM recommend('mf', ?, ?)";
