@@ -78,6 +78,15 @@ pub enum Error {
     #[error("resource limit: {0}")]
     ResourceExhausted(String),
 
+    /// A request or body larger than the server takes (HTTP 413).
+    #[error("too large: {0}")]
+    TooLarge(String),
+
+    /// The server cannot take this now (still loading, shutting down); the same request may
+    /// succeed later or on another replica.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+
     /// The query ran past `--query-timeout`.
     #[error("{0}")]
     Timeout(String),
@@ -148,6 +157,8 @@ impl Error {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::TooLarge(_) => Code::ResourceExhausted,
+            Error::Unavailable(_) => Code::Unavailable,
             Error::Timeout(_) => Code::DeadlineExceeded,
             Error::Cancelled(_) => Code::Cancelled,
             Error::Corrupt(_) => Code::DataLoss,

@@ -32,6 +32,10 @@ pub const BYTES_SERVED: &str = "quiver_bytes_served_total";
 /// Rows and Arrow bytes (uncompressed, in memory) written by ingest, by `table`.
 pub const ROWS_INGESTED: &str = "quiver_rows_ingested_total";
 pub const BYTES_INGESTED: &str = "quiver_bytes_ingested_total";
+/// Records that did not fit their table and went to its schema's dead-letter table, by `table`.
+pub const DEAD_LETTERS: &str = "quiver_dead_letters_total";
+/// Requests to the HTTP collector (`POST /v1/ingest/{table}`), by `status` (the HTTP status code).
+pub const HTTP_INGEST_REQUESTS: &str = "quiver_http_ingest_requests_total";
 /// Delta commits written, by `table`.
 pub const DELTA_COMMITS: &str = "quiver_delta_commits_total";
 /// Delta commits that lost to a concurrent writer, by `table`; and statements run again because of one.

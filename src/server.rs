@@ -17,6 +17,7 @@ use crate::executor::Executor;
 use crate::flight::guard::GuardLayer;
 use crate::flight::limits::Limits;
 use crate::flight::{QuiverFlight, QuiverFlightSql};
+use crate::http::collect::Collector;
 use crate::http::{Http, HttpListener, Readiness};
 use crate::ingest::audit::AuditTable;
 use crate::session::QuiverSession;
@@ -107,7 +108,7 @@ pub async fn start_http(config: &ServeConfig) -> Result<Option<Http>> {
     };
     let listener = HttpListener::bind(address, config.server.readiness.clone()).await?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, "HTTP: /health, /ready, /metrics");
+    tracing::info!(%address, "HTTP: /health, /ready, /metrics, POST /v1/ingest/{{table}}");
     let mut stdout = std::io::stdout();
     writeln!(stdout, "quiver http on http://{address}")?;
     stdout.flush()?;
@@ -152,7 +153,7 @@ pub async fn serve_session(
     writeln!(stdout, "quiver listening on {uri}")?;
     write!(stdout, "{}", banner(&uri))?;
     stdout.flush()?;
-    let served = serve(listener, session, config.server, shutdown).await;
+    let served = serve_with(listener, session, config.server, shutdown, http.as_ref()).await;
     crate::storage::upkeep::finish().await;
     drop(http);
     served
@@ -165,10 +166,33 @@ pub async fn serve(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    serve_with(listener, session, options, shutdown, None).await
+}
+
+/// [`serve`], with the HTTP listener's collector (`POST /v1/ingest/{table}`) writing through the
+/// same upload runtime and credentials as Flight.
+pub async fn serve_with(
+    listener: TcpListener,
+    session: QuiverSession,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    http: Option<&Http>,
+) -> Result<()> {
     let executor = Arc::new(Executor::new("quiver-exec", 0)?);
     // A quarter of the cores (at least one) for uploads: see `executor`.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let uploads = Arc::new(Executor::new("quiver-upload", (cores / 4).max(1))?);
+    if let Some(http) = http {
+        http.set_collector(Collector {
+            session: session.clone(),
+            auth: options.auth.clone(),
+            executor: uploads.clone(),
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                options.limits.max_concurrent_queries,
+            )),
+            max_body: usize::try_from(options.limits.max_upload_bytes).unwrap_or(usize::MAX),
+        });
+    }
     // Background work runs on the query runtime, never on the gRPC IO threads: scheduled
     // refreshes, and reloads of changed model directories.
     if let Some(interval) = options.refresh_interval {

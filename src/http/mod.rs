@@ -7,8 +7,12 @@
 //!   stops routing before in-flight calls drain.
 //! - `GET /metrics`: every metric in the Prometheus text format (see [`crate::metrics`]).
 //!
-//! None of these needs credentials: they say only whether and how the server runs. Bind the
-//! listener to loopback or a private network (the default is loopback).
+//! - `POST /v1/ingest/{table}`: the collector log shippers post JSON to (see [`collect`]).
+//!
+//! Health, readiness and metrics need no credentials: they say only whether and how the server
+//! runs. Bind the listener to loopback or a private network (the default is loopback).
+
+pub mod collect;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -19,12 +23,13 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::session::QuiverSession;
+use collect::Collector;
 
 /// How often histogram samples are drained into buckets when nobody scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -46,6 +51,10 @@ impl Readiness {
     /// Shutdown has begun: no new work should be routed here.
     pub fn draining(&self) {
         self.0.store(DRAINING, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::Acquire) == DRAINING
     }
 
     fn answer(&self) -> (StatusCode, &'static str) {
@@ -71,6 +80,8 @@ struct Shared {
     metrics: &'static Metrics,
     /// Set once the session is open: its gauges are read at each scrape.
     session: OnceLock<QuiverSession>,
+    /// Set once the server serves: what `POST /v1/ingest/{table}` writes with.
+    collector: OnceLock<Collector>,
 }
 
 impl HttpListener {
@@ -89,6 +100,7 @@ impl HttpListener {
                 readiness,
                 metrics: crate::metrics::install(),
                 session: OnceLock::new(),
+                collector: OnceLock::new(),
             }),
         })
     }
@@ -104,6 +116,7 @@ impl HttpListener {
             .route("/health", get(|| async { "ok\n" }))
             .route("/ready", get(ready))
             .route("/metrics", get(metrics))
+            .route("/v1/ingest/{table}", post(collect::ingest))
             .with_state(self.state);
         let serving = tokio::spawn(async move {
             if let Err(e) = axum::serve(self.listener, router).await {
@@ -135,6 +148,11 @@ impl Http {
     /// The session whose gauges `/metrics` reads.
     pub fn set_session(&self, session: &QuiverSession) {
         let _ = self.state.session.set(session.clone());
+    }
+
+    /// Starts collecting: `POST /v1/ingest/{table}` answers 503 until this is called.
+    pub fn set_collector(&self, collector: Collector) {
+        let _ = self.state.collector.set(collector);
     }
 }
 

@@ -4,6 +4,9 @@
 //! (see `storage::table`); uploads come here because they bring their own schema and a mode.
 
 pub mod audit;
+pub mod collect;
+pub mod dead_letters;
+pub mod json;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +23,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::error::{Error, Result};
 use crate::session::QuiverSession;
 use crate::storage::storable::storable_stream;
-use crate::storage::{AsOf, WriteKind, WriteRequest, open_delta, write_stream};
+use crate::storage::{AsOf, DeltaTableProvider, WriteKind, WriteRequest, open_delta, write_stream};
 
 /// What to do when the target table exists or does not, as in ADBC's ingest modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +159,22 @@ pub async fn ingest(
     metrics::counter!(crate::metrics::BYTES_INGESTED, "table" => label)
         .increment(bytes.load(Ordering::Relaxed));
     Ok(rows)
+}
+
+/// `schema.table` at its latest version, as the catalog reads it; `None` if there is no such table.
+pub async fn latest_table(
+    session: &QuiverSession,
+    schema: &str,
+    table: &str,
+) -> Result<Option<DeltaTableProvider>> {
+    let Some(location) = session.warehouse().locate(schema, table).await? else {
+        return Ok(None);
+    };
+    let provider = session
+        .catalog()
+        .provider(format!("{schema}.{table}"), &location, &AsOf::Latest)
+        .await?;
+    Ok(Some(provider))
 }
 
 /// The upload with the table's nullability on the columns the table has. delta-rs merges the two

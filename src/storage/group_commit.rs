@@ -9,13 +9,20 @@
 //! as the turns taken, not as the appends, and the log stays short. An append whose files another
 //! caller committed never takes the turn; the commit itself is a task of its own, so a caller that
 //! disconnects does not stop the commit the others wait for.
+//!
+//! An append may carry Delta application transactions (`txn`: an app id and its version, a Kafka
+//! partition's offset or an HTTP request's idempotency key). The leader, holding the turn on the
+//! latest version, drops an append whose version the table (or an earlier append of the same group)
+//! already records for its app id, and answers it [`Appended::duplicate`]: what a writer sends twice
+//! lands once, across restarts and across servers (a concurrent commit of the same app id in another
+//! process is a conflict Delta detects).
 
 use std::sync::{Arc, Mutex};
 
 use datafusion::execution::SendableRecordBatchStream;
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::{CommitBuilder, FinalizedCommit, TableReference};
-use deltalake::kernel::{Action, Add};
+use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -30,7 +37,21 @@ use crate::storage::write::{conflict_error, to_latest, turn};
 /// An append waiting for its commit.
 struct Pending {
     adds: Vec<Add>,
-    done: oneshot::Sender<std::result::Result<u64, Shared>>,
+    transactions: Vec<Transaction>,
+    /// The version that holds the append, or `None` if its transactions were already recorded.
+    done: PendingDone,
+}
+
+/// What became of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Rows written (0 for a duplicate).
+    pub rows: u64,
+    /// The table version holding them; `None` when nothing was committed (no rows and no
+    /// transactions, or a duplicate).
+    pub version: Option<u64>,
+    /// The append's transactions were already recorded: nothing of it was committed.
+    pub duplicate: bool,
 }
 
 /// A failed group commit as each of its callers sees it.
@@ -59,12 +80,46 @@ pub fn supports(table: &DeltaTable) -> bool {
 /// Appends `data` to `table` (loaded, existing) and returns the rows written once the commit
 /// holding them exists.
 pub async fn append(table: DeltaTable, data: SendableRecordBatchStream) -> Result<u64> {
+    Ok(append_once(table, data, Vec::new()).await?.rows)
+}
+
+/// Appends `data` to `table` (loaded, existing) with `transactions` in the same commit, unless the
+/// table already records each app id at the version given or later (then nothing is committed and
+/// the answer says `duplicate`). With transactions, a commit is made even for no rows: it records
+/// that the writer got this far (a batch of only rejected messages still moves its offsets).
+pub async fn append_once(
+    table: DeltaTable,
+    data: SendableRecordBatchStream,
+    transactions: Vec<Transaction>,
+) -> Result<Appended> {
     let (adds, rows) = write_files(&table, data).await?;
-    if adds.is_empty() {
-        return Ok(0);
+    if adds.is_empty() && transactions.is_empty() {
+        return Ok(Appended {
+            rows: 0,
+            version: None,
+            duplicate: false,
+        });
     }
-    commit(&table, adds).await?;
-    Ok(rows)
+    Ok(match commit(&table, adds, transactions).await? {
+        Some(version) => Appended {
+            rows,
+            version: Some(version),
+            duplicate: false,
+        },
+        None => Appended {
+            rows: 0,
+            version: None,
+            duplicate: true,
+        },
+    })
+}
+
+/// The version `table` (loaded) records for application `app_id`, if any.
+pub async fn recorded_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
+    Ok(table
+        .snapshot()?
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await?)
 }
 
 /// Writes the Parquet files of `data` (nothing committed) and returns their `add` actions and the
@@ -108,14 +163,23 @@ async fn write_files(
     Ok((adds, rows))
 }
 
-/// Queues `adds` for the table's next commit and returns its version once it exists.
-async fn commit(table: &DeltaTable, adds: Vec<Add>) -> Result<u64> {
+/// Queues `adds` for the table's next commit and returns its version once it exists (`None`: a
+/// duplicate, not committed).
+async fn commit(
+    table: &DeltaTable,
+    adds: Vec<Add>,
+    transactions: Vec<Transaction>,
+) -> Result<Option<u64>> {
     let queue = queue(table);
     let (done, mut answer) = oneshot::channel();
     queue
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(Pending { adds, done });
+        .push(Pending {
+            adds,
+            transactions,
+            done,
+        });
     // Either a caller that has the turn commits these files with its own (most appends under load
     // end here, without ever taking the turn or reading the log), or this one gets the turn first
     // and commits everything queued by then.
@@ -140,18 +204,48 @@ async fn commit_group(mut table: DeltaTable, queue: Queue, _turn: OwnedMutexGuar
     // caller was told it failed.
     let latest = to_latest(&mut table).await;
     let group = std::mem::take(&mut *queue.lock().unwrap_or_else(|p| p.into_inner()));
-    let (actions, waiting): (Vec<Vec<Add>>, Vec<_>) =
-        group.into_iter().map(|p| (p.adds, p.done)).unzip();
-    let actions: Vec<Action> = actions.into_iter().flatten().map(Action::Add).collect();
-    let appends = waiting.len();
-    let result = match latest {
-        Ok(()) => commit_actions(&table, actions).await,
-        Err(e) => Err(e),
+    let group = match latest {
+        Ok(()) => without_duplicates(&table, group).await,
+        Err(e) => Err((e, group)),
     };
-    let shared = result.as_ref().map(|c| c.version()).map_err(|e| Shared {
-        conflict: e.is_write_conflict(),
-        message: e.to_string(),
-    });
+    let (group, duplicates) = match group {
+        Ok(split) => split,
+        Err((e, group)) => {
+            let shared = Shared::from(&e);
+            for pending in group {
+                let _ = pending.done.send(Err(shared.clone()));
+            }
+            return;
+        }
+    };
+    for done in duplicates {
+        let _ = done.send(Ok(None));
+    }
+    if group.is_empty() {
+        return;
+    }
+    let mut actions = Vec::new();
+    let mut transactions: Vec<Transaction> = Vec::new();
+    let mut waiting = Vec::with_capacity(group.len());
+    for pending in group {
+        actions.extend(pending.adds.into_iter().map(Action::Add));
+        for txn in pending.transactions {
+            // One `txn` per app id in a commit: the highest version of the group.
+            match transactions.iter_mut().find(|t| t.app_id == txn.app_id) {
+                Some(kept) if kept.version >= txn.version => {}
+                Some(kept) => *kept = txn,
+                None => transactions.push(txn),
+            }
+        }
+        waiting.push(pending.done);
+    }
+    actions.extend(transactions.into_iter().map(Action::Txn));
+    let appends = waiting.len();
+    let result = commit_actions(&table, actions).await;
+    let shared = result
+        .as_ref()
+        .map(|c| Some(c.version()))
+        .map_err(Shared::from);
     for done in waiting {
         let _ = done.send(shared.clone());
     }
@@ -161,6 +255,62 @@ async fn commit_group(mut table: DeltaTable, queue: Queue, _turn: OwnedMutexGuar
         // again would replay every live file once more.
         table.state = Some(committed.snapshot());
         upkeep::after_commit(&table);
+    }
+}
+
+/// The group without the appends whose transactions `table` (at its latest version, the turn held)
+/// or an earlier append of the group already records; those are returned apart. On an error
+/// reading the log the whole group is given back, to be failed.
+async fn without_duplicates(
+    table: &DeltaTable,
+    group: Vec<Pending>,
+) -> std::result::Result<(Vec<Pending>, Vec<PendingDone>), (Error, Vec<Pending>)> {
+    let mut recorded: Vec<(String, Option<i64>)> = Vec::new();
+    for app_id in group
+        .iter()
+        .flat_map(|p| &p.transactions)
+        .map(|t| &t.app_id)
+    {
+        if recorded.iter().any(|(id, _)| id == app_id) {
+            continue;
+        }
+        match recorded_version(table, app_id).await {
+            Ok(version) => recorded.push((app_id.clone(), version)),
+            Err(e) => return Err((e, group)),
+        }
+    }
+    let mut kept = Vec::with_capacity(group.len());
+    let mut duplicates = Vec::new();
+    for pending in group {
+        let seen = |txn: &Transaction| {
+            recorded
+                .iter()
+                .find(|(id, _)| *id == txn.app_id)
+                .and_then(|(_, v)| *v)
+                .is_some_and(|v| v >= txn.version)
+        };
+        if pending.transactions.iter().any(seen) {
+            duplicates.push(pending.done);
+            continue;
+        }
+        for txn in &pending.transactions {
+            if let Some((_, version)) = recorded.iter_mut().find(|(id, _)| *id == txn.app_id) {
+                *version = Some(version.map_or(txn.version, |v| v.max(txn.version)));
+            }
+        }
+        kept.push(pending);
+    }
+    Ok((kept, duplicates))
+}
+
+type PendingDone = oneshot::Sender<std::result::Result<Option<u64>, Shared>>;
+
+impl From<&Error> for Shared {
+    fn from(e: &Error) -> Self {
+        Shared {
+            conflict: e.is_write_conflict(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -186,8 +336,11 @@ async fn commit_actions(table: &DeltaTable, actions: Vec<Action>) -> Result<Fina
 
 fn answered_with(
     table: &DeltaTable,
-    answered: std::result::Result<std::result::Result<u64, Shared>, oneshot::error::RecvError>,
-) -> Result<u64> {
+    answered: std::result::Result<
+        std::result::Result<Option<u64>, Shared>,
+        oneshot::error::RecvError,
+    >,
+) -> Result<Option<u64>> {
     match answered {
         Ok(answer) => answer.map_err(|e| shared_error(table, e)),
         // Only a group commit that panicked drops its callers unanswered.

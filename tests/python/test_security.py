@@ -16,40 +16,8 @@ import adbc_driver_manager
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
-from conftest import Server, _binary
+from conftest import Server, _binary, quiver
 from helpers import rows
-
-
-def quiver(*args, stdin=None):
-    return subprocess.run(
-        [_binary(), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "QUIVER_LOG": "off"},
-        timeout=60,
-    )
-
-
-@pytest.fixture(scope="module")
-def auth_file(tmp_path_factory):
-    """An auth file made with the CLI: two users and two API tokens, one of each role."""
-    directory = tmp_path_factory.mktemp("auth")
-    entries = []
-    for user, password, role in [("writer", "w-pass", "read_write"), ("reader", "r-pass", "read")]:
-        hashed = quiver("auth", "hash-password", stdin=password + "\n")
-        assert hashed.returncode == 0, hashed.stderr
-        entries.append(f'[[users]]\nname = "{user}"\npassword_hash = "{hashed.stdout.strip()}"\nrole = "{role}"\n')
-    tokens = {}
-    for name, role in [("etl", "read_write"), ("dashboard", "read")]:
-        made = quiver("auth", "new-token", "--name", name, "--role", role)
-        assert made.returncode == 0, made.stderr
-        tokens[role] = made.stderr.strip().rsplit(" ", 1)[-1]
-        entries.append(made.stdout)
-    path = directory / "auth.toml"
-    path.write_text("\n".join(entries))
-    assert "w-pass" not in path.read_text() and tokens["read"] not in path.read_text()
-    return path, tokens
 
 
 @pytest.fixture(scope="module")
