@@ -78,6 +78,10 @@ pub enum Error {
     #[error("resource limit: {0}")]
     ResourceExhausted(String),
 
+    /// Something other than a table, schema or catalog that does not exist (a source).
+    #[error("{kind} '{name}' does not exist")]
+    NotFound { kind: &'static str, name: String },
+
     /// A request or body larger than the server takes (HTTP 413).
     #[error("too large: {0}")]
     TooLarge(String),
@@ -157,6 +161,7 @@ impl Error {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::NotFound { .. } => Code::NotFound,
             Error::TooLarge(_) => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Timeout(_) => Code::DeadlineExceeded,

@@ -82,6 +82,11 @@ impl Executor {
         }
     }
 
+    /// The runtime's handle, for work started from threads of its own (a Kafka consumer's).
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
     /// Spawns `work` on the executor without waiting for it.
     pub fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
     where

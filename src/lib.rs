@@ -4,7 +4,8 @@
 //! uploads and SQL writes become Delta commits ([`ingest`], [`storage`]), the warehouse is a DataFusion
 //! catalog with feature views ([`session`], [`features`]), ONNX models score from SQL ([`scoring`]),
 //! statements are planned and run as streams ([`query`]), and everything is served over Arrow Flight
-//! SQL and plain Arrow Flight ([`flight`], [`server`]).
+//! SQL and plain Arrow Flight ([`flight`], [`server`]); log shippers post JSON over HTTP ([`http`]) and
+//! Kafka topics are consumed into tables ([`sources`]).
 
 pub mod auth;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod query;
 pub mod scoring;
 pub mod server;
 pub mod session;
+pub mod sources;
 pub mod storage;
 pub mod telemetry;
 

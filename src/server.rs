@@ -146,14 +146,18 @@ pub async fn serve_session(
     };
     tracing::info!(warehouse = %config.warehouse, %address, auth = config.server.auth.is_enabled(), "serving");
     let uri = format!("{scheme}://{address}");
-    // Bound, and the session loaded: ready from the moment a client can learn the address (calls
-    // queue on the bound listener until serving starts just below).
-    config.server.readiness.serving();
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "quiver listening on {uri}")?;
-    write!(stdout, "{}", banner(&uri))?;
-    stdout.flush()?;
-    let served = serve_with(listener, session, config.server, shutdown, http.as_ref()).await;
+    // Bound, the session loaded and the HTTP collector set: ready from the moment a client can
+    // learn the address (calls queue on the bound listener until serving starts).
+    let announce = format!("quiver listening on {uri}\n{}", banner(&uri));
+    let served = serve_with(
+        listener,
+        session,
+        config.server,
+        shutdown,
+        http.as_ref(),
+        Some(announce),
+    )
+    .await;
     crate::storage::upkeep::finish().await;
     drop(http);
     served
@@ -166,17 +170,19 @@ pub async fn serve(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    serve_with(listener, session, options, shutdown, None).await
+    serve_with(listener, session, options, shutdown, None, None).await
 }
 
 /// [`serve`], with the HTTP listener's collector (`POST /v1/ingest/{table}`) writing through the
-/// same upload runtime and credentials as Flight.
+/// same upload runtime and credentials as Flight; `announce` is printed to stdout once everything
+/// a client can call is in place (readiness turns to serving at the same moment).
 pub async fn serve_with(
     listener: TcpListener,
     session: QuiverSession,
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
     http: Option<&Http>,
+    announce: Option<String>,
 ) -> Result<()> {
     let executor = Arc::new(Executor::new("quiver-exec", 0)?);
     // A quarter of the cores (at least one) for uploads: see `executor`.
@@ -210,6 +216,14 @@ pub async fn serve_with(
     let auditing = audit.clone().map(|(session, target)| {
         executor.spawn(crate::ingest::audit::flush_every(session, target))
     });
+    // Sources: consumers of the warehouse's source definitions, writing on the upload runtime.
+    let (stop_sources, sources_stopped) = tokio::sync::watch::channel(false);
+    let sources = executor.spawn(crate::sources::run(
+        session.clone(),
+        uploads.handle(),
+        crate::sources::RECONCILE_INTERVAL,
+        sources_stopped,
+    ));
     executor.spawn(crate::scoring::watch(
         session.ctx().clone(),
         session.models().clone(),
@@ -260,6 +274,11 @@ pub async fn serve_with(
         let _ = stop_tx.send(true);
     };
     options.readiness.serving();
+    if let Some(announce) = announce {
+        let mut stdout = std::io::stdout();
+        write!(stdout, "{announce}")?;
+        stdout.flush()?;
+    }
     let serving = builder
         // Uploads of Arrow batches are large: HTTP/2's default 64 KiB windows would stall each
         // stream on a round trip per window.
@@ -280,6 +299,11 @@ pub async fn serve_with(
             Ok(())
         }
     };
+    // Consumers finish the batch they are writing and leave their groups.
+    let _ = stop_sources.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, sources).await.is_err() {
+        tracing::warn!("sources still stopping after {DRAIN_TIMEOUT:?}");
+    }
     // The statements of the last interval reach the audit table before the process ends.
     if let (Some(task), Some((session, target))) = (auditing, audit) {
         task.abort();

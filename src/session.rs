@@ -16,6 +16,7 @@ use crate::features::{FEATURES_SCHEMA, FeatureStore};
 use crate::history::{self, QueryHistory, Viewer};
 use crate::planning::{AsofRelationPlanner, QuiverPlanner};
 use crate::scoring::{self, ModelRegistry};
+use crate::storage::sources::{self, SOURCES_TABLE, SourceBoard};
 use crate::storage::system::{ReadOnlySchema, SYSTEM_SCHEMA, snapshot_table};
 use crate::storage::{CATALOG, DEFAULT_SCHEMA, Warehouse, WarehouseCatalog};
 
@@ -31,6 +32,8 @@ pub struct QuiverSession {
     features: Arc<FeatureStore>,
     models: Arc<ModelRegistry>,
     history: Arc<QueryHistory>,
+    /// The sources this server runs (`system.sources`).
+    sources: Arc<SourceBoard>,
 }
 
 /// Settings of query execution (`quiver serve` / `quiver sql` flags).
@@ -127,6 +130,13 @@ impl QuiverSession {
             true => history.with_audit(),
             false => history,
         });
+        let sources = Arc::new(SourceBoard::default());
+        let board = sources.clone();
+        let sources_table = snapshot_table(sources::board_schema(), move |_| {
+            board
+                .batch()
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+        })?;
         let recorded = history.clone();
         let queries = snapshot_table(history::schema(), move |ctx| {
             history::batch_for(&recorded, ctx)
@@ -137,7 +147,8 @@ impl QuiverSession {
                     scoring::system::MODELS_TABLE,
                     scoring::system::models_table(models.clone())?,
                 )
-                .with_table(history::QUERIES_TABLE, queries),
+                .with_table(history::QUERIES_TABLE, queries)
+                .with_table(SOURCES_TABLE, sources_table),
         );
         let catalog = Arc::new(
             WarehouseCatalog::new(warehouse.clone(), settings)
@@ -153,6 +164,7 @@ impl QuiverSession {
             features,
             models,
             history,
+            sources,
         };
         session
             .features
@@ -231,6 +243,11 @@ impl QuiverSession {
                 gauge!(ONLINE_BYTES, "view" => name).set(index.memory_bytes() as f64);
             }
         }
+    }
+
+    /// The sources this server runs, as `system.sources` shows them.
+    pub fn sources(&self) -> &Arc<SourceBoard> {
+        &self.sources
     }
 
     /// The statements this server ran (`system.queries`).

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::flight::handle::StatementHandle;
 use crate::flight::session_cookie::ClientSettings;
 use crate::query::Command;
+use crate::query::command_sql::SourceStatement;
 use crate::query::prepared::PreparedPlans;
 use crate::query::settings::Settings;
 use crate::query::statement::{plan_sql_with, row_parameters};
@@ -207,6 +208,8 @@ fn write_kind(planned: &Planned) -> Option<&'static str> {
             Command::RefreshFeatureViews { .. } => "REFRESH FEATURE VIEW",
             Command::ReloadModels => "RELOAD MODELS",
             Command::ReloadFeatureViews => "RELOAD FEATURE VIEWS",
+            Command::Source(SourceStatement::Show) => return None,
+            Command::Source(statement) => statement.name(),
             // A session setting is the caller's own, not a write.
             Command::Set { .. } | Command::Reset { .. } => return None,
             Command::Table { operation, .. } if !operation.writes() => return None,

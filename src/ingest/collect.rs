@@ -9,13 +9,12 @@
 
 use datafusion::catalog::TableProvider;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use deltalake::kernel::Transaction;
 
 use crate::error::{Error, Result};
 use crate::ingest::dead_letters::{self, Origin};
 use crate::ingest::{json, latest_table};
 use crate::session::QuiverSession;
-use crate::storage::group_commit;
+use crate::storage::group_commit::{self, AppTransaction, Outcome};
 
 /// Longest idempotency key accepted.
 const MAX_KEY_LEN: usize = 256;
@@ -67,7 +66,7 @@ pub async fn collect(session: &QuiverSession, request: Collect<'_>) -> Result<Co
             {
                 return Ok(duplicate());
             }
-            vec![Transaction::new(app_id, 0)]
+            vec![AppTransaction::once(app_id, 0)]
         }
         None => Vec::new(),
     };
@@ -99,8 +98,8 @@ pub async fn collect(session: &QuiverSession, request: Collect<'_>) -> Result<Co
         decoded.rows.schema(),
         futures::stream::iter([Ok(decoded.rows)]),
     );
-    let appended = group_commit::append_once(table, Box::pin(data), transactions).await?;
-    if appended.duplicate {
+    let appended = group_commit::append_with(table, Box::pin(data), transactions).await?;
+    if appended.outcome == Outcome::Duplicate {
         return Ok(duplicate());
     }
     let label = crate::metrics::table(&qualified);
@@ -108,7 +107,7 @@ pub async fn collect(session: &QuiverSession, request: Collect<'_>) -> Result<Co
         .increment(appended.rows);
     metrics::counter!(crate::metrics::BYTES_INGESTED, "table" => label).increment(bytes);
     Ok(Collected {
-        version: appended.version,
+        version: appended.version(),
         rows: appended.rows,
         rejected,
         duplicate: false,

@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 /// A record that does not fit the table, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
+    /// Its place among the records decoded.
+    pub index: usize,
     /// The record as it arrived (invalid UTF-8 replaced).
     pub payload: String,
     pub error: String,
@@ -123,10 +125,11 @@ pub fn decode(records: &[&[u8]], schema: &SchemaRef) -> Result<Decoded> {
     }
     let mut good = Vec::with_capacity(records.len());
     let mut rejected = Vec::new();
-    for record in records {
+    for (index, record) in records.iter().enumerate() {
         match decode_all(std::slice::from_ref(record), schema) {
             Ok(batch) => good.push(batch),
             Err(e) => rejected.push(Rejected {
+                index,
                 payload: String::from_utf8_lossy(record).into_owned(),
                 error: e.to_string(),
             }),
@@ -274,5 +277,7 @@ mod tests {
             ]
         );
         assert!(decoded.rejected.iter().all(|r| !r.error.is_empty()));
+        let places: Vec<usize> = decoded.rejected.iter().map(|r| r.index).collect();
+        assert_eq!(places, vec![1, 2, 3, 4, 6]);
     }
 }

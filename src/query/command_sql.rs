@@ -1,7 +1,8 @@
 //! The statements DataFusion's parser does not know, all read here one way: Delta table statements in
 //! Databricks/Spark syntax (`OPTIMIZE`, `VACUUM`, `RESTORE TABLE`, `DESCRIBE HISTORY` / `DESCRIBE
 //! DETAIL`, `ALTER TABLE ... ADD COLUMNS / SET TBLPROPERTIES`) and Quiver's own `REFRESH FEATURE
-//! VIEW[S]`, `RELOAD MODELS` and `RELOAD FEATURE VIEWS`.
+//! VIEW[S]`, `RELOAD MODELS`, `RELOAD FEATURE VIEWS`, and the source statements (`CREATE SOURCE`,
+//! `SHOW SOURCES`, `ALTER SOURCE`, `DROP SOURCE`).
 //!
 //! Read with sqlparser's own parser (names, literals and expressions read as in every other
 //! statement); [`parse`] answers `None` for anything else, which then goes to DataFusion.
@@ -28,6 +29,37 @@ pub enum CommandStatement {
     ReloadModels,
     /// `RELOAD FEATURE VIEWS`.
     ReloadFeatureViews,
+    Source(SourceStatement),
+}
+
+/// A statement about sources (streams Quiver consumes into tables).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceStatement {
+    /// `CREATE SOURCE [IF NOT EXISTS] name FROM KAFKA (key 'value', ...) INTO [schema.]table`.
+    Create {
+        name: String,
+        kind: String,
+        options: Vec<(String, String)>,
+        into: ObjectName,
+        if_not_exists: bool,
+    },
+    /// `SHOW SOURCES`.
+    Show,
+    /// `ALTER SOURCE name PAUSE | RESUME`.
+    Alter { name: String, pause: bool },
+    /// `DROP SOURCE [IF EXISTS] name`.
+    Drop { name: String, if_exists: bool },
+}
+
+impl SourceStatement {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SourceStatement::Create { .. } => "CREATE SOURCE",
+            SourceStatement::Show => "SHOW SOURCES",
+            SourceStatement::Alter { .. } => "ALTER SOURCE",
+            SourceStatement::Drop { .. } => "DROP SOURCE",
+        }
+    }
 }
 
 impl CommandStatement {
@@ -41,6 +73,7 @@ impl CommandStatement {
             CommandStatement::RefreshFeatureViews { name: None } => "REFRESH FEATURE VIEWS".into(),
             CommandStatement::ReloadModels => "RELOAD MODELS".into(),
             CommandStatement::ReloadFeatureViews => "RELOAD FEATURE VIEWS".into(),
+            CommandStatement::Source(s) => s.name().into(),
         }
     }
 }
@@ -107,7 +140,9 @@ pub fn parse(sql: &str) -> Result<Option<CommandStatement>> {
     let mut parser = Parser::new(&dialect)
         .try_with_sql(sql)
         .map_err(|e| Error::InvalidInput(e.to_string()))?;
-    let statement = if word(&mut parser, "REFRESH") {
+    let statement = if let Some(statement) = source_statement(sql, &mut parser)? {
+        CommandStatement::Source(statement)
+    } else if word(&mut parser, "REFRESH") {
         refresh(&mut parser).map_err(|e| usage(REFRESH_USAGE, sql, e))?
     } else if word(&mut parser, "RELOAD") {
         reload(&mut parser).map_err(|e| usage(RELOAD_USAGE, sql, e))?
@@ -128,6 +163,87 @@ pub fn parse(sql: &str) -> Result<Option<CommandStatement>> {
         )));
     }
     Ok(Some(statement))
+}
+
+const SOURCE_USAGE: &str = "expected CREATE SOURCE [IF NOT EXISTS] <name> FROM KAFKA (brokers \
+     '...', topic '...', ...) INTO <table>, SHOW SOURCES, ALTER SOURCE <name> PAUSE | RESUME or \
+     DROP SOURCE [IF EXISTS] <name>";
+
+/// A source statement (its first two words decide), `None` for any other statement.
+fn source_statement(sql: &str, parser: &mut Parser) -> Result<Option<SourceStatement>> {
+    let mut words = sql.split_whitespace().map(str::to_ascii_uppercase);
+    let first = words.next().unwrap_or_default();
+    let second = words.next().unwrap_or_default();
+    let second = second.trim_end_matches(';');
+    let ours = matches!(
+        (first.as_str(), second),
+        ("CREATE" | "ALTER" | "DROP", "SOURCE") | ("SHOW", "SOURCES")
+    );
+    if !ours {
+        return Ok(None);
+    }
+    source(parser)
+        .map(Some)
+        .map_err(|e| usage(SOURCE_USAGE, sql, e))
+}
+
+fn source(parser: &mut Parser) -> std::result::Result<SourceStatement, ParserError> {
+    if word(parser, "SHOW") {
+        expect_word(parser, "SOURCES")?;
+        return Ok(SourceStatement::Show);
+    }
+    if word(parser, "DROP") {
+        expect_word(parser, "SOURCE")?;
+        let if_exists = word(parser, "IF") && {
+            expect_word(parser, "EXISTS")?;
+            true
+        };
+        let name = parser.parse_identifier()?.value;
+        return Ok(SourceStatement::Drop { name, if_exists });
+    }
+    if word(parser, "ALTER") {
+        expect_word(parser, "SOURCE")?;
+        let name = parser.parse_identifier()?.value;
+        let pause = if word(parser, "PAUSE") {
+            true
+        } else {
+            expect_word(parser, "RESUME")?;
+            false
+        };
+        return Ok(SourceStatement::Alter { name, pause });
+    }
+    expect_word(parser, "CREATE")?;
+    expect_word(parser, "SOURCE")?;
+    let if_not_exists = word(parser, "IF") && {
+        expect_word(parser, "NOT")?;
+        expect_word(parser, "EXISTS")?;
+        true
+    };
+    let name = parser.parse_identifier()?.value;
+    expect_word(parser, "FROM")?;
+    expect_word(parser, "KAFKA")?;
+    parser.expect_token(&Token::LParen)?;
+    let mut options = Vec::new();
+    loop {
+        let key = property_text(parser)?.to_ascii_lowercase();
+        let _ = parser.consume_token(&Token::Eq);
+        let value = property_text(parser)?;
+        options.push((key, value));
+        if parser.consume_token(&Token::Comma) {
+            continue;
+        }
+        parser.expect_token(&Token::RParen)?;
+        break;
+    }
+    expect_word(parser, "INTO")?;
+    let into = parser.parse_object_name(false)?;
+    Ok(SourceStatement::Create {
+        name,
+        kind: "kafka".into(),
+        options,
+        into,
+        if_not_exists,
+    })
 }
 
 const REFRESH_USAGE: &str = "expected REFRESH FEATURE VIEW <name> or REFRESH FEATURE VIEWS";
@@ -478,6 +594,61 @@ mod tests {
         ] {
             assert_eq!(parse(sql).unwrap(), Some(expected), "{sql}");
         }
+    }
+
+    #[test]
+    fn source_statements_parse() {
+        let created = parse(
+            "create source IF NOT EXISTS clicks_in from kafka (brokers 'k:9092', topic = 'clicks', \
+             'security.protocol' 'SASL_SSL', max_messages 5000) into events.clicks",
+        )
+        .expect("parsed");
+        let Some(CommandStatement::Source(SourceStatement::Create {
+            name,
+            options,
+            into,
+            if_not_exists,
+            ..
+        })) = created
+        else {
+            panic!("{created:?}")
+        };
+        assert_eq!(name, "clicks_in");
+        assert!(if_not_exists);
+        assert_eq!(into.to_string(), "events.clicks");
+        assert_eq!(
+            options,
+            vec![
+                ("brokers".to_string(), "k:9092".to_string()),
+                ("topic".into(), "clicks".into()),
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("max_messages".into(), "5000".into()),
+            ]
+        );
+        assert_eq!(
+            parse("SHOW SOURCES").expect("show"),
+            Some(CommandStatement::Source(SourceStatement::Show))
+        );
+        assert_eq!(
+            parse("alter source s PAUSE").expect("pause"),
+            Some(CommandStatement::Source(SourceStatement::Alter {
+                name: "s".into(),
+                pause: true
+            }))
+        );
+        assert_eq!(
+            parse("DROP SOURCE IF EXISTS s;").expect("drop"),
+            Some(CommandStatement::Source(SourceStatement::Drop {
+                name: "s".into(),
+                if_exists: true
+            }))
+        );
+        let err = parse("CREATE SOURCE s FROM KAFKA (brokers 'b') ").unwrap_err();
+        assert!(err.to_string().contains("expected CREATE SOURCE"), "{err}");
+        let err = parse("ALTER SOURCE s STOP").unwrap_err();
+        assert!(err.to_string().contains("RESUME"), "{err}");
+        // Tables and views are still DataFusion's.
+        assert_eq!(parse("CREATE TABLE source (a INT)").expect("table"), None);
     }
 
     #[test]

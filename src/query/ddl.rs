@@ -28,6 +28,11 @@ pub async fn run(session: &QuiverSession, command: Command) -> Result<SendableRe
         }
         Command::ReloadModels => return admin::reload_models(session).await,
         Command::ReloadFeatureViews => return admin::reload_feature_views(session).await,
+        Command::Source(statement) => {
+            if let Some(answer) = crate::query::sources::run(session, statement).await? {
+                return Ok(answer);
+            }
+        }
         Command::Table {
             schema,
             table,

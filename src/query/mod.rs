@@ -10,6 +10,7 @@ pub mod dml;
 pub mod prepared;
 pub mod rewrite;
 pub mod settings;
+pub mod sources;
 pub mod statement;
 pub mod table_ops;
 pub mod update;

@@ -21,7 +21,9 @@ use datafusion::sql::sqlparser::dialect::dialect_from_str;
 
 use crate::error::{Error, Result};
 use crate::planning::asof::nest_asof_joins;
-use crate::query::command_sql::{self, CommandStatement, TableOperation, object_name_reference};
+use crate::query::command_sql::{
+    self, CommandStatement, SourceStatement, TableOperation, object_name_reference,
+};
 use crate::query::conform::{conform_batch, conform_stream};
 use crate::query::one_batch;
 use crate::query::rewrite::{bind_table_function_args, number_placeholders, rewrite_extensions};
@@ -85,6 +87,8 @@ pub enum Command {
     Reset {
         name: Option<String>,
     },
+    /// `CREATE SOURCE`, `SHOW SOURCES`, `ALTER SOURCE`, `DROP SOURCE` (see [`super::sources`]).
+    Source(SourceStatement),
     /// A Delta table statement: OPTIMIZE, VACUUM, RESTORE, DESCRIBE HISTORY / DETAIL, ALTER TABLE
     /// (see [`super::command_sql`]).
     Table {
@@ -109,6 +113,9 @@ impl Planned {
             }
             Planned::Command(Command::Table { operation, .. }) => {
                 super::table_ops::report_schema(operation)
+            }
+            Planned::Command(Command::Source(SourceStatement::Show)) => {
+                super::sources::show_schema()
             }
             Planned::Command(_) => Arc::new(Schema::empty()),
         }
@@ -184,6 +191,7 @@ pub async fn plan_sql_with(
             CommandStatement::RefreshFeatureViews { name } => Command::RefreshFeatureViews { name },
             CommandStatement::ReloadModels => Command::ReloadModels,
             CommandStatement::ReloadFeatureViews => Command::ReloadFeatureViews,
+            CommandStatement::Source(statement) => Command::Source(statement),
         }));
     }
     let rewritten = rewrite_extensions(sql)?;

@@ -11,11 +11,14 @@
 //! disconnects does not stop the commit the others wait for.
 //!
 //! An append may carry Delta application transactions (`txn`: an app id and its version, a Kafka
-//! partition's offset or an HTTP request's idempotency key). The leader, holding the turn on the
-//! latest version, drops an append whose version the table (or an earlier append of the same group)
-//! already records for its app id, and answers it [`Appended::duplicate`]: what a writer sends twice
-//! lands once, across restarts and across servers (a concurrent commit of the same app id in another
-//! process is a conflict Delta detects).
+//! partition's last offset or an HTTP request's idempotency key), each with what the table must
+//! record for its app id before it ([`Follows`]). The leader, holding the turn on the latest
+//! version, checks them against the table and the earlier appends of its group: an append whose
+//! version is already recorded is answered [`Outcome::Duplicate`], one that does not follow what is
+//! recorded (a Kafka batch that does not start where the table left the partition)
+//! [`Outcome::OutOfOrder`]; neither is committed. What a writer sends twice lands once, across
+//! restarts and across servers (a concurrent commit of the same app id in another process is a
+//! conflict Delta detects).
 
 use std::sync::{Arc, Mutex};
 
@@ -37,21 +40,67 @@ use crate::storage::write::{conflict_error, to_latest, turn};
 /// An append waiting for its commit.
 struct Pending {
     adds: Vec<Add>,
-    transactions: Vec<Transaction>,
-    /// The version that holds the append, or `None` if its transactions were already recorded.
+    transactions: Vec<AppTransaction>,
     done: PendingDone,
 }
 
-/// What became of an append.
+/// An application transaction committed with an append, and what must precede it.
+#[derive(Debug, Clone)]
+pub struct AppTransaction {
+    pub txn: Transaction,
+    pub follows: Follows,
+}
+
+/// What the table must record for an app id before an append's transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follows {
+    /// Anything lower than the append's version (an idempotency key: at most once).
+    Anything,
+    /// Exactly this version (`None`: nothing): a stream's next batch, which must start where the
+    /// last one committed ended. A version at or past the append's makes it a duplicate; anything
+    /// else, out of order.
+    Exactly(Option<i64>),
+}
+
+impl AppTransaction {
+    /// At most once: a recorded version at or past `version` makes the append a duplicate.
+    pub fn once(app_id: impl ToString, version: i64) -> Self {
+        Self {
+            txn: Transaction::new(app_id, version),
+            follows: Follows::Anything,
+        }
+    }
+}
+
+/// What became of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
-    /// Rows written (0 for a duplicate).
+    /// Rows written (0 unless committed).
     pub rows: u64,
-    /// The table version holding them; `None` when nothing was committed (no rows and no
-    /// transactions, or a duplicate).
-    pub version: Option<u64>,
-    /// The append's transactions were already recorded: nothing of it was committed.
-    pub duplicate: bool,
+    pub outcome: Outcome,
+}
+
+/// Whether an append was committed, and if not why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// In this table version.
+    Committed(u64),
+    /// No rows and no transactions: nothing to commit.
+    Empty,
+    /// Its transactions were already recorded: nothing of it was committed.
+    Duplicate,
+    /// A transaction did not follow what the table records (the message says which).
+    OutOfOrder(String),
+}
+
+impl Appended {
+    /// The version holding the rows, if they were committed.
+    pub fn version(&self) -> Option<u64> {
+        match self.outcome {
+            Outcome::Committed(version) => Some(version),
+            _ => None,
+        }
+    }
 }
 
 /// A failed group commit as each of its callers sees it.
@@ -80,38 +129,32 @@ pub fn supports(table: &DeltaTable) -> bool {
 /// Appends `data` to `table` (loaded, existing) and returns the rows written once the commit
 /// holding them exists.
 pub async fn append(table: DeltaTable, data: SendableRecordBatchStream) -> Result<u64> {
-    Ok(append_once(table, data, Vec::new()).await?.rows)
+    Ok(append_with(table, data, Vec::new()).await?.rows)
 }
 
-/// Appends `data` to `table` (loaded, existing) with `transactions` in the same commit, unless the
-/// table already records each app id at the version given or later (then nothing is committed and
-/// the answer says `duplicate`). With transactions, a commit is made even for no rows: it records
-/// that the writer got this far (a batch of only rejected messages still moves its offsets).
-pub async fn append_once(
+/// Appends `data` to `table` (loaded, existing) with `transactions` in the same commit, if each
+/// follows what the table records for its app id (see [`Follows`]); otherwise nothing is committed
+/// and the outcome says why. With transactions, a commit is made even for no rows: it records that
+/// the writer got this far (a batch of only rejected messages still moves its offsets).
+pub async fn append_with(
     table: DeltaTable,
     data: SendableRecordBatchStream,
-    transactions: Vec<Transaction>,
+    transactions: Vec<AppTransaction>,
 ) -> Result<Appended> {
     let (adds, rows) = write_files(&table, data).await?;
     if adds.is_empty() && transactions.is_empty() {
         return Ok(Appended {
             rows: 0,
-            version: None,
-            duplicate: false,
+            outcome: Outcome::Empty,
         });
     }
-    Ok(match commit(&table, adds, transactions).await? {
-        Some(version) => Appended {
-            rows,
-            version: Some(version),
-            duplicate: false,
-        },
-        None => Appended {
-            rows: 0,
-            version: None,
-            duplicate: true,
-        },
-    })
+    let outcome = commit(&table, adds, transactions).await?;
+    let rows = if matches!(outcome, Outcome::Committed(_)) {
+        rows
+    } else {
+        0
+    };
+    Ok(Appended { rows, outcome })
 }
 
 /// The version `table` (loaded) records for application `app_id`, if any.
@@ -163,13 +206,13 @@ async fn write_files(
     Ok((adds, rows))
 }
 
-/// Queues `adds` for the table's next commit and returns its version once it exists (`None`: a
-/// duplicate, not committed).
+/// Queues `adds` for the table's next commit and answers once it exists (or once the append is
+/// found a duplicate or out of order, not committed).
 async fn commit(
     table: &DeltaTable,
     adds: Vec<Add>,
-    transactions: Vec<Transaction>,
-) -> Result<Option<u64>> {
+    transactions: Vec<AppTransaction>,
+) -> Result<Outcome> {
     let queue = queue(table);
     let (done, mut answer) = oneshot::channel();
     queue
@@ -205,11 +248,11 @@ async fn commit_group(mut table: DeltaTable, queue: Queue, _turn: OwnedMutexGuar
     let latest = to_latest(&mut table).await;
     let group = std::mem::take(&mut *queue.lock().unwrap_or_else(|p| p.into_inner()));
     let group = match latest {
-        Ok(()) => without_duplicates(&table, group).await,
+        Ok(()) => admitted(&table, group).await,
         Err(e) => Err((e, group)),
     };
-    let (group, duplicates) = match group {
-        Ok(split) => split,
+    let (group, transactions) = match group {
+        Ok(admitted) => admitted,
         Err((e, group)) => {
             let shared = Shared::from(&e);
             for pending in group {
@@ -218,25 +261,13 @@ async fn commit_group(mut table: DeltaTable, queue: Queue, _turn: OwnedMutexGuar
             return;
         }
     };
-    for done in duplicates {
-        let _ = done.send(Ok(None));
-    }
     if group.is_empty() {
         return;
     }
     let mut actions = Vec::new();
-    let mut transactions: Vec<Transaction> = Vec::new();
     let mut waiting = Vec::with_capacity(group.len());
     for pending in group {
         actions.extend(pending.adds.into_iter().map(Action::Add));
-        for txn in pending.transactions {
-            // One `txn` per app id in a commit: the highest version of the group.
-            match transactions.iter_mut().find(|t| t.app_id == txn.app_id) {
-                Some(kept) if kept.version >= txn.version => {}
-                Some(kept) => *kept = txn,
-                None => transactions.push(txn),
-            }
-        }
         waiting.push(pending.done);
     }
     actions.extend(transactions.into_iter().map(Action::Txn));
@@ -244,7 +275,7 @@ async fn commit_group(mut table: DeltaTable, queue: Queue, _turn: OwnedMutexGuar
     let result = commit_actions(&table, actions).await;
     let shared = result
         .as_ref()
-        .map(|c| Some(c.version()))
+        .map(|c| Outcome::Committed(c.version()))
         .map_err(Shared::from);
     for done in waiting {
         let _ = done.send(shared.clone());
@@ -258,18 +289,19 @@ async fn commit_group(mut table: DeltaTable, queue: Queue, _turn: OwnedMutexGuar
     }
 }
 
-/// The group without the appends whose transactions `table` (at its latest version, the turn held)
-/// or an earlier append of the group already records; those are returned apart. On an error
-/// reading the log the whole group is given back, to be failed.
-async fn without_duplicates(
+/// The appends of `group` whose transactions follow what `table` (at its latest version, the turn
+/// held) and the earlier appends of the group record, with one `txn` per app id for their commit
+/// (the highest version); the others are answered here. On an error reading the log the whole
+/// group is given back, to be failed.
+async fn admitted(
     table: &DeltaTable,
     group: Vec<Pending>,
-) -> std::result::Result<(Vec<Pending>, Vec<PendingDone>), (Error, Vec<Pending>)> {
+) -> std::result::Result<(Vec<Pending>, Vec<Transaction>), (Error, Vec<Pending>)> {
     let mut recorded: Vec<(String, Option<i64>)> = Vec::new();
     for app_id in group
         .iter()
         .flat_map(|p| &p.transactions)
-        .map(|t| &t.app_id)
+        .map(|t| &t.txn.app_id)
     {
         if recorded.iter().any(|(id, _)| id == app_id) {
             continue;
@@ -279,31 +311,55 @@ async fn without_duplicates(
             Err(e) => return Err((e, group)),
         }
     }
-    let mut kept = Vec::with_capacity(group.len());
-    let mut duplicates = Vec::new();
+    let mut kept: Vec<Pending> = Vec::with_capacity(group.len());
     for pending in group {
-        let seen = |txn: &Transaction| {
-            recorded
+        let refused = pending.transactions.iter().find_map(|t| {
+            let now = recorded
                 .iter()
-                .find(|(id, _)| *id == txn.app_id)
-                .and_then(|(_, v)| *v)
-                .is_some_and(|v| v >= txn.version)
-        };
-        if pending.transactions.iter().any(seen) {
-            duplicates.push(pending.done);
+                .find(|(id, _)| *id == t.txn.app_id)
+                .and_then(|(_, v)| *v);
+            refusal(t, now)
+        });
+        if let Some(outcome) = refused {
+            let _ = pending.done.send(Ok(outcome));
             continue;
         }
-        for txn in &pending.transactions {
-            if let Some((_, version)) = recorded.iter_mut().find(|(id, _)| *id == txn.app_id) {
-                *version = Some(version.map_or(txn.version, |v| v.max(txn.version)));
+        for t in &pending.transactions {
+            if let Some((_, version)) = recorded.iter_mut().find(|(id, _)| *id == t.txn.app_id) {
+                *version = Some(version.map_or(t.txn.version, |v| v.max(t.txn.version)));
             }
         }
         kept.push(pending);
     }
-    Ok((kept, duplicates))
+    let transactions = recorded
+        .into_iter()
+        .filter(|(id, _)| {
+            kept.iter()
+                .any(|p| p.transactions.iter().any(|t| t.txn.app_id == *id))
+        })
+        .filter_map(|(id, version)| version.map(|v| Transaction::new(id, v)))
+        .collect();
+    Ok((kept, transactions))
 }
 
-type PendingDone = oneshot::Sender<std::result::Result<Option<u64>, Shared>>;
+/// Why `t` cannot be committed on a table recording `now` for its app id, if it cannot.
+fn refusal(t: &AppTransaction, now: Option<i64>) -> Option<Outcome> {
+    if now.is_some_and(|v| v >= t.txn.version) {
+        return Some(Outcome::Duplicate);
+    }
+    match t.follows {
+        Follows::Anything => None,
+        Follows::Exactly(expected) if expected == now => None,
+        Follows::Exactly(expected) => Some(Outcome::OutOfOrder(format!(
+            "{} is at {} in the table, not at {} where this batch starts",
+            t.txn.app_id,
+            now.map_or("nothing".into(), |v| v.to_string()),
+            expected.map_or("nothing".into(), |v| v.to_string()),
+        ))),
+    }
+}
+
+type PendingDone = oneshot::Sender<std::result::Result<Outcome, Shared>>;
 
 impl From<&Error> for Shared {
     fn from(e: &Error) -> Self {
@@ -336,11 +392,8 @@ async fn commit_actions(table: &DeltaTable, actions: Vec<Action>) -> Result<Fina
 
 fn answered_with(
     table: &DeltaTable,
-    answered: std::result::Result<
-        std::result::Result<Option<u64>, Shared>,
-        oneshot::error::RecvError,
-    >,
-) -> Result<Option<u64>> {
+    answered: std::result::Result<std::result::Result<Outcome, Shared>, oneshot::error::RecvError>,
+) -> Result<Outcome> {
     match answered {
         Ok(answer) => answer.map_err(|e| shared_error(table, e)),
         // Only a group commit that panicked drops its callers unanswered.
@@ -359,5 +412,46 @@ fn shared_error(table: &DeltaTable, e: Shared) -> Error {
         }
     } else {
         Error::Internal(format!("the commit of this append failed: {}", e.message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn after(version: i64, previous: Option<i64>) -> AppTransaction {
+        AppTransaction {
+            txn: Transaction::new("p0", version),
+            follows: Follows::Exactly(previous),
+        }
+    }
+
+    #[test]
+    fn a_stream_batch_must_start_where_the_table_left_off() {
+        assert_eq!(refusal(&after(10, None), None), None);
+        assert_eq!(refusal(&after(20, Some(10)), Some(10)), None);
+        assert_eq!(
+            refusal(&after(20, Some(10)), Some(20)),
+            Some(Outcome::Duplicate)
+        );
+        assert_eq!(
+            refusal(&after(20, Some(10)), Some(25)),
+            Some(Outcome::Duplicate)
+        );
+        assert!(matches!(
+            refusal(&after(20, Some(10)), Some(15)),
+            Some(Outcome::OutOfOrder(_))
+        ));
+        assert!(matches!(
+            refusal(&after(20, Some(10)), None),
+            Some(Outcome::OutOfOrder(_))
+        ));
+    }
+
+    #[test]
+    fn an_idempotency_key_lands_at_most_once() {
+        let key = AppTransaction::once("key", 0);
+        assert_eq!(refusal(&key, None), None);
+        assert_eq!(refusal(&key, Some(0)), Some(Outcome::Duplicate));
     }
 }

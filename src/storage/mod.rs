@@ -19,6 +19,7 @@ pub mod merge;
 pub mod open;
 pub(crate) mod per_table;
 pub mod snapshots;
+pub mod sources;
 pub mod storable;
 pub mod stores;
 pub mod system;

@@ -285,6 +285,84 @@ impl Warehouse {
         url.set_path(&path);
         url
     }
+
+    /// Quiver's own object `<root>/<parts...>` (under a `_`-prefixed directory no schema can
+    /// have), or `None` if absent.
+    pub async fn get_own(&self, parts: &[String]) -> Result<Option<Vec<u8>>> {
+        let path = self.own_path(parts);
+        match self.store.get(&path).await {
+            Ok(found) => Ok(Some(found.bytes().await?.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes Quiver's own object, replacing it.
+    pub async fn put_own(&self, parts: &[String], bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put(&self.own_path(parts), PutPayload::from(bytes))
+            .await?;
+        Ok(())
+    }
+
+    /// Writes Quiver's own object only if absent (atomically, as Delta commits are); `false` if
+    /// it existed.
+    pub async fn put_own_new(&self, parts: &[String], bytes: Vec<u8>) -> Result<bool> {
+        let options = object_store::PutOptions::from(object_store::PutMode::Create);
+        match self
+            .store
+            .put_opts(&self.own_path(parts), PutPayload::from(bytes), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes Quiver's own object; `false` if it was absent.
+    pub async fn delete_own(&self, parts: &[String]) -> Result<bool> {
+        let path = self.own_path(parts);
+        match self.store.head(&path).await {
+            Ok(_) => {}
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        self.store.delete(&path).await?;
+        Ok(true)
+    }
+
+    /// Every object directly in Quiver's own directory `<root>/<dir...>`: (file name, contents).
+    pub async fn list_own(&self, dir: &[&str]) -> Result<Vec<(String, Vec<u8>)>> {
+        let parts: Vec<String> = dir.iter().map(|p| p.to_string()).collect();
+        let listing = match self
+            .store
+            .list_with_delimiter(Some(&self.own_path(&parts)))
+            .await
+        {
+            Ok(listing) => listing,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut found = Vec::new();
+        for object in listing.objects {
+            let Some(name) = object.location.filename().map(str::to_string) else {
+                continue;
+            };
+            match self.store.get(&object.location).await {
+                Ok(got) => found.push((name, got.bytes().await?.to_vec())),
+                // Deleted between the listing and the read.
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(found)
+    }
+
+    fn own_path(&self, parts: &[String]) -> Path {
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        self.path(&parts)
+    }
 }
 
 /// Schema and table names: letters, digits, '_' and '-', not starting with '_' or '.'

@@ -16,6 +16,9 @@
 #   tests/bench/run.sh commits [--appends N] [--concurrency N] [--modes checkpoints,none,auto]
 #                                                         small appends to one table with and without
 #                                                         checkpoints, then OPTIMIZE (commits.rs)
+#   tests/bench/run.sh collect [--senders N] [--batch N] [--seconds N]
+#                                                         gzip NDJSON posts to the HTTP collector from N
+#                                                         concurrent senders (collect_bench.py)
 #   tests/bench/run.sh peers [--events N] [--rows N] [--lookups N] [--repeat N] [--only a,b] [--out DIR]
 #                                                         Quiver side by side with pyarrow.flight, DuckDB,
 #                                                         Feast, onnxruntime and deltalake (peers.py);
@@ -75,5 +78,5 @@ if [ "${1:-}" = models ]; then
 fi
 cargo build --release --bin quiver
 BENCH=flight
-case "${1:-}" in flight|asof|merge) BENCH="$1"; shift ;; esac
+case "${1:-}" in flight|asof|merge|collect) BENCH="$1"; shift ;; esac
 QUIVER_BIN="$CARGO_TARGET_DIR/release/quiver" "$VENV/bin/python" "tests/bench/${BENCH}_bench.py" "$@"

@@ -3,7 +3,7 @@
 //! import fails here with the file and line, before it can grow into a cycle.
 //!
 //! {error, parameters, metrics, history} -> storage -> {features, scoring} -> planning -> session -> {query, auth, executor}
-//!   -> ingest -> {flight, http} -> {server, config, demo, telemetry}
+//!   -> ingest -> {flight, http, sources} -> {server, config, demo, telemetry}
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +26,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("ingest", 6),
     ("flight", 7),
     ("http", 7),
+    // Streams consumed into tables: written through ingest, beside the servers.
+    ("sources", 7),
     // The process: the command line (`config`), its logs, the server and the demo that runs one.
     ("server", 8),
     ("config", 8),

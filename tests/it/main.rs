@@ -13,3 +13,4 @@ mod models;
 mod plain_flight;
 mod prepared;
 mod security;
+mod sources;
