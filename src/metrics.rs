@@ -34,6 +34,8 @@ pub const ROWS_INGESTED: &str = "quiver_rows_ingested_total";
 pub const BYTES_INGESTED: &str = "quiver_bytes_ingested_total";
 /// Records that did not fit their table and went to its schema's dead-letter table, by `table`.
 pub const DEAD_LETTERS: &str = "quiver_dead_letters_total";
+/// Messages of a source's assigned partitions its table does not hold yet, by `source`.
+pub const SOURCE_LAG: &str = "quiver_source_lag_messages";
 /// Requests to the HTTP collector (`POST /v1/ingest/{table}`), by `status` (the HTTP status code).
 pub const HTTP_INGEST_REQUESTS: &str = "quiver_http_ingest_requests_total";
 /// Delta commits written, by `table`.

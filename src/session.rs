@@ -243,6 +243,10 @@ impl QuiverSession {
                 gauge!(ONLINE_BYTES, "view" => name).set(index.memory_bytes() as f64);
             }
         }
+        for (source, status) in self.sources.statuses() {
+            let lag: i64 = status.partitions.values().filter_map(|p| p.lag()).sum();
+            gauge!(crate::metrics::SOURCE_LAG, "source" => bounded(&source)).set(lag as f64);
+        }
     }
 
     /// The sources this server runs, as `system.sources` shows them.

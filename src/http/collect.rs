@@ -3,7 +3,7 @@
 //!
 //! - `{table}` is `table` (in schema `public`) or `schema.table`; the table must exist.
 //! - The body is newline-delimited JSON or a JSON array of objects, plain or with
-//!   `Content-Encoding: gzip` or `zstd`, at most `--max-upload-size` (and never more than
+//!   `Content-Encoding: gzip`, `deflate` or `zstd`, at most `--max-upload-size` (and never more than
 //!   [`MAX_BODY_BYTES`]) as sent and decompressed.
 //! - Credentials as on Flight: `Authorization: Bearer <token>` or `Basic <user:password>`; the
 //!   caller needs `read_write`.
@@ -201,6 +201,8 @@ fn table_name(name: &str) -> Result<(String, String)> {
 enum Encoding {
     Identity,
     Gzip,
+    /// HTTP's `deflate`: zlib-wrapped (RFC 9110).
+    Deflate,
     Zstd,
 }
 
@@ -218,9 +220,10 @@ impl Encoding {
         {
             "" | "identity" => Ok(Encoding::Identity),
             "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+            "deflate" => Ok(Encoding::Deflate),
             "zstd" => Ok(Encoding::Zstd),
             other => Err(Error::Unsupported(format!(
-                "Content-Encoding '{other}' (send the body plain, gzip or zstd)"
+                "Content-Encoding '{other}' (send the body plain, gzip, deflate or zstd)"
             ))),
         }
     }
@@ -230,6 +233,7 @@ impl Encoding {
         let reader: Box<dyn Read> = match self {
             Encoding::Identity => return Ok(sent),
             Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&sent[..])),
+            Encoding::Deflate => Box::new(flate2::read::ZlibDecoder::new(&sent[..])),
             Encoding::Zstd => Box::new(
                 zstd::stream::read::Decoder::new(&sent[..])
                     .map_err(|e| Error::InvalidInput(format!("the zstd body is not valid: {e}")))?,

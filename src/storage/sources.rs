@@ -301,6 +301,17 @@ impl SourceBoard {
             .map(|(_, s)| s.lock().unwrap_or_else(PoisonError::into_inner).clone())
     }
 
+    /// Every running source's status, by name.
+    pub fn statuses(&self) -> Vec<(String, SourceStatus)> {
+        self.lock()
+            .iter()
+            .map(|(name, (_, s))| {
+                let status = s.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                (name.clone(), status)
+            })
+            .collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, SharedStatus)>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -19,6 +19,9 @@
 #   tests/bench/run.sh collect [--senders N] [--batch N] [--seconds N]
 #                                                         gzip NDJSON posts to the HTTP collector from N
 #                                                         concurrent senders (collect_bench.py)
+#   tests/bench/run.sh sources [--seconds N] [--partitions N] [--rates N,M]
+#                                                         Kafka source sustained rate and freshness
+#                                                         against librdkafka's mock cluster (sources.rs)
 #   tests/bench/run.sh peers [--events N] [--rows N] [--lookups N] [--repeat N] [--only a,b] [--out DIR]
 #                                                         Quiver side by side with pyarrow.flight, DuckDB,
 #                                                         Feast, onnxruntime and deltalake (peers.py);
@@ -34,6 +37,10 @@ fi
 if [ "${1:-}" = commits ]; then
     shift
     exec cargo run --release --example commits -- "$@"
+fi
+if [ "${1:-}" = sources ]; then
+    shift
+    exec cargo run --release --example sources -- "$@"
 fi
 if [ "${1:-}" = online ]; then
     shift

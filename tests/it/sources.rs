@@ -312,3 +312,111 @@ async fn sources_are_created_paused_resumed_and_dropped_with_sql() {
         "150"
     );
 }
+
+/// Runs `quiver sql <statement>` against `warehouse`, failing with its stderr.
+fn quiver_sql(warehouse: &std::path::Path, statement: &str) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["sql", statement, "--warehouse"])
+        .arg(warehouse)
+        .output()
+        .expect("run quiver sql");
+    assert!(
+        out.status.success(),
+        "{statement}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A `quiver serve` process on `warehouse`, once it has printed its address.
+fn serve(warehouse: &std::path::Path) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_quiver"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--warehouse"])
+        .arg(warehouse)
+        .env("QUIVER_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn quiver serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert!(line.starts_with("quiver listening on"), "{line}");
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_killed_at_any_point_while_consuming_lose_and_duplicate_nothing() {
+    let cluster = cluster();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path();
+    // Defined with `quiver sql`: the definition lives in the warehouse, every server runs it.
+    quiver_sql(
+        warehouse,
+        "CREATE TABLE clicks (user_id BIGINT NOT NULL, item_id BIGINT, ts TIMESTAMP)",
+    );
+    quiver_sql(
+        warehouse,
+        &format!(
+            "CREATE SOURCE clicks_in FROM KAFKA (brokers '{brokers}', topic 'clicks', \
+             max_latency '100ms', max_messages '400', 'session.timeout.ms' '6000', \
+             'heartbeat.interval.ms' '500') INTO clicks"
+        ),
+    );
+    const EVENTS: i64 = 12_000;
+    let producer = {
+        let brokers = brokers.clone();
+        std::thread::spawn(move || {
+            for chunk in 0..30 {
+                let from = chunk * EVENTS / 30;
+                produce(&brokers, from, from + EVENTS / 30, Some(97));
+                std::thread::sleep(Duration::from_millis(600));
+            }
+        })
+    };
+    // SIGKILL after each of these (a server killed before it joined the group, while it reads,
+    // and while it commits).
+    for seconds in [1.5, 8.0, 3.0, 9.5, 7.0, 10.0] {
+        let mut server = serve(warehouse);
+        tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+        server.kill().expect("SIGKILL");
+        server.wait().expect("reaped");
+    }
+    producer.join().expect("producer");
+    let url = url::Url::from_directory_path(warehouse).expect("url");
+    let session = QuiverSession::open(url).await.expect("session");
+    // The killed servers did consume (the kills fell while they were reading and committing).
+    let before = count(&session, "SELECT count(*) FROM clicks").await;
+    assert!(
+        before > 0,
+        "no server committed anything before it was killed"
+    );
+    let mut last = serve(warehouse);
+    let bad = (0..EVENTS).filter(|u| u % 97 == 0).count() as i64;
+    eventually(&session, "SELECT count(*) FROM clicks", EVENTS - bad).await;
+    eventually(&session, "SELECT count(*) FROM dead_letters", bad).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        count(&session, "SELECT count(DISTINCT user_id) FROM clicks").await,
+        EVENTS - bad
+    );
+    assert_eq!(
+        count(&session, "SELECT count(*) FROM clicks").await,
+        EVENTS - bad
+    );
+    // Each rejected message once.
+    assert_eq!(
+        count(
+            &session,
+            "SELECT count(*) FROM (SELECT DISTINCT partition, \"offset\" FROM dead_letters)"
+        )
+        .await,
+        bad
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &last.id().to_string()])
+        .status();
+    last.wait().expect("stopped");
+}

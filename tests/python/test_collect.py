@@ -19,6 +19,7 @@ import http.client
 import json
 import time
 import urllib.parse
+import zlib
 
 import adbc_driver_flightsql
 import adbc_driver_flightsql.dbapi as dbapi
@@ -125,7 +126,14 @@ def zstd_fluent_bit(server, table, batch):
     return fluent_bit(server, table, batch, zstandard.ZstdCompressor().compress, "zstd")
 
 
-@pytest.mark.parametrize("shipper", [logstash, vector, fluent_bit, zstd_fluent_bit], ids=lambda s: s.__name__)
+def deflate_fluent_bit(server, table, batch):
+    """The same lines with `Content-Encoding: deflate` (HTTP's deflate is zlib-wrapped)."""
+    return fluent_bit(server, table, batch, zlib.compress, "deflate")
+
+
+@pytest.mark.parametrize(
+    "shipper", [logstash, vector, fluent_bit, zstd_fluent_bit, deflate_fluent_bit], ids=lambda s: s.__name__
+)
 def test_each_shippers_request_lands_in_one_commit(collector, shipper):
     table = f"shipped_{shipper.__name__}"
     execute(collector, collector.token, EVENTS.format(name=table))
