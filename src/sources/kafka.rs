@@ -44,6 +44,8 @@ const POLL: Duration = Duration::from_millis(100);
 /// Wait after a failed batch before reading again (doubling up to [`MAX_BACKOFF`]).
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often an idle consumer asks the brokers for its partitions' high watermarks.
+const WATERMARKS_EVERY: Duration = Duration::from_secs(1);
 
 impl KafkaSource {
     fn origin(&self) -> String {
@@ -295,6 +297,7 @@ fn consume(consumer: BaseConsumer<SourceContext>, stop: Arc<AtomicBool>) {
     let mut batch: Vec<Received> = Vec::new();
     let mut deadline: Option<Instant> = None;
     let mut backoff = FIRST_BACKOFF;
+    let mut watermarks_read = Instant::now();
     while !stop.load(Ordering::Acquire) {
         let wait = deadline.map_or(POLL, |d| {
             d.saturating_duration_since(Instant::now()).min(POLL)
@@ -324,6 +327,11 @@ fn consume(consumer: BaseConsumer<SourceContext>, stop: Arc<AtomicBool>) {
                     .last_error = Some(e.to_string());
             }
             None => {}
+        }
+        // Idle: the lag `system.sources` shows stays current (a broker round trip, once a second).
+        if batch.is_empty() && watermarks_read.elapsed() >= WATERMARKS_EVERY {
+            refresh_watermarks(&consumer, &source);
+            watermarks_read = Instant::now();
         }
         let due = deadline.is_some_and(|d| Instant::now() >= d);
         if batch.is_empty() || !(due || batch.len() >= source.max_messages) {
@@ -369,6 +377,7 @@ fn consume(consumer: BaseConsumer<SourceContext>, stop: Arc<AtomicBool>) {
                 drop((kept, status));
                 metrics::counter!(crate::metrics::ROWS_INGESTED, "table" => crate::metrics::table(&format!("{}.{}", source.schema, source.table))).increment(rows);
                 refresh_watermarks(&consumer, &source);
+                watermarks_read = Instant::now();
             }
             Ok(Written::Refused(why)) => {
                 tracing::info!(source = %source.name, %why, "batch not committed; reading again from the table's offsets");
