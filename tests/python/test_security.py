@@ -73,6 +73,36 @@ def test_roles_through_adbc_logins_and_tokens(secured, auth_file):
         assert [r["id"] for r in rows(conn, "SELECT id FROM sec_events ORDER BY id")] == [1, 2, 3, 4]
 
 
+def test_only_read_write_callers_manage_sources(secured):
+    """CREATE / ALTER / DROP SOURCE change what every server consumes: role read may list sources,
+    not manage them (the definitions are only written, no broker is contacted here)."""
+    with connect(secured, "writer", "w-pass") as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE sec_clicks (user_id BIGINT NOT NULL)")
+        cur.fetchall()
+        cur.execute(
+            "CREATE SOURCE sec_in FROM KAFKA (brokers '127.0.0.1:1', topic 'clicks') INTO sec_clicks"
+        )
+        cur.fetchall()
+        cur.execute("ALTER SOURCE sec_in PAUSE")
+        cur.fetchall()
+    with connect(secured, "reader", "r-pass") as conn:
+        assert [r["name"] for r in rows(conn, "SHOW SOURCES")] == ["sec_in"]
+        for statement, kind in [
+            ("CREATE SOURCE sec_other FROM KAFKA (brokers 'b:1', topic 't') INTO sec_clicks", "CREATE SOURCE"),
+            ("ALTER SOURCE sec_in RESUME", "ALTER SOURCE"),
+            ("DROP SOURCE sec_in", "DROP SOURCE"),
+        ]:
+            with pytest.raises(adbc_driver_manager.Error) as refused, conn.cursor() as cur:
+                cur.execute(statement)
+                cur.fetchall()
+            assert refused.value.status_code == adbc_driver_manager.AdbcStatusCode.UNAUTHORIZED, refused.value
+            assert f"cannot run {kind}" in str(refused.value)
+        assert [r["paused"] for r in rows(conn, "SHOW SOURCES")] == [True]
+    with connect(secured, "writer", "w-pass") as conn, conn.cursor() as cur:
+        cur.execute("DROP SOURCE sec_in")
+        cur.fetchall()
+
+
 def test_missing_or_wrong_credentials_are_unauthenticated(secured):
     with pytest.raises(adbc_driver_manager.Error) as failure:
         with connect(secured, "writer", "wrong") as conn:
