@@ -213,11 +213,7 @@ impl ConsumerContext for SourceContext {
                 )) {
                     Ok(recorded) => {
                         for (partition, offset) in &recorded {
-                            let start = match offset {
-                                Some(last) => Offset::Offset(last + 1),
-                                None if self.source.start_latest => Offset::End,
-                                None => Offset::Beginning,
-                            };
+                            let start = start_after(&self.source, *offset);
                             let _ = tpl.set_partition_offset(&self.source.topic, *partition, start);
                         }
                         *self
@@ -262,6 +258,16 @@ impl ConsumerContext for SourceContext {
                 let _ = consumer.unassign();
             }
         }
+    }
+}
+
+/// Where a partition is read from when the table records `recorded` as its last offset: the next
+/// one, or the source's `start` for a partition the table has nothing of.
+fn start_after(source: &KafkaSource, recorded: Option<i64>) -> Offset {
+    match recorded {
+        Some(last) => Offset::Offset(last + 1),
+        None if source.start_latest => Offset::End,
+        None => Offset::Beginning,
     }
 }
 
@@ -430,10 +436,7 @@ fn rewind(consumer: &BaseConsumer<SourceContext>) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     for (partition, offset) in recorded {
-        let to = match offset {
-            Some(last) => Offset::Offset(last + 1),
-            None => Offset::Beginning,
-        };
+        let to = start_after(source, offset);
         if let Err(e) = consumer.seek(&source.topic, partition, to, Duration::from_secs(10)) {
             tracing::warn!(source = %source.name, partition, error = %e, "seek failed");
         }
